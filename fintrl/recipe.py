@@ -1,0 +1,248 @@
+"""Recipes: typed, validated YAML describing one fintrl run.
+
+Our own sections are pydantic models (fast, key paths in errors). The `train`, `lora` and `quantization`
+sections pass through untouched to TRL's `SFTConfig`, PEFT's `LoraConfig` and transformers'
+`BitsAndBytesConfig`, so users read those libraries' docs for the fields; their keys are checked against the
+real classes by `check_library_fields` (which imports them, hence kept out of `load_recipe`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe problem, reported with the key path (e.g. `train.learnig_rate`) and what was expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name_or_path: str = Field(description="Hub id, local folder, or an offline name (see `fintrl.models.OFFLINE_MODELS`).")
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    chat_template: str | None = Field(None, description="A Jinja chat template (or a path to one) to use instead of the model's.")
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+
+class DataSection(_Section):
+    preset: str | None = Field(None, description="A named dataset (see `fintrl.data.PRESETS`).")
+    source: str | None = Field(None, description="Hub dataset id, a folder of split files, or a csv/jsonl/parquet file.")
+    path: str | None = Field(None, description="Local folder or file that replaces the preset's Hub source.")
+    config_name: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | dict[int, str] | None = Field(None, description="Label names, or an id -> name map for integer labels.")
+    train_split: str = "train"
+    eval_split: str = "validation"
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="Carved from train (stratified, seeded) when eval_split is absent.")
+    max_train_samples: int | None = Field(None, gt=0)
+    max_eval_samples: int | None = Field(None, gt=0)
+    seed: int = 42
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_nonempty(cls, v: list[str] | dict[int, str] | None) -> list[str] | dict[int, str] | None:
+        names = list(v.values()) if isinstance(v, dict) else v
+        if names is not None:
+            if len(names) < 2:
+                raise ValueError("needs at least two labels")
+            if any(not str(n).strip() for n in names):
+                raise ValueError("label names must be non-empty")
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate label names: {dupes}")
+        return v
+
+    @model_validator(mode="after")
+    def _has_source(self) -> DataSection:
+        if not (self.preset or self.source or self.path):
+            raise ValueError("give one of `preset`, `source` or `path`")
+        return self
+
+
+class PromptSection(_Section):
+    system: str | None = Field(None, description="System prompt; none by default (no hidden default either).")
+    instruction: str = Field(
+        "Classify the {task} of this financial text. Answer with one of: {labels}.",
+        description="Placeholders: {task}, {labels}.",
+    )
+    template: str = Field("{instruction}\n\n{text}", description="User message; placeholders {instruction}, {text}.")
+    task: str = "sentiment"
+    verbalizers: dict[str, str] | None = Field(None, description="label -> answer text; defaults to the label name.")
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_text(cls, v: str) -> str:
+        if "{text}" not in v:
+            raise ValueError("must contain the {text} placeholder")
+        return v
+
+
+class EvalSection(_Section):
+    mode: Literal["auto", "first_token", "loglik", "trie", "generate"] = "auto"
+    batch_size: int = Field(16, gt=0)
+    max_length: int = Field(512, gt=8, description="Prompt tokens kept; longer texts are truncated (and counted).")
+    baselines: bool = True
+
+
+class PublishSection(_Section):
+    repo_id: str | None = None
+    version: str | None = None
+    private: bool = False
+
+
+class Recipe(_Section):
+    model: ModelSection
+    quantization: dict[str, Any] | None = Field(
+        default_factory=lambda: {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True},
+        description="transformers.BitsAndBytesConfig fields; null for no quantization.",
+    )
+    lora: dict[str, Any] | None = Field(
+        default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"},
+        description="peft.LoraConfig fields; null for full fine-tuning.",
+    )
+    data: DataSection
+    prompt: PromptSection = PromptSection()
+    train: dict[str, Any] = Field(default_factory=dict, description="trl.SFTConfig fields.")
+    eval: EvalSection = EvalSection()
+    publish: PublishSection = PublishSection()
+    output_dir: str = "runs/fintrl"
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Recipe:
+        if self.quantization and self.lora is None:
+            raise ValueError("quantization: a 4/8-bit model cannot be fully fine-tuned; add a `lora:` section or set quantization: null")
+        for key in ("output_dir", "seed"):
+            if key in self.train:
+                raise ValueError(f"train.{key}: set it at the top level (`{key}:`), not under train")
+        return self
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            known = _known_keys(Recipe, parent)
+            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            msg = "unknown key" + (f" (did you mean `{hint[0]}`?)" if hint else f"; expected one of {sorted(known)}")
+        else:
+            msg = e["msg"]
+            if e["type"] not in ("value_error", "missing"):
+                msg += f" (got {e.get('input')!r})"
+        lines.append(f"{path or '<recipe>'}: {msg}")
+    return "\n".join(lines)
+
+
+def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    for part in path:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=1e-4` -> (["train", "learning_rate"], 0.0001); values are parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
+    parsed = yaml.safe_load(value) if value else None
+    if isinstance(parsed, str) and _looks_numeric(parsed):
+        parsed = float(parsed)  # YAML 1.1 reads 1e-4 as a string
+    return key.split("."), parsed
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _apply_override(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {'.'.join(keys)}: `{k}` is not a section")
+    node[keys[-1]] = value
+
+
+def _fix_yaml_floats(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_yaml_floats(v) for v in node]
+    if isinstance(node, str) and _looks_numeric(node) and ("e" in node.lower()) and node.strip()[0] in "0123456789.-+":
+        return float(node)
+    return node
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), output_dir: str | None = None) -> Recipe:
+    """Read a YAML recipe, apply `--set` overrides, validate. Imports nothing heavy."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (model, data, train, ...)")
+    for item in overrides:
+        _apply_override(raw, *parse_override(item))
+    if output_dir is not None:
+        raw["output_dir"] = output_dir
+    return recipe_from_dict(_fix_yaml_floats(raw), source=str(path))
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(f"{source}: invalid recipe\n{_format_validation_error(err)}") from None
+
+
+def check_library_fields(recipe: Recipe) -> None:
+    """Check the pass-through sections against the real library classes (imports them: seconds, not minutes)."""
+    import dataclasses
+    import inspect
+
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    sections: list[tuple[str, dict[str, Any] | None, set[str]]] = [
+        ("train", recipe.train, {f.name for f in dataclasses.fields(SFTConfig)}),
+        ("lora", recipe.lora, {f.name for f in dataclasses.fields(LoraConfig)}),
+        ("quantization", recipe.quantization, set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}),
+    ]
+    problems = []
+    for name, values, known in sections:
+        for key in values or {}:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                problems.append(f"{name}.{key}: unknown field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
+    if problems:
+        raise RecipeError("invalid recipe\n" + "\n".join(problems))
+    if recipe.lora is not None:
+        try:
+            LoraConfig(**recipe.lora)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"lora: {err}") from None
+
+
+def dump_recipe(recipe: Recipe, path: Path) -> None:
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))

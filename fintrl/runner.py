@@ -1,0 +1,169 @@
+"""One run, end to end: recipe -> data -> model -> training -> scoring -> metrics -> card, all into a run folder.
+
+A run is a folder: `eval`, `card` and `publish` read everything they need from it, so each step can be rerun alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fintrl.data import LabeledData, PromptBuilder, load_labeled_data
+from fintrl.recipe import EvalSection, Recipe, RecipeError, check_library_fields, dump_recipe, load_recipe
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+class Timer:
+    """Wall-clock seconds per named stage, reported in metrics.json and the closing log line."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        logger.info("stage: %s", name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        logger.info("stage %s done in %.1f s", name, self.seconds[name])
+
+
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, data: LabeledData,
+             section: EvalSection, out_dir: Path, model_id: str = "") -> dict[str, Any]:
+    """Score the eval split, compute metrics (+ baselines), write metrics.json, predictions and plots."""
+    from fintrl.metrics import baselines, classification_metrics, plot_confusion_matrix, plot_reliability
+    from fintrl.scoring import INVALID, LabelScorer
+
+    scorer = LabelScorer(model, tokenizer, builder, mode=section.mode, batch_size=section.batch_size,
+                         max_length=section.max_length)
+    texts, gold = data.eval["text"], data.eval["label"]
+    start = time.perf_counter()
+    result = scorer.score(texts)
+    seconds = time.perf_counter() - start
+    metrics = classification_metrics(gold, result.predictions, data.labels, result.probabilities)
+    metrics["scoring"] = {"mode": result.mode, "n_truncated": result.n_truncated, "max_length": section.max_length,
+                          "examples_per_second": round(len(texts) / seconds, 2), "n_invalid": result.n_invalid}
+    metrics["model"] = model_id
+    metrics["data"] = data.describe()
+    if section.baselines:
+        metrics["baselines"] = baselines(data.train["text"], data.train["label"], texts, gold, data.labels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    with (out_dir / PREDICTIONS_FILE).open("w") as f:
+        for i, text in enumerate(texts):
+            pred = result.predictions[i]
+            row = {"text": text, "gold": data.labels[gold[i]], "prediction": data.labels[pred] if pred != INVALID else None,
+                   "probabilities": dict(zip(data.labels, map(float, result.probabilities[i].round(6))))}
+            if result.raw_outputs:
+                row["raw_output"] = result.raw_outputs[i]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
+    plot_reliability(result.probabilities, gold, out_dir / "reliability.png")
+    return metrics
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
+    run_dir = Path(recipe.output_dir)
+    finished = (run_dir / METRICS_FILE).exists() or (run_dir / "adapter_config.json").exists()
+    if finished and not (resume or overwrite):
+        raise RecipeError(f"{run_dir} already holds a run; pass --output-dir DIR, --resume or --overwrite")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_recipe(recipe, run_dir / RECIPE_FILE)
+    return run_dir
+
+
+def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """The whole loop. Returns the metrics written to `<output_dir>/metrics.json`."""
+    from fintrl.hub import write_card
+    from fintrl.models import load_model, load_tokenizer
+    from fintrl.train import build_trainer, train
+
+    check_library_fields(recipe)
+    run_dir = prepare_run_dir(recipe, resume, overwrite)
+    timer = Timer()
+    with timer.stage("data"):
+        data = load_labeled_data(recipe.data)
+        logger.info("data: %d train / %d eval rows, labels %s", len(data.train), len(data.eval), data.labels)
+    with timer.stage("load_model"):
+        tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
+        builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+        model = load_model(recipe.model, recipe.quantization)
+    with timer.stage("train"):
+        trainer = build_trainer(recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir)
+        train_metrics = train(trainer, run_dir, resume)
+    with timer.stage("eval"):
+        metrics = evaluate(trainer.model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path)
+    metrics["train"] = train_metrics
+    metrics["timings"] = timer.seconds
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    with timer.stage("card"):
+        write_card(run_dir)
+    if recipe.publish.repo_id:
+        from fintrl.hub import publish
+
+        with timer.stage("publish"):
+            publish(run_dir, recipe.publish.repo_id, version=recipe.publish.version, private=recipe.publish.private)
+    logger.info("run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s", run_dir, metrics["accuracy"],
+                metrics["f1_macro"], timer.seconds)
+    return metrics
+
+
+def load_run_recipe(run_dir: Path) -> Recipe:
+    path = run_dir / RECIPE_FILE
+    if not path.is_file():
+        raise RecipeError(f"{run_dir} is not a fintrl run folder (no {RECIPE_FILE})")
+    return load_recipe(path)
+
+
+def resolve_target(target: str, recipe_path: str | None, overrides: list[str]) -> tuple[Recipe, str | None]:
+    """What `eval`/`predict` score: a run folder or published repo (its recipe.yaml says how), an adapter, or a
+    base model zero-shot (then a recipe gives the data and prompt). Returns the recipe and the adapter location."""
+    local = Path(target)
+    if recipe_path is None:
+        if (local / RECIPE_FILE).is_file():
+            return load_recipe(local / RECIPE_FILE, overrides), str(local)
+        if not local.exists():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(target, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.yaml", "*.txt"]))
+            if (folder / RECIPE_FILE).is_file():
+                return load_recipe(folder / RECIPE_FILE, overrides), str(folder)
+        raise RecipeError(f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the data and prompt")
+    recipe = load_recipe(recipe_path, overrides)
+    adapter = target if (local / "adapter_config.json").is_file() or not local.exists() and _is_adapter_repo(target) else None
+    if adapter is None:
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name_or_path": target})})
+    return recipe, adapter
+
+
+def _is_adapter_repo(repo_id: str) -> bool:
+    from huggingface_hub import file_exists
+
+    return file_exists(repo_id, "adapter_config.json")
+
+
+def load_for_inference(recipe: Recipe, adapter: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Base model (quantized as the recipe says) + the adapter, with the adapter's own tokenizer and chat template."""
+    from fintrl.models import load_model, load_tokenizer
+
+    model = load_model(recipe.model, recipe.quantization)
+    if adapter is None:
+        return model, load_tokenizer(recipe.model, recipe.prompt.system)
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(recipe.model.model_copy(update={"chat_template": None, "revision": None}),
+                               recipe.prompt.system, path=adapter)
+    return PeftModel.from_pretrained(model, adapter), tokenizer

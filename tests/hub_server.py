@@ -1,0 +1,444 @@
+"""A tiny in-memory Hugging Face Hub, served on 127.0.0.1, for tests.
+
+Why: publishing code talks to the Hub through the real, unmodified clients
+(``huggingface_hub``, ``transformers``, ``peft``).  Mocking those clients would
+only test the mocks; this server speaks just enough of the Hub's HTTP API for
+them to create repos, commit, tag, list and download.
+
+Scope, deliberately small and standard-library only:
+
+* repos live in memory: commits (each a full ``{path: bytes}`` snapshot) plus
+  ``branches`` and ``tags`` mapping names to commit shas;
+* preupload always answers ``uploadMode: "regular"``, so file content travels
+  base64 inside the commit payload and neither Git-LFS nor Xet is involved;
+* repo ids are ``namespace/name``; no pull requests, no pagination, no Range;
+* bounded: loopback only, a body-size cap, a socket timeout per request,
+  daemon threads, and ``shutdown()`` when the context manager exits.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import secrets
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # tests upload tiny files; refuse anything big
+URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+
+
+class HubError(Exception):
+    """An error answer.  ``code`` goes in ``X-Error-Code``, which the client turns into
+    ``RepositoryNotFoundError`` / ``RevisionNotFoundError`` / ``EntryNotFoundError``."""
+
+    def __init__(self, status: int, message: str, code: str = "", **extra) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+        self.headers = extra.pop("headers", {})
+        self.extra = extra  # merged into the JSON body
+
+
+def git_blob_sha(data: bytes) -> str:
+    """Git's blob id: preupload returns it so the client can skip unchanged files."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class Commit:
+    sha: str
+    files: dict[str, bytes]
+    title: str
+    message: str
+    parent: str | None
+    date: str = field(default_factory=_now)
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    repo_type: str
+    private: bool
+    created: str = field(default_factory=_now)
+    commits: dict[str, Commit] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, rev: str) -> Commit:
+        """A branch, a tag or a full commit sha: the Hub accepts all three in every URL."""
+        sha = self.branches.get(rev) or self.tags.get(rev) or rev
+        if sha not in self.commits:
+            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        return self.commits[sha]
+
+
+@dataclass
+class File:
+    """A raw file answer (``resolve``), as opposed to a JSON one."""
+
+    data: bytes
+    headers: dict
+
+
+class LocalHub:
+    """Server plus state.  ``with LocalHub() as hub:`` serves on a free loopback port.
+
+    ``hub.seen_tokens`` lists every bearer token received (for secret-leak
+    tests); ``hub.requests`` lists ``(method, path)`` in arrival order.
+    """
+
+    def __init__(self) -> None:
+        self.token = "hf_test_" + secrets.token_hex(12)
+        self.endpoint = ""
+        self.repos: dict[tuple[str, str], Repo] = {}
+        self.seen_tokens: list[str] = []
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()  # one request at a time: simple and race-free
+        self._ids = itertools.count()
+        self._server: ThreadingHTTPServer | None = None
+
+    def __enter__(self) -> LocalHub:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.hub = self  # type: ignore[attr-defined]
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        # A short poll interval keeps shutdown() (i.e. fixture teardown) fast.
+        serve = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="local-hub", daemon=True)
+        serve.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # -- routing -------------------------------------------------------------
+    def handle(self, method: str, raw_path: str, authorization: str, body: bytes) -> object:
+        """Answer one request: JSON-able payload or :class:`File`; errors raise :class:`HubError`."""
+        url = urlsplit(raw_path)
+        # Unquote per segment: "refs%2Fpr%2F1" or a tree path "a%2Fb.json" stays one part.
+        parts = [unquote(p) for p in url.path.strip("/").split("/")]
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        token = authorization.removeprefix("Bearer ").strip() if authorization else None
+        if token is not None:
+            self.seen_tokens.append(token)
+            if token != self.token:
+                raise HubError(401, "Invalid credentials in Authorization header")
+        authed = token is not None
+        if method in ("POST", "DELETE") and not authed:
+            raise HubError(401, "Write access needs a token")
+
+        if method == "POST" and parts == ["api", "repos", "create"]:
+            return self._create_repo(json.loads(body or b"{}"))
+        if method == "POST" and parts == ["api", "validate-yaml"]:
+            return {"errors": [], "warnings": []}  # no YAML parser in the stdlib: accept
+        if len(parts) >= 4 and parts[0] == "api" and parts[1] in API_TYPES:
+            repo = self._repo(API_TYPES[parts[1]], f"{parts[2]}/{parts[3]}", authed)
+            action, args = (parts[4] if len(parts) > 4 else ""), parts[5:]
+            route = getattr(self, f"_{method.lower()}_{action or 'info'}", None)
+            if route is not None:
+                return route(repo, args, query, body)
+        repo_type = {"datasets": "dataset", "spaces": "space"}.get(parts[0], "model")
+        parts = parts if repo_type == "model" else parts[1:]
+        if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
+            repo = self._repo(repo_type, f"{parts[0]}/{parts[1]}", authed)
+            return self._resolve(repo, parts[3], "/".join(parts[4:]))
+        raise HubError(404, f"LocalHub does not implement {method} {url.path}")
+
+    def _repo(self, repo_type: str, repo_id: str, authed: bool) -> Repo:
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None or (repo.private and not authed):  # the Hub hides private repos
+            raise HubError(404, f"Repository not found: {repo_id}", "RepoNotFound")
+        return repo
+
+    def _new_commit(self, repo: Repo, branch: str, files: dict, title: str, message: str = "") -> Commit:
+        parent = repo.branches.get(branch)
+        sha = hashlib.sha1(f"{repo.repo_id}:{parent}:{next(self._ids)}".encode()).hexdigest()
+        repo.commits[sha] = Commit(sha, files, title, message, parent)
+        repo.branches[branch] = sha
+        return repo.commits[sha]
+
+    def _url(self, repo: Repo) -> str:
+        return f"{self.endpoint}/{URL_PREFIX[repo.repo_type]}{repo.repo_id}"
+
+    # -- endpoints: named _<method>_<action> for /api/{type}s/{ns}/{name}/{action}/...
+    def _create_repo(self, payload: dict) -> dict:
+        """A 409 must still carry ``url``: ``create_repo(exist_ok=True)`` relies on it."""
+        repo_type = payload.get("type") or "model"
+        repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}"
+        if (repo_type, repo_id) in self.repos:
+            url = self._url(self.repos[(repo_type, repo_id)])
+            raise HubError(409, "You already created this repo", url=url)
+        repo = Repo(repo_id, repo_type, private=payload.get("visibility") == "private")
+        gitattributes = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+        self._new_commit(repo, "main", {".gitattributes": gitattributes}, "initial commit")
+        self.repos[(repo_type, repo_id)] = repo
+        return {"url": self._url(repo), "name": repo_id, "id": repo_id}
+
+    def _get_info(self, repo: Repo, args, query, body) -> dict:
+        """``model_info``/``repo_info``: transformers turns a tag into a sha with it."""
+        commit = repo.resolve(args[0] if args else "main")
+        siblings = [
+            {"rfilename": path, "size": len(data), "blobId": git_blob_sha(data)}
+            for path, data in sorted(commit.files.items())
+        ]
+        return {
+            "id": repo.repo_id,
+            "author": repo.repo_id.split("/")[0],
+            "sha": commit.sha,
+            "lastModified": commit.date,
+            "createdAt": repo.created,
+            "private": repo.private,
+            "gated": False,
+            "disabled": False,
+            "tags": [],
+            "siblings": siblings,
+        }
+
+    _get_revision = _get_info  # /api/models/{repo}/revision/{rev}
+
+    def _get_tree(self, repo: Repo, args, query, body) -> list:
+        commit = repo.resolve(args[0] if args else "main")
+        folder = "/".join(args[1:]).strip("/")
+        prefix = folder + "/" if folder else ""
+        if folder and not any(path.startswith(prefix) for path in commit.files):
+            raise HubError(404, f"Folder not found: {folder}", "EntryNotFound")
+        recursive = query.get("recursive", "").lower() in ("1", "true")
+        entries: dict[str, dict] = {}
+
+        def add_folder(path: str) -> None:
+            oid = hashlib.sha1(path.encode()).hexdigest()
+            entries.setdefault(path, {"type": "directory", "path": path, "oid": oid})
+
+        for path, data in sorted(commit.files.items()):
+            if not path.startswith(prefix):
+                continue
+            rest = path[len(prefix) :].split("/")
+            if not recursive and len(rest) > 1:
+                add_folder(prefix + rest[0])
+                continue
+            for depth in range(1, len(rest)):  # recursive: list every parent folder too
+                add_folder(prefix + "/".join(rest[:depth]))
+            entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha(data)}
+        return list(entries.values())
+
+    def _get_refs(self, repo: Repo, args, query, body) -> dict:
+        def refs(names: dict[str, str], kind: str) -> list[dict]:
+            return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": sha} for n, sha in sorted(names.items())]
+
+        return {
+            "branches": refs(repo.branches, "heads"),
+            "tags": refs(repo.tags, "tags"),
+            "converts": [],
+            "pullRequests": [],
+        }
+
+    def _get_commits(self, repo: Repo, args, query, body) -> list:
+        """``list_repo_commits``: newest first, following parents."""
+        commit: Commit | None = repo.resolve(args[0] if args else "main")
+        history = []
+        while commit is not None:
+            history.append(
+                {
+                    "id": commit.sha,
+                    "title": commit.title,
+                    "message": commit.message,
+                    "date": commit.date,
+                    "authors": [{"user": "user"}],
+                }
+            )
+            commit = repo.commits.get(commit.parent or "")
+        return history
+
+    def _post_preupload(self, repo: Repo, args, query, body) -> dict:
+        """Always ``regular`` (no LFS/Xet); ``oid`` lets the client skip unchanged files."""
+        files = repo.resolve(args[0]).files
+        return {
+            "files": [
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": git_blob_sha(files[f["path"]]) if f["path"] in files else None,
+                }
+                for f in json.loads(body)["files"]
+            ]
+        }
+
+    def _post_commit(self, repo: Repo, args, query, body) -> dict:
+        """NDJSON: a ``header`` line, then ``file`` / ``deletedFile`` / ``deletedFolder`` lines."""
+        branch = args[0]
+        if query.get("create_pr"):
+            raise HubError(400, "LocalHub does not support pull requests")
+        if branch not in repo.branches:
+            raise HubError(404, f"Branch not found: {branch}", "RevisionNotFound")
+        files, header = dict(repo.resolve(branch).files), {}
+        for line in filter(None, body.splitlines()):
+            item = json.loads(line)
+            key, value = item["key"], item["value"]
+            if key == "header":
+                header = value
+            elif key == "file":
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif key == "deletedFile":
+                files.pop(value["path"], None)
+            elif key == "deletedFolder":
+                folder = value["path"].rstrip("/") + "/"
+                files = {path: data for path, data in files.items() if not path.startswith(folder)}
+            else:  # "lfsFile" cannot happen: preupload never answers "lfs"
+                raise HubError(400, f"LocalHub does not support commit operation {key!r}")
+        if header.get("parentCommit") not in (None, repo.branches[branch]):
+            raise HubError(412, "A commit has happened since. Please refresh and try again.")
+        commit = self._new_commit(repo, branch, files, header.get("summary", ""), header.get("description", ""))
+        return {
+            "success": True,
+            "commitOid": commit.sha,
+            "pullRequestUrl": None,
+            "commitUrl": f"{self._url(repo)}/commit/{commit.sha}",
+        }
+
+    def _post_tag(self, repo: Repo, args, query, body) -> dict:
+        tag = json.loads(body)["tag"]
+        if tag in repo.tags:
+            raise HubError(409, f"Tag {tag} already exists")
+        repo.tags[tag] = repo.resolve(args[0]).sha
+        return {}
+
+    def _delete_tag(self, repo: Repo, args, query, body) -> dict:
+        if repo.tags.pop(args[0], None) is None:
+            raise HubError(404, f"Tag not found: {args[0]}", "RevisionNotFound")
+        return {}
+
+    def _post_branch(self, repo: Repo, args, query, body) -> dict:
+        if args[0] in repo.branches:
+            raise HubError(409, f"Branch {args[0]} already exists")
+        start = json.loads(body or b"{}").get("startingPoint") or "main"
+        repo.branches[args[0]] = repo.resolve(start).sha
+        return {}
+
+    def _resolve(self, repo: Repo, rev: str, path: str) -> File:
+        """``hf_hub_download`` needs ``X-Repo-Commit``, ``ETag`` and ``Content-Length``.
+        A 404 for a missing file still names the commit, so the client can cache the miss."""
+        commit = repo.resolve(rev)
+        if path not in commit.files:
+            raise HubError(404, f"Entry not found: {path}", "EntryNotFound", headers={"X-Repo-Commit": commit.sha})
+        data = commit.files[path]
+        return File(data, {"X-Repo-Commit": commit.sha, "ETag": f'"{git_blob_sha(data)}"'})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Thin HTTP shell around :meth:`LocalHub.handle`; HTTP/1.0, one request per connection."""
+
+    timeout = 30  # a stuck client cannot hold a handler thread forever
+
+    def log_message(self, format, *args) -> None:  # keep pytest output quiet
+        pass
+
+    def do_GET(self) -> None:
+        hub: LocalHub = self.server.hub  # type: ignore[attr-defined]
+        headers: dict = {}
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY_BYTES:
+                raise HubError(413, "Request body too large for LocalHub")
+            body = self.rfile.read(length)
+            with hub.lock:
+                hub.requests.append((self.command, self.path))
+                answer = hub.handle(self.command, self.path, self.headers.get("Authorization", ""), body)
+            status = 200
+        except HubError as err:
+            status, answer = err.status, {"error": err.message, **err.extra}
+            headers = {**err.headers, "X-Error-Message": err.message}
+            if err.code:
+                headers["X-Error-Code"] = err.code
+        except Exception as err:  # a server bug must be a 500, not a hung client
+            print(f"LocalHub failed on {self.command} {self.path}: {err!r}", file=sys.stderr)
+            status, answer = 500, {"error": f"LocalHub internal error: {err!r}"}
+        if isinstance(answer, File):
+            data, headers, content_type = answer.data, answer.headers, "application/octet-stream"
+        else:
+            data, content_type = json.dumps(answer).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_HEAD = do_POST = do_DELETE = do_GET
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """Start a :class:`LocalHub` and point the real clients at it, with all caches in ``tmp_path``.
+
+    huggingface_hub reads its environment once, at import, into
+    ``huggingface_hub.constants`` and a module-level ``HfApi`` (used by
+    ``huggingface_hub.model_info``, ``file_exists``... and so by peft); transformers
+    caches its own ``HfApi``.  Env vars alone are too late, so the copies are
+    patched as well; monkeypatch restores everything afterwards.
+    """
+    from huggingface_hub import constants, hf_api
+    from huggingface_hub.utils import _detect_agent
+
+    home, cache = tmp_path / "hf_home", str(tmp_path / "hf_home" / "hub")
+    with LocalHub() as hub:
+        for name, value in {
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_TOKEN": hub.token,
+            "HF_HOME": str(home),
+            "HF_HUB_CACHE": cache,
+            "HF_HUB_OFFLINE": "0",
+            "TRANSFORMERS_OFFLINE": "0",
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_TOKEN_PATH": str(home / "token"),
+        }.items():
+            monkeypatch.setenv(name, value)
+        for name, value in {
+            "ENDPOINT": hub.endpoint,
+            "HUGGINGFACE_CO_URL_TEMPLATE": hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+            "HF_URL_HOSTS": constants.HF_URL_HOSTS | {"127.0.0.1"},
+            "HF_HOME": str(home),
+            "HF_HUB_CACHE": cache,
+            "HUGGINGFACE_HUB_CACHE": cache,
+            "HF_ASSETS_CACHE": str(home / "assets"),
+            "HF_XET_CACHE": str(home / "xet"),
+            "HF_TOKEN_PATH": str(home / "token"),
+            "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+            "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
+            "HF_HUB_OFFLINE": False,
+            "HF_HUB_DISABLE_XET": True,
+            "HF_HUB_DISABLE_TELEMETRY": True,
+        }.items():
+            monkeypatch.setattr(constants, name, value)
+        monkeypatch.setattr(hf_api.api, "endpoint", hub.endpoint)
+        # Building request headers fetches {ENDPOINT}/api/agent-harnesses once per process: skip it.
+        monkeypatch.setattr(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY)
+        for module, name, value in (
+            ("huggingface_hub.utils._cache_manager", "HF_HUB_CACHE", cache),
+            ("huggingface_hub.utils._cache_assets", "HF_ASSETS_CACHE", str(home / "assets")),
+            ("transformers.utils.hub", "_hf_api", None),  # rebuilt lazily with the patched endpoint
+        ):
+            if module in sys.modules:
+                monkeypatch.setattr(sys.modules[module], name, value)
+        yield hub
