@@ -1,0 +1,78 @@
+"""The loop end to end on the tiny model: completion-only loss, QLoRA training on CPU, run folder, resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fintrl.data import PromptBuilder, load_labeled_data
+from fintrl.models import load_model, load_tokenizer
+from fintrl.recipe import recipe_from_dict
+from fintrl.runner import run
+from fintrl.train import build_trainer
+from tests.conftest import tiny_recipe_dict
+
+
+def test_loss_falls_on_the_answer_only(tmp_path: Path, tiny_model_dir: str) -> None:
+    recipe = recipe_from_dict(tiny_recipe_dict(tmp_path / "run"))
+    data = load_labeled_data(recipe.data)
+    tokenizer = load_tokenizer(recipe.model)
+    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    trainer = build_trainer(recipe, load_model(recipe.model, recipe.quantization), tokenizer,
+                            builder.sft_dataset(data.train.select(range(4))), tmp_path / "run")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    for row in range(4):
+        kept = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        answer = builder.answers[data.train[row]["label"]]
+        assert kept == tokenizer(" " + answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    # 4-bit base, trainable LoRA adapters only (kept in fp32 on CPU)
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in trainable)
+    assert type(trainer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+
+
+def test_run_folder_contents(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = run(recipe_from_dict(tiny_recipe_dict(out)))
+    for name in ("recipe.yaml", "adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json",
+                 "chat_template.jinja", "metrics.json", "predictions.jsonl", "README.md", "train_log.jsonl",
+                 "confusion_matrix.png", "reliability.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "per_class", "n"} <= set(saved)
+    assert saved["n"] == 12 and saved["invalid_rate"] == 0 and saved["accuracy"] == metrics["accuracy"]
+    assert set(saved["baselines"]) == {"majority", "tfidf_logreg"}
+    assert set(saved["timings"]) == {"data", "load_model", "train", "eval"}
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12 and all(p["prediction"] in ("negative", "neutral", "positive") for p in predictions)
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    with pytest.raises(Exception, match="already holds a run"):
+        run(recipe_from_dict(tiny_recipe_dict(out)))
+
+
+def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = tiny_recipe_dict(out)
+    first["train"] |= {"max_steps": 3}
+    run(recipe_from_dict(first))
+    assert (out / "checkpoints" / "checkpoint-3").is_dir()
+    second = tiny_recipe_dict(out)
+    second["train"] |= {"max_steps": 6}
+    metrics = run(recipe_from_dict(second), resume=True)
+    assert metrics["train"]["resumed_from"].endswith("checkpoint-3")
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert max(steps) == 6
+
+
+def test_cli_run_with_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fintrl.cli import main
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "tiny_test.yaml"
+    code = main(["run", str(recipe), "--output-dir", str(tmp_path / "cli"), "--set", "data.max_train_samples=16",
+                 "--set", "data.max_eval_samples=8", "--set", "train.max_steps=2", "--set", "eval.baselines=false"])
+    assert code == 0
+    out = capsys.readouterr().out  # the Trainer also prints its log dicts
+    summary = json.loads(out[out.index('{\n  "output_dir"'):])
+    assert summary["output_dir"] == str(tmp_path / "cli") and 0 <= summary["accuracy"] <= 1
+    assert (tmp_path / "cli" / "metrics.json").is_file()
