@@ -2,7 +2,8 @@
 
 Every label is verbalised as the token sequence the model would generate after the prompt (answer + end of
 turn). One engine computes, per batch: the prompt once (prefill), then every label continuation at once on a
-copy of the prompt's KV cache. From those log-probabilities it reads out
+copy of the prompt's KV cache. The token prefix that every prompt shares (chat template + instruction) is computed
+once for the whole dataset and reused by every batch. From those log-probabilities it reads out
 - `trie`: constrained greedy decoding, what `generate` would say if it could only say a label, with the
   probabilities of that constrained decoder (each step renormalised over the trie's children);
 - `loglik`: full-sequence log-likelihood of each label, softmax-normalised across labels;
@@ -23,7 +24,7 @@ from fintrl.data import PromptBuilder
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ class LabelScorer:
         probabilities = np.zeros((len(texts), len(self.label_ids)))
         raw = [""] * len(texts) if self.mode == "generate" else []
         self.model.eval()
+        with torch.inference_mode():
+            prefix_len, prefix = self._shared_prefix(encoded) if self.mode != "generate" else (0, None)
         batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         with torch.inference_mode():
             for batch in tqdm(batches, desc=f"scoring ({self.mode})", unit="batch", disable=not progress):
@@ -144,7 +147,7 @@ class LabelScorer:
                         else:
                             probabilities[i] = 1.0 / len(self.label_ids)
                     continue
-                preds, probs = self._score_batch([encoded[i] for i in batch])
+                preds, probs = self._score_batch([encoded[i] for i in batch], prefix_len, prefix)
                 for row, i in enumerate(batch):
                     predictions[i], probabilities[i] = preds[row], probs[row]
         return ScoreResult(predictions, probabilities, self.mode, truncated, raw)
@@ -159,17 +162,45 @@ class LabelScorer:
         device = self.model.device
         return ids.to(device), mask.to(device)
 
-    def _score_batch(self, rows: list[list[int]]) -> tuple[list[int], np.ndarray]:
+    def _shared_prefix(self, encoded: list[list[int]]) -> tuple[int, DynamicCache | None]:
+        """The token prefix every prompt shares (template + instruction), run through the model once."""
         import torch
         from transformers import DynamicCache
 
-        ids, mask = self._left_pad(rows)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        shortest = min(map(len, encoded))
+        length = 0
+        while length < shortest - 1 and all(e[length] == encoded[0][length] for e in encoded):
+            length += 1
+        if length < 4 or len(encoded) <= 1:
+            return 0, None
         cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=torch.tensor([encoded[0][:length]], device=self.model.device), cache=cache, use_cache=True,
+                   logits_to_keep=1)
+        return length, cache
+
+    def _batch_cache(self, prefix: DynamicCache | None, batch: int) -> DynamicCache:
+        """A fresh cache for one batch holding the shared prefix (expanded views: appending copies them)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i, layer in enumerate(prefix.layers if prefix is not None else []):
+            cache.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), i)
+        return cache
+
+    def _score_batch(self, rows: list[list[int]], prefix_len: int = 0, prefix: DynamicCache | None = None,
+                     ) -> tuple[list[int], np.ndarray]:
+        """Prompts are [shared prefix][padding][own tokens]: positions skip the padding, the mask hides it."""
+        import torch
+
+        ids, own_mask = self._left_pad([r[prefix_len:] for r in rows])
+        batch = len(rows)
+        mask = torch.cat([own_mask.new_ones(batch, prefix_len), own_mask], dim=-1)
+        positions = prefix_len + (own_mask.cumsum(-1) - 1).clamp(min=0)
+        cache = self._batch_cache(prefix, batch)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
-        n_labels, batch = len(self.label_ids), len(rows)
+        n_labels = len(self.label_ids)
         if self.mode == "first_token":
             firsts = torch.tensor([seq[0] for seq in self.label_ids], device=first.device)
             probs = torch.softmax(first[:, firsts], dim=-1).cpu().numpy()
