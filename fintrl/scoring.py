@@ -1,14 +1,15 @@
 """Map a causal LM's output onto a label set: exactly, with a probability for every class.
 
 Every label is verbalised as the token sequence the model would generate after the prompt (answer + end of
-turn). One engine computes, per batch: the prompt once (prefill), then every label continuation at once on a
-copy of the prompt's KV cache. The token prefix that every prompt shares (chat template + instruction) is computed
-once for the whole dataset and reused by every batch. From those log-probabilities it reads out
+turn). Per batch the prompt is computed once (prefill); the token prefix that every prompt shares (chat template +
+instruction) is computed once for the whole dataset and reused by every batch. Then:
 - `trie`: constrained greedy decoding, what `generate` would say if it could only say a label, with the
-  probabilities of that constrained decoder (each step renormalised over the trie's children);
-- `loglik`: full-sequence log-likelihood of each label, softmax-normalised across labels;
-- `first_token`: when labels start with distinct tokens, trie decoding is decided by the first token, so only
-  the prefill is needed (the cheapest exact mode; `auto` picks it when it applies, else `trie`).
+  probabilities of that constrained decoder (each step renormalised over the trie's children). Only the trie's
+  branching nodes need the model: one extra row per branching node below the root, whatever the label count;
+- `loglik`: full-sequence log-likelihood of each label, softmax-normalised across labels (every label continuation
+  at once, on copies of the prompt's KV cache);
+- `first_token`: when labels start with distinct tokens the trie branches only at the root, so the prefill decides
+  (the cheapest exact mode; `auto` picks it when it applies, else `trie`).
 `generate` (free generation + parsing) is kept as a baseline only: it can say things that are not labels.
 """
 
@@ -57,7 +58,9 @@ class LabelScorer:
         if mode == "first_token" and not distinct_first:
             raise ValueError("first_token scoring needs labels that start with distinct tokens; use trie or loglik")
         self.mode = ("first_token" if distinct_first else "trie") if mode == "auto" else mode
-        self._siblings = self._trie_siblings()
+        self._children = self._trie_children()
+        # Only nodes where the trie branches need the model's opinion; below the root they cost one extra row each.
+        self._branches = [node for node, kids in self._children.items() if node and len(kids) > 1]
 
     # -- tokenisation -------------------------------------------------------------------------------------
     def _encode_prompt(self, text: str) -> list[int]:
@@ -88,19 +91,13 @@ class LabelScorer:
         ids = [ids] if isinstance(ids, int) else list(ids or [])
         return ids + [self.tokenizer.eos_token_id]
 
-    def _trie_siblings(self) -> list[list[list[int]]]:
-        """siblings[l][j]: one label per distinct next token at label l's trie node before step j."""
-        out = []
+    def _trie_children(self) -> dict[tuple[int, ...], list[int]]:
+        """Trie of the label token sequences: node (a token prefix) -> its distinct next tokens."""
+        children: dict[tuple[int, ...], set[int]] = {}
         for seq in self.label_ids:
-            per_step = []
             for j in range(len(seq)):
-                reps: dict[int, int] = {}
-                for k, other in enumerate(self.label_ids):
-                    if len(other) > j and other[:j] == seq[:j]:
-                        reps.setdefault(other[j], k)
-                per_step.append(sorted(reps.values()))
-            out.append(per_step)
-        return out
+                children.setdefault(tuple(seq[:j]), set()).add(seq[j])
+        return {node: sorted(kids) for node, kids in children.items()}
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Prompt ids per text; over-long texts are cut (tokens of the text, template kept) and counted."""
@@ -206,48 +203,64 @@ class LabelScorer:
             probs = torch.softmax(first[:, firsts], dim=-1).cpu().numpy()
             return probs.argmax(-1).tolist(), probs
 
-        # Every label continuation at once: batch rows repeated per label, on copies of the prompt cache.
-        width = max(map(len, self.label_ids))
-        pad = self.tokenizer.pad_token_id or 0
-        labels = torch.tensor([seq + [pad] * (width - len(seq)) for seq in self.label_ids], device=ids.device)  # [L, W]
-        logp = torch.zeros(batch, n_labels, width, device=ids.device)
-        logp[:, :, 0] = first[:, labels[:, 0]]
-        if width > 1:
-            cache.batch_repeat_interleave(n_labels)
-            steps = labels[:, :-1].repeat(batch, 1)  # [B*L, W-1]
-            step_mask = torch.cat([mask.repeat_interleave(n_labels, 0), torch.ones_like(steps)], dim=-1)
-            step_pos = mask.sum(-1).repeat_interleave(n_labels, 0)[:, None] + torch.arange(width - 1, device=ids.device)
-            logits = self.model(input_ids=steps, attention_mask=step_mask, position_ids=step_pos,
-                                cache=cache, use_cache=True).logits
-            step_logp = torch.log_softmax(logits.float(), dim=-1)  # [B*L, W-1, V]
-            picked = step_logp.gather(-1, labels[:, 1:].repeat(batch, 1)[..., None])[..., 0]
-            logp[:, :, 1:] = picked.view(batch, n_labels, width - 1)
-        lengths = torch.tensor([len(s) for s in self.label_ids], device=ids.device)
-        valid = torch.arange(width, device=ids.device)[None, :] < lengths[:, None]  # [L, W]
-        logp = logp.masked_fill(~valid, 0.0)
-        if self.mode == "loglik":
-            probs = torch.softmax(logp.sum(-1), dim=-1).cpu().numpy()
-            return probs.argmax(-1).tolist(), probs
-        return self._trie_readout(logp.cpu())
+        if self.mode == "trie":
+            node_logp = {(): first}
+            if self._branches:
+                logits = self._extend(cache, mask, [list(node) for node in self._branches])  # [B, K, W, V]
+                depth = torch.tensor([len(node) - 1 for node in self._branches], device=ids.device)
+                at_node = logits[:, torch.arange(len(self._branches), device=ids.device), depth]  # [B, K, V]
+                node_logp |= dict(zip(self._branches, torch.log_softmax(at_node.float(), -1).unbind(1)))
+            return self._trie_readout(node_logp)
 
-    def _trie_readout(self, logp: torch.Tensor) -> tuple[list[int], np.ndarray]:
-        """Constrained-decoder probabilities (renormalised over trie children) and its greedy path."""
+        # loglik: every label continuation at once, on copies of the prompt cache.
+        width = max(map(len, self.label_ids))
+        logp = torch.zeros(batch, n_labels, width, device=ids.device)
+        logp[:, :, 0] = first[:, [seq[0] for seq in self.label_ids]]
+        if width > 1:
+            step_logp = torch.log_softmax(self._extend(cache, mask, [seq[:-1] for seq in self.label_ids]).float(), -1)
+            for label, seq in enumerate(self.label_ids):
+                targets = torch.tensor(seq[1:], device=ids.device)
+                logp[:, label, 1: len(seq)] = step_logp[:, label, torch.arange(len(seq) - 1), targets]
+        probs = torch.softmax(logp.sum(-1), dim=-1).cpu().numpy()
+        return probs.argmax(-1).tolist(), probs
+
+    def _extend(self, cache: DynamicCache, mask: torch.Tensor, paths: list[list[int]]) -> torch.Tensor:
+        """Logits of K token paths continuing every prompt of the batch: [B, K, W, V] (paths right-padded to W)."""
         import torch
 
-        cond = torch.zeros_like(logp)
-        for label, per_step in enumerate(self._siblings):
-            for j, sibs in enumerate(per_step):
-                cond[:, label, j] = logp[:, label, j] - torch.logsumexp(logp[:, sibs, j], dim=-1)
-        probs = cond.sum(-1).exp().numpy()
+        batch, k = mask.shape[0], len(paths)
+        width = max(1, max(map(len, paths)))
+        pad = self.tokenizer.pad_token_id or 0
+        steps = torch.tensor([p + [pad] * (width - len(p)) for p in paths], device=mask.device).repeat(batch, 1)
+        cache.batch_repeat_interleave(k)
+        step_mask = torch.cat([mask.repeat_interleave(k, 0), torch.ones_like(steps)], dim=-1)
+        step_pos = mask.sum(-1).repeat_interleave(k, 0)[:, None] + torch.arange(width, device=mask.device)
+        logits = self.model(input_ids=steps, attention_mask=step_mask, position_ids=step_pos, cache=cache,
+                            use_cache=True).logits
+        return logits.view(batch, k, width, -1)
+
+    def _trie_readout(self, node_logp: dict[tuple[int, ...], torch.Tensor]) -> tuple[list[int], np.ndarray]:
+        """Constrained-decoder probabilities (each branching step renormalised over the trie's children) and
+        its greedy path; single-child steps are forced, probability 1."""
+        import torch
+
+        batch = node_logp[()].shape[0]
+        logprob = torch.zeros(batch, len(self.label_ids))
+        for label, seq in enumerate(self.label_ids):
+            for j, token in enumerate(seq):
+                node = tuple(seq[:j])
+                kids = self._children[node]
+                if len(kids) > 1:
+                    logprob[:, label] += (node_logp[node][:, token] - torch.logsumexp(node_logp[node][:, kids], -1)).cpu()
+        index = {tuple(seq): i for i, seq in enumerate(self.label_ids)}
         preds = []
-        for row in logp:
-            candidates, j = list(range(len(self.label_ids))), 0
-            while len(candidates) > 1:
-                live = [c for c in candidates if len(self.label_ids[c]) > j]
-                best = max(live, key=lambda c: row[c, j].item())
-                candidates = [c for c in live if self.label_ids[c][j] == self.label_ids[best][j]]
-                j += 1
-            preds.append(candidates[0])
+        for b in range(batch):
+            node: tuple[int, ...] = ()
+            while node not in index:
+                kids = self._children[node]
+                node += (kids[int(node_logp[node][b, kids].argmax())] if len(kids) > 1 else kids[0],)
+            preds.append(index[node])
+        probs = logprob.exp().numpy()
         return preds, probs / probs.sum(-1, keepdims=True)
 
     def _generate(self, rows: list[list[int]]) -> list[str]:
