@@ -23,8 +23,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -95,6 +96,14 @@ def accuracy(predictions: list[int], gold: list[int] | None) -> float | None:
     return sum(p == g for p, g in zip(predictions, gold)) / len(gold)
 
 
+def shared_prefix(encoded: list[list[int]]) -> int:
+    """Tokens every prompt starts with (template + instruction): what a prefix cache can skip."""
+    length = 0
+    while all(len(e) > length and e[length] == encoded[0][length] for e in encoded):
+        length += 1
+    return length
+
+
 def forward_only(model: Any, tokenizer: Any, encoded: list[list[int]], batch_size: int) -> None:
     """One plain forward over the same length-sorted, left-padded batches as the scorer, last logits only."""
     import torch
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "label_tokens": [len(s) for s in ref.label_ids],
             "distinct_first_tokens": len({s[0] for s in ref.label_ids}) == len(ref.label_ids),
             "prompt_tokens_mean": sum(map(len, encoded)) / len(encoded),
+            "shared_prefix_tokens": shared_prefix(encoded),
             "n_truncated": n_trunc,
             "encode_s": encode_s,
             "modes": {},
@@ -186,19 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     pipe_kwargs = dict(batch_size=bs, max_new_tokens=new_tokens, do_sample=False, return_full_text=False,
                        pad_token_id=tokenizer.pad_token_id)
 
-    def run_pipeline(items: list[Any]) -> list[int]:
+    def run_pipeline(items: list[Any]) -> tuple[list[int], list[str]]:
         tokenizer.padding_side = "left"
         try:
             outs = pipe(items, **pipe_kwargs)
         finally:
             tokenizer.padding_side = "right"
-        return [parse_answer(o[0]["generated_text"], builder.answers) for o in outs]
+        texts_out = [o[0]["generated_text"] for o in outs]
+        return [parse_answer(t, builder.answers) for t in texts_out], texts_out
 
     tasks[(3, "pipeline")] = (lambda: run_pipeline(chats), lambda: run_pipeline(chats[:bs]))
 
     times: dict[tuple[int, str], list[float]] = {key: [] for key in tasks}
     outputs: dict[tuple[int, str], Any] = {}
-    for key, (_, warmup) in tasks.items():
+    for _, warmup in tasks.values():
         warmup()
     for rep in range(reps):
         for key, (fn, _) in tasks.items():
@@ -217,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             entry["forward"] = row
             continue
         out = outputs[(n_labels, name)]
-        preds = out if name == "pipeline" else out.predictions
+        preds = out[0] if name == "pipeline" else out.predictions
+        raw = out[1] if name == "pipeline" else out.raw_outputs
         n_invalid = sum(p == INVALID for p in preds)
         row.update(n_invalid=n_invalid, invalid_rate=n_invalid / len(texts),
                    x_forward=seconds / min(times[(n_labels, "forward")]),
                    accuracy=accuracy(preds, gold) if n_labels == 3 else None)
+        if raw:  # what free generation said, for the invalid rate
+            row["raw_output_samples"] = [{"output": raw[i], "parsed": preds[i]} for i in range(min(8, len(raw)))]
         if name == "pipeline":
             entry["pipeline"] = {**row, "max_new_tokens": new_tokens}
         else:
@@ -273,7 +287,7 @@ def print_tables(report: dict[str, Any]) -> None:
           f"{Path(report['data']).name}), batch {report['args']['batch_size']}, {report['environment']['device']}, "
           f"{report['environment']['torch_threads']} threads, best of {report['args']['repeats']}")
     load = report["loadavg_start_end"]
-    print(f"mean prompt {three['prompt_tokens_mean']:.1f} tokens; tokenisation {three['encode_s']:.3f} s "
+    print(f"mean prompt {three['prompt_tokens_mean']:.1f} tokens ({three['shared_prefix_tokens']} shared by all); tokenisation {three['encode_s']:.3f} s "
           f"(in scorer times, not in the forward time); load average {load[0][0]:.1f} -> {load[1][0]:.1f}\n")
     print("| 3 labels                   |   ex/s | x pipeline | invalid | accuracy | x forward |")
     print("|----------------------------|-------:|-----------:|--------:|---------:|----------:|")
@@ -290,7 +304,11 @@ def print_tables(report: dict[str, Any]) -> None:
     print(f"| {'plain forward (reference)':<26} | {fwd['examples_per_second']:6.1f} | {ratio:10.2f} | {'-':>7} | "
           f"{'-':>8} | {1:9.2f} |")
     print("x pipeline = throughput / pipeline throughput; x forward = scorer time / one forward pass "
-          "(logits_to_keep=1) over the same batches")
+          "(logits_to_keep=1) over the same full prompts\n(below 1 when the scorer skips work the plain forward does, "
+          "e.g. the shared prompt prefix computed once)")
+    if max(load[0][0], load[1][0]) > (report["environment"]["cpu_count"] or 1):
+        print(f"warning: load average above the {report['environment']['cpu_count']} CPUs: other work shared the "
+              "machine, ratios are noisy (use --repeats)")
 
     twenty = report["labels"].get("20")
     if not twenty:
@@ -298,7 +316,8 @@ def print_tables(report: dict[str, Any]) -> None:
     print(f"\n20 labels (TFN topics, task 'topic': label tokens {min(twenty['label_tokens'])}-"
           f"{max(twenty['label_tokens'])}, distinct first tokens: {twenty['distinct_first_tokens']}) vs 3 labels "
           f"(label tokens {max(three['label_tokens'])}), same texts; mean prompt {twenty['prompt_tokens_mean']:.1f} "
-          f"vs {three['prompt_tokens_mean']:.1f} tokens\n")
+          f"vs {three['prompt_tokens_mean']:.1f} tokens (shared prefix {twenty['shared_prefix_tokens']} vs "
+          f"{three['shared_prefix_tokens']})\n")
     print("| mode           | 3 labels ex/s | 20 labels ex/s | time 20 / 3 | 20 labels x forward |")
     print("|----------------|--------------:|---------------:|------------:|--------------------:|")
     rows = [("forward", three["forward"], twenty["forward"])]

@@ -106,6 +106,45 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from fintrl.hub import publish
+    from fintrl.runner import load_run_recipe
+
+    section = load_run_recipe(Path(args.run_dir)).publish  # flags override the recipe's `publish:` section
+    repo_id = args.repo or section.repo_id
+    if not repo_id:
+        raise RecipeError("publish needs a repo: pass --repo org/name or set publish.repo_id in the recipe")
+    result = publish(Path(args.run_dir), repo_id, version=args.version or section.version,
+                     private=args.private or section.private)
+    print(json.dumps(vars(result), indent=2))
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from fintrl.hub import list_versions
+
+    versions = list_versions(args.repo)
+    if args.json:
+        print(json.dumps(versions, indent=2))
+    elif not versions:
+        print(f"{args.repo}: no published versions")
+    else:
+        columns = ("version", "date", "commit", "base_model", "data", "accuracy", "f1_macro")
+        rows = [columns] + [tuple(_cell(v[c], c) for c in columns) for v in versions]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cell(value: object, column: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)[:12] if column == "commit" else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fintrl", description="Instruction-tune causal LMs to classify financial text.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -146,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--repo", help="repo id shown in the usage snippet")
     p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("publish", help="upload a run folder to the Hub as one commit, tagged with a new version")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", help="org/name (default: the recipe's publish.repo_id)")
+    p.add_argument("--version", help="vMAJOR.MINOR.PATCH (default: v1.0.0, then the next minor version)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("versions", help="list a repo's published versions with their metrics, highest first")
+    p.add_argument("repo", help="org/name")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_versions)
     return parser
 
 

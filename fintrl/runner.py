@@ -135,7 +135,7 @@ def resolve_target(target: str, recipe_path: str | None, overrides: list[str]) -
     if recipe_path is None:
         if (local / RECIPE_FILE).is_file():
             return load_recipe(local / RECIPE_FILE, overrides), str(local)
-        if not local.exists():
+        if not local.exists() and target.count("/") == 1:
             from huggingface_hub import snapshot_download
 
             folder = Path(snapshot_download(target, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.yaml", "*.txt"]))
@@ -143,7 +143,8 @@ def resolve_target(target: str, recipe_path: str | None, overrides: list[str]) -
                 return load_recipe(folder / RECIPE_FILE, overrides), str(folder)
         raise RecipeError(f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the data and prompt")
     recipe = load_recipe(recipe_path, overrides)
-    adapter = target if (local / "adapter_config.json").is_file() or not local.exists() and _is_adapter_repo(target) else None
+    on_hub = not local.exists() and target.count("/") == 1
+    adapter = target if (local / "adapter_config.json").is_file() or on_hub and _is_adapter_repo(target) else None
     if adapter is None:
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name_or_path": target})})
     return recipe, adapter

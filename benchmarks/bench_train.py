@@ -1,0 +1,362 @@
+"""Training throughput: fintrl's trainer (recipe + TRAIN_DEFAULTS, QLoRA NF4) against TRL's SFTTrainer defaults.
+
+Every variant trains the same 4-bit model with the same LoRA config, batch size and data for `--steps` optimizer
+steps, each in its own subprocess (so peak memory does not mix), in one run on one machine:
+- `trl_default`: `SFTTrainer` with `SFTConfig` holding only what it needs to run here (output_dir, report_to none,
+  max_steps, batch size; on CPU use_cpu=True, bf16=False). TRL defaults then apply: gradient checkpointing on,
+  random sampler (no length grouping), LoRA adapters cast to bf16 for the quantized model.
+- `fintrl`: `fintrl.train.build_trainer` with the recipe's settings (TRAIN_DEFAULTS under the recipe's `train:`).
+- `fintrl[KEY=VALUE,...]`: fintrl with overrides (`--variant`), to justify a default with a ratio.
+
+Tokens are the non-padding tokens (attention_mask sum) of the batches the trainer actually consumed, counted by
+wrapping its data collator; tokens/s = real tokens / train time. Peak memory: process peak RSS on CPU
+(getrusage), peak allocated VRAM (torch.cuda.max_memory_allocated) on GPU.
+
+    python benchmarks/bench_train.py --quick --model tiny-mistral
+    python benchmarks/bench_train.py --model smollm2-135m-instruct --data-path ../shared/data/fpb_allagree \\
+        --variant group_by_length=false --variant gradient_checkpointing=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("model", "quantization", "lora", "data", "prompt", "train", "eval", "seed")
+ALIASES = {  # shorthand -> recipe override (values parsed as YAML, as `fintrl run --set`)
+    "group_by_length": lambda v: f"train.train_sampling_strategy={'group_by_length' if _truthy(v) else 'random'}",
+}
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny-mistral", help="offline name (tiny-mistral, smollm2-135m-instruct), folder or Hub id")
+    p.add_argument("--quick", action="store_true", help="smoke run: --steps 6")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 30; quick 6)")
+    p.add_argument("--recipe", default=str(REPO / "recipes" / "quickstart.yaml"),
+                   help="recipe giving quantization, LoRA, prompt and train settings (model and data are replaced)")
+    p.add_argument("--data-path", default=None, help="a folder of train/validation CSVs (default: the `quickstart` preset)")
+    p.add_argument("--batch-size", type=int, default=None, help="per-device batch size for every variant (default: the recipe's)")
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="an extra fintrl variant; keys are SFTConfig fields (train.*) or recipe paths (lora.r=8); "
+                        "`group_by_length=true|false` is shorthand for train.train_sampling_strategy. Repeatable.")
+    p.add_argument("--no-trl", action="store_true", help="skip the TRL-defaults baseline (ratios then against fintrl)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each worker (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per variant, interleaved; the fastest is kept")
+    p.add_argument("--out", default="runs/bench/bench_train.json", help="results JSON (worker logs next to it)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: JSON spec of one variant
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.steps = args.steps or (6 if args.quick else 30)
+    return args
+
+
+def split_variant(text: str) -> list[str]:
+    """`a=1,b=[x,y]` -> ["a=1", "b=[x,y]"] (commas inside brackets stay)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{(" and 1 or 0
+        depth -= ch in "]})" and 1 or 0
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def variant_overrides(text: str) -> list[str]:
+    out = []
+    for item in split_variant(text):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: expected KEY=VALUE")
+        key = key.strip()
+        if key in ALIASES:
+            out.append(ALIASES[key](value))
+        elif key.split(".")[0] in SECTIONS:
+            out.append(f"{key}={value}")
+        else:
+            out.append(f"train.{key}={value}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# worker: one variant, in its own process
+# ---------------------------------------------------------------------------------------------------------------
+def rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return None
+
+
+def run_worker(spec: dict[str, Any], result_path: str) -> None:
+    import torch
+    import transformers
+    from transformers import TrainerCallback
+
+    transformers.logging.set_verbosity_error()
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+
+    from fintrl.data import PromptBuilder, load_labeled_data
+    from fintrl.models import has_cuda, load_model, load_tokenizer, lora_config
+    from fintrl.recipe import check_library_fields, load_recipe
+    from fintrl.train import TRAIN_DEFAULTS, build_trainer
+
+    overrides = [f"model.name_or_path={spec['model']}", f"train.max_steps={spec['steps']}"]
+    if spec.get("data_path"):
+        overrides += ["data.preset=null", f"data.path={spec['data_path']}"]
+    if spec.get("batch_size"):
+        overrides.append(f"train.per_device_train_batch_size={spec['batch_size']}")
+    overrides += spec.get("overrides", [])
+    recipe = load_recipe(spec["recipe"], overrides)
+    check_library_fields(recipe)
+    batch_size = {**TRAIN_DEFAULTS, **recipe.train}["per_device_train_batch_size"]
+
+    data = load_labeled_data(recipe.data)
+    tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
+    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    dataset = builder.sft_dataset(data.train)
+    start = time.perf_counter()
+    model = load_model(recipe.model, recipe.quantization)
+    load_s = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory(prefix="fintrl-bench-") as tmp:
+        if spec["kind"] == "trl_default":
+            from trl import SFTConfig, SFTTrainer
+
+            required: dict[str, Any] = {} if has_cuda() else {"use_cpu": True, "bf16": False}
+            config = SFTConfig(output_dir=tmp, report_to="none", max_steps=spec["steps"],
+                               per_device_train_batch_size=batch_size, **required)
+            trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                                 peft_config=lora_config(recipe.lora))
+        else:
+            trainer = build_trainer(recipe, model, tokenizer, dataset, Path(tmp))
+
+        batches: list[dict[str, int]] = []
+        inner = trainer.data_collator
+
+        def counting_collator(features: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = inner(features)
+            ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
+            batches.append({
+                "examples": len(features),
+                "tokens": int(mask.sum()) if mask is not None else int(ids.numel()),  # padding-free: no pads
+                "padded_tokens": int(ids.numel()),
+                "loss_tokens": int((labels != -100).sum()) if labels is not None else 0,
+            })
+            return batch
+
+        trainer.data_collator = counting_collator
+
+        class StepClock(TrainerCallback):
+            def __init__(self) -> None:
+                self.ends: list[float] = []
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.ends.append(time.perf_counter())
+
+        clock = StepClock()
+        trainer.add_callback(clock)
+        trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+        settings = {
+            "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+            "train_sampling_strategy": str(getattr(trainer.args, "train_sampling_strategy", "")),
+            "bf16": bool(trainer.args.bf16),
+            "per_device_train_batch_size": trainer.args.per_device_train_batch_size,
+            "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+            "max_length": getattr(trainer.args, "max_length", None),
+            "padding_free": bool(getattr(trainer.args, "padding_free", False)),
+            "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in trainable}),
+            "trainable_params": sum(p.numel() for p in trainable),
+        }
+        rss_before = rss_mb()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = start_wall = time.perf_counter()
+        output = trainer.train()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - start
+        steps = trainer.state.global_step
+
+    # The dataloader may collate one batch ahead; keep the batches the optimizer steps consumed.
+    used = batches[: steps * settings["gradient_accumulation_steps"]]
+    tokens = sum(b["tokens"] for b in used)
+    examples = sum(b["examples"] for b in used)
+    padded = sum(b["padded_tokens"] for b in used)
+    ga = settings["gradient_accumulation_steps"]
+    steady = None
+    if len(clock.ends) >= 2:  # steps 2..N: without the first step's one-off costs
+        steady_s = clock.ends[-1] - clock.ends[0]
+        steady_tokens = sum(b["tokens"] for b in used[ga:])
+        steady = {"seconds": steady_s, "tokens_per_second": steady_tokens / steady_s,
+                  "examples_per_second": sum(b["examples"] for b in used[ga:]) / steady_s}
+    result = {
+        "kind": spec["kind"], "overrides": spec.get("overrides", []), "settings": settings,
+        "steps": steps, "examples": examples, "tokens": tokens, "padded_tokens": padded,
+        "padding_fraction": 1 - tokens / padded if padded else 0.0,
+        "loss_tokens": sum(b["loss_tokens"] for b in used),
+        "train_seconds": train_s, "tokens_per_second": tokens / train_s, "examples_per_second": examples / train_s,
+        "steady": steady, "step_seconds": [b - a for a, b in zip([start_wall, *clock.ends], clock.ends)],
+        "train_loss": output.training_loss, "load_model_s": load_s,
+        "rss_before_train_mb": rss_before,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "peak_vram_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "n_train_rows": len(dataset), "torch_threads": torch.get_num_threads(),
+    }
+    Path(result_path).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parent: run every variant in a subprocess, print the table
+# ---------------------------------------------------------------------------------------------------------------
+def run_variant(name: str, spec: dict[str, Any], log_dir: Path, tag: str) -> dict[str, Any]:
+    log = log_dir / f"{tag}.log"
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_path = f.name
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec), "--result", result_path]
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                              env={**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - start
+    try:
+        if proc.returncode != 0:
+            tail = "\n".join(log.read_text().splitlines()[-25:])
+            print(f"variant {name} failed (exit {proc.returncode}); log {log}:\n{tail}", file=sys.stderr)
+            return {"name": name, "error": f"exit {proc.returncode}", "log": str(log)}
+        result = json.loads(Path(result_path).read_text())
+    finally:
+        Path(result_path).unlink(missing_ok=True)
+    print(f"{name}: {result['train_seconds']:.1f} s training, {wall:.0f} s with start-up", file=sys.stderr)
+    return {"name": name, "log": str(log), "process_seconds": wall, **result}
+
+
+def environment() -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "trl": trl.__version__, "peft": peft.__version__, "cpu_count": os.cpu_count(), "machine": platform.machine()}
+    try:
+        import bitsandbytes
+
+        env["bitsandbytes"] = bitsandbytes.__version__
+    except ImportError:
+        pass
+    env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(json.loads(args.worker), args.result)
+        return 0
+
+    data_path = str(Path(args.data_path).resolve()) if args.data_path else None
+    if data_path and not Path(data_path).exists():
+        raise SystemExit(f"--data-path {args.data_path}: does not exist")
+    base = {"model": args.model, "recipe": str(Path(args.recipe).resolve()), "steps": args.steps,
+            "data_path": data_path, "batch_size": args.batch_size, "threads": args.threads}
+    variants: list[tuple[str, dict[str, Any]]] = []
+    if not args.no_trl:
+        variants.append(("trl_default", {**base, "kind": "trl_default"}))
+    variants.append(("fintrl", {**base, "kind": "fintrl"}))
+    for text in args.variant:
+        variants.append((f"fintrl[{text}]", {**base, "kind": "fintrl", "overrides": variant_overrides(text)}))
+
+    out = Path(args.out)
+    log_dir = out.with_suffix("").with_name(out.stem + "_logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    load_at_start = list(os.getloadavg())
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    for rep in range(args.repeats):  # interleaved, so outside load hits every variant alike
+        for i, (name, spec) in enumerate(variants):
+            runs[name].append(run_variant(name, spec, log_dir, f"{i}_{spec['kind']}_r{rep + 1}"))
+    best = {}
+    for name, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        best[name] = max(ok, key=lambda r: r["tokens_per_second"]) if ok else rs[-1]
+        best[name]["all_tokens_per_second"] = [r.get("tokens_per_second") for r in rs]
+
+    report = {"benchmark": "bench_train", "args": {k: v for k, v in vars(args).items() if k not in ("worker", "result")},
+              "model": args.model, "data": data_path or "preset quickstart (packaged sample)",
+              "environment": environment(), "loadavg_start_end": [load_at_start, list(os.getloadavg())],
+              "variants": best}
+    print_table(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nresults: {out} (worker logs in {log_dir})")
+    return 0 if all("error" not in r for r in best.values()) else 1
+
+
+def print_table(report: dict[str, Any]) -> None:
+    variants = report["variants"]
+    ref_trl = variants.get("trl_default")
+    ref_fintrl = variants.get("fintrl")
+    load = report["loadavg_start_end"]
+    any_ok = next((r for r in variants.values() if "error" not in r), None)
+    print(f"\nbench_train: {report['model']}, data {report['data']}, {report['args']['steps']} steps, "
+          f"batch {any_ok['settings']['per_device_train_batch_size'] if any_ok else '?'}, "
+          f"{report['environment']['device']}, {any_ok['torch_threads'] if any_ok else '?'} threads, "
+          f"best of {report['args']['repeats']}; load average {load[0][0]:.1f} -> {load[1][0]:.1f}\n")
+    mem_col = "peak VRAM MB" if report["environment"]["device"] != "cpu" else "peak RSS MB"
+    print(f"| variant                        | tok/s | ex/s | steady tok/s | pad % | {mem_col:>12} | x TRL | x fintrl | settings |")
+    print("|--------------------------------|------:|-----:|-------------:|------:|-------------:|------:|---------:|----------|")
+    for name, r in variants.items():
+        if "error" in r:
+            print(f"| {name:<30} | failed ({r['error']}, see {r['log']}) |")
+            continue
+        mem = r["peak_vram_mb"] if r["peak_vram_mb"] is not None else r["peak_rss_mb"]
+        x_trl = r["tokens_per_second"] / ref_trl["tokens_per_second"] if ref_trl and "error" not in ref_trl else None
+        x_fin = r["tokens_per_second"] / ref_fintrl["tokens_per_second"] if ref_fintrl and "error" not in ref_fintrl else None
+        s = r["settings"]
+        settings = (f"gc={'on' if s['gradient_checkpointing'] else 'off'}, sampler={s['train_sampling_strategy']}, "
+                    f"adapters={'/'.join(s['adapter_dtypes'])}")
+        steady = r["steady"]["tokens_per_second"] if r["steady"] else None
+        print(f"| {name:<30} | {r['tokens_per_second']:5.0f} | {r['examples_per_second']:4.2f} | "
+              f"{'-' if steady is None else format(steady, '12.0f'):>12} | {r['padding_fraction']:5.1%} | {mem:12.0f} | "
+              f"{'-' if x_trl is None else format(x_trl, '5.2f'):>5} | {'-' if x_fin is None else format(x_fin, '8.2f'):>8} | "
+              f"{settings} |")
+    print("tok/s = non-padding tokens fed / train time (all steps); steady = steps 2..N; pad % = padding share of the "
+          "batches; x = tok/s ratio")
+    if max(load[0][0], load[1][0]) > (report["environment"]["cpu_count"] or 1):
+        print(f"warning: load average above the {report['environment']['cpu_count']} CPUs: other work shared the "
+              "machine, ratios are noisy (use --repeats)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

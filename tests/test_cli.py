@@ -1,0 +1,64 @@
+"""`fintrl eval` and `fintrl predict` on a trained tiny run folder, as a user calls them."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fintrl.cli import main
+from fintrl.recipe import recipe_from_dict
+from fintrl.runner import run
+from tests.conftest import tiny_recipe_dict
+
+LABELS = {"negative", "neutral", "positive"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    recipe = tiny_recipe_dict(out)
+    recipe["train"] |= {"max_steps": 2}
+    recipe["eval"]["baselines"] = False
+    run(recipe_from_dict(recipe))
+    return out
+
+
+def test_eval_run_folder_in_every_mode(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for mode in ("trie", "loglik", "generate"):
+        out = tmp_path / mode
+        assert main(["eval", str(run_dir), "--mode", mode, "--output-dir", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["scoring"]["mode"] == mode and metrics["n"] == 12
+        assert (out / "confusion_matrix.png").stat().st_size > 0 and (out / "reliability.png").stat().st_size > 0
+        if mode != "generate":
+            assert metrics["invalid_rate"] == 0
+    capsys.readouterr()
+
+
+def test_eval_refuses_a_different_label_set(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["eval", str(run_dir), "--set", "data.labels=[negative, neutral, positive, mixed]", "--output-dir", str(tmp_path)])
+    assert code == 2 and "label sets differ" in capsys.readouterr().err
+
+
+def test_predict_texts_and_stdin(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    assert main(["predict", str(run_dir), "--text", "Profit doubled.", "--text", "Plant closes."]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"text"')]
+    assert [r["text"] for r in rows] == ["Profit doubled.", "Plant closes."]
+    assert all(r["label"] in LABELS and abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Sales fell.\n\nDividend raised.\n"))
+    assert main(["predict", str(run_dir), "--input", "-", "--output", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["Sales fell.", "Dividend raised."]  # the empty line is skipped, with a warning
+
+
+def test_zero_shot_base_model_needs_a_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "tiny-mistral"]) == 2
+    assert "give a recipe" in capsys.readouterr().err
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "tiny_test.yaml"
+    assert main(["eval", "tiny-mistral", "--recipe", str(recipe), "--set", "data.max_eval_samples=6",
+                 "--set", "eval.baselines=false", "--output-dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 6
