@@ -7,13 +7,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trl import SFTTrainer
+
 from fintrl.models import has_cuda, lora_config
 from fintrl.recipe import Recipe, RecipeError
 
 if TYPE_CHECKING:
+    import torch
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +68,67 @@ def last_checkpoint(run_dir: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
+    """Tokens every row starts with (chat template + instruction), all before the first scored label."""
+    same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(0).int().cumprod(0).sum().item()
+    scored = (labels != -100).any(0).nonzero()
+    first_label = scored[0].item() if len(scored) else input_ids.shape[1]
+    return int(min(same, first_label - 1))
+
+
+class FintrlSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer, with a loss that skips what classification batches make needless.
+
+    - The prompt prefix shared by every row of a batch is run once and its KV cache expanded to the batch (its
+      gradient flows back through the expansion), instead of once per row.
+    - The LM head is applied only where a label token is scored (a few answer tokens per example); TRL's fused head
+      does that on Triton devices only and scores every position elsewhere.
+    The loss and its gradient are those of TRL's completion-only loss (tests check both); other setups
+    (gradient checkpointing, padding-free batches, logits requested) use TRL's path unchanged.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        import torch
+        from transformers import DynamicCache
+
+        if return_outputs or self.args.gradient_checkpointing or "attention_mask" not in inputs or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+        prefix = shared_prefix_length(ids, mask, labels) if len(ids) > 1 else 0
+        cache = None
+        if prefix >= 2:
+            shared = DynamicCache(config=causal_lm.config)
+            backbone(input_ids=ids[:1, :prefix], cache=shared, use_cache=True)
+            cache = DynamicCache(config=causal_lm.config)
+            for i, layer in enumerate(shared.layers):
+                cache.update(layer.keys.expand(len(ids), -1, -1, -1), layer.values.expand(len(ids), -1, -1, -1), i)
+        else:
+            prefix = 0
+        positions = torch.arange(prefix, ids.shape[1], device=ids.device).expand(len(ids), -1)
+        hidden = backbone(input_ids=ids[:, prefix:], attention_mask=mask, position_ids=positions, cache=cache,
+                          use_cache=cache is not None).last_hidden_state
+        targets = labels[:, prefix + 1:]  # hidden state t predicts token t + 1
+        scored = targets != -100
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][scored]).float()
+        per_token = torch.nn.functional.cross_entropy(logits, targets[scored], reduction="none")
+        loss = per_token.sum() / (scored.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        mode = "train" if model.training else "eval"
+        self._metrics[mode]["mean_token_accuracy"].append((logits.argmax(-1) == targets[scored]).float().mean().item())
+        if mode == "train":
+            self._total_train_tokens += int(mask.sum().item())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return loss
+
+
 def build_trainer(recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_dataset: Dataset,
                   run_dir: Path) -> SFTTrainer:
     import torch
-    from trl import SFTTrainer
 
-    trainer = SFTTrainer(model=model, args=sft_config(recipe, run_dir), train_dataset=train_dataset,
+    trainer = FintrlSFTTrainer(model=model, args=sft_config(recipe, run_dir), train_dataset=train_dataset,
                          processing_class=tokenizer, peft_config=lora_config(recipe.lora))
     if not has_cuda():
         # TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); on CPU fp32 adapters are faster and

@@ -76,3 +76,44 @@ def test_cli_run_with_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[st
     summary = json.loads(out[out.index('{\n  "output_dir"'):])
     assert summary["output_dir"] == str(tmp_path / "cli") and 0 <= summary["accuracy"] <= 1
     assert (tmp_path / "cli" / "metrics.json").is_file()
+
+
+def test_prefix_sharing_loss_and_gradients_match_trl(tmp_path: Path, tiny_model_dir: str) -> None:
+    """fintrl's fast loss (shared prefix run once, LM head only on answers) == TRL's completion-only loss, and each
+    example's loss is its own: no attention across rows through the shared cache."""
+    import torch
+    from trl import SFTTrainer
+
+    from fintrl.train import shared_prefix_length
+
+    recipe = recipe_from_dict(tiny_recipe_dict(tmp_path / "run", max_train_samples=8) | {"quantization": None})
+    data = load_labeled_data(recipe.data)
+    tokenizer = load_tokenizer(recipe.model)
+    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    trainer = build_trainer(recipe, load_model(recipe.model, None), tokenizer, builder.sft_dataset(data.train), tmp_path / "run")
+    trainer.model.eval()  # no LoRA dropout: both paths must be deterministic
+    for layer in trainer.model.modules():  # make the adapters non-trivial so gradients reach every layer
+        if hasattr(layer, "lora_B"):
+            torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.02)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    assert shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["labels"]) > 10
+
+    def loss_and_grads(loss_fn, inputs) -> tuple[float, list]:
+        trainer.model.zero_grad()
+        loss = loss_fn(trainer.model, inputs, num_items_in_batch=None)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
+
+    ours, our_grads = loss_and_grads(trainer.compute_loss, batch)
+    theirs, their_grads = loss_and_grads(lambda *a, **k: SFTTrainer.compute_loss(trainer, *a, **k), batch)
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    for a, b in zip(our_grads, their_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    # per example: the batched sum equals the examples scored one by one
+    singles = [trainer.data_collator([trainer.train_dataset[i]]) for i in range(6)]
+    counts = [(s["labels"] != -100).sum().item() for s in singles]
+    with torch.no_grad():
+        total = sum(trainer.compute_loss(trainer.model, s, num_items_in_batch=1).item() for s in singles)
+        batched = trainer.compute_loss(trainer.model, batch, num_items_in_batch=1).item()
+    assert batched == pytest.approx(total, rel=1e-5) and sum(counts) > 0
