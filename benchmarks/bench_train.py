@@ -35,7 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("model", "quantization", "lora", "data", "prompt", "train", "eval", "seed")
 ALIASES = {  # shorthand -> recipe override (values parsed as YAML, as `fintrl run --set`)
     "group_by_length": lambda v: f"train.train_sampling_strategy={'group_by_length' if _truthy(v) else 'random'}",
+    # fintrl's trainer with TRL's own compute_loss: isolates the shared-prefix / answer-only LM head loss
+    "trl_loss": lambda v: f"{TRL_LOSS}={_truthy(v)}",
 }
+TRL_LOSS = "bench.trl_loss"  # handled by the worker, not a recipe key
 
 
 def _truthy(value: str) -> bool:
@@ -133,7 +136,8 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
         overrides += ["data.preset=null", f"data.path={spec['data_path']}"]
     if spec.get("batch_size"):
         overrides.append(f"train.per_device_train_batch_size={spec['batch_size']}")
-    overrides += spec.get("overrides", [])
+    trl_loss = f"{TRL_LOSS}=True" in spec.get("overrides", [])
+    overrides += [o for o in spec.get("overrides", []) if not o.startswith(TRL_LOSS)]
     recipe = load_recipe(spec["recipe"], overrides)
     check_library_fields(recipe)
     batch_size = {**TRAIN_DEFAULTS, **recipe.train}["per_device_train_batch_size"]
@@ -157,6 +161,10 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
                                  peft_config=lora_config(recipe.lora))
         else:
             trainer = build_trainer(recipe, model, tokenizer, dataset, Path(tmp))
+            if trl_loss:
+                from trl import SFTTrainer
+
+                trainer.compute_loss = SFTTrainer.compute_loss.__get__(trainer)
 
         batches: list[dict[str, int]] = []
         inner = trainer.data_collator
