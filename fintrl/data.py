@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fintrl.recipe import DataSection, PromptSection, RecipeError
+from fintrl.recipe import DataSection, MixtureSource, PromptSection, RecipeError
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -72,10 +72,20 @@ class LabeledData:
     license: str | None
     eval_split: str
     dropped: dict[str, int] = field(default_factory=dict)
+    mixture: list[dict[str, Any]] = field(default_factory=list)  # per-source provenance of a `data.mixture`
+
+    def eval_groups(self) -> dict[str, list[int]]:
+        """Eval row indices per source (a mixture's eval carries a `source` column); empty for a single source."""
+        if SOURCE_COLUMN not in self.eval.column_names:
+            return {}
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(self.eval[SOURCE_COLUMN]):
+            groups.setdefault(name, []).append(i)
+        return groups
 
     def describe(self) -> dict[str, Any]:
         counts = {name: Counter(ds["label"]) for name, ds in (("train", self.train), ("eval", self.eval))}
-        return {
+        out = {
             "source": self.source,
             "task": self.task,
             "eval_split": self.eval_split,
@@ -86,6 +96,9 @@ class LabeledData:
             "dropped": self.dropped,
             "license": self.license,
         }
+        if self.mixture:
+            out["mixture"] = self.mixture
+        return out
 
 
 def resolve_data(section: DataSection) -> tuple[DataSection, Preset | None]:
@@ -161,6 +174,8 @@ def load_labeled_data(section: DataSection) -> LabeledData:
     """Load, map labels to ids, drop (and count) empty texts, carve a validation split when missing."""
     from datasets import ClassLabel, Dataset, Features, Value
 
+    if section.mixture is not None:
+        return load_mixture(section)
     section, preset = resolve_data(section)
     raw = _load_raw(section)
     if section.train_split not in raw:
@@ -209,6 +224,94 @@ def load_labeled_data(section: DataSection) -> LabeledData:
         train=train, eval=eval_ds, labels=labels, source=section.path or section.source or "",
         task=preset.task if preset else "class", license=preset.license if preset else None,
         eval_split=eval_split, dropped=dropped,
+    )
+
+
+SOURCE_COLUMN = "source"
+_PER_SOURCE_FIELDS = {"preset", "source", "path", "config_name", "text_column", "label_column", "labels"}
+
+
+def weighted_indices(n: int, weight: float, seed: int) -> list[int]:
+    """round(weight * n) row indices: every row int(weight) times, plus a seeded sample (no repeats) for the rest."""
+    import numpy as np
+
+    copies = int(weight)
+    extra = min(n, max(0, round(weight * n) - copies * n))
+    sample = np.random.default_rng(seed).choice(n, size=extra, replace=False) if extra else []
+    return list(range(n)) * copies + sorted(int(i) for i in sample)
+
+
+def load_mixture(section: DataSection) -> LabeledData:
+    """Each source loaded as its own data section, labels mapped into one set, train rows weighted, eval kept per source.
+
+    Train and eval carry a `source` column (the entry's name); `LabeledData.eval_groups` gives the per-source eval rows.
+    """
+    from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
+
+    assert section.mixture
+    shared = section.model_dump(include={"train_split", "eval_split", "validation_fraction", "max_eval_samples", "seed"})
+    parts: list[tuple[MixtureSource, LabeledData, list[str]]] = []
+    for i, entry in enumerate(section.mixture):
+        where = f"data.mixture.{i} ({entry.display_name})"
+        try:
+            own = {k: v for k, v in entry.model_dump(include=_PER_SOURCE_FIELDS & entry.model_fields_set).items() if v is not None}
+            one = load_labeled_data(DataSection(**own, **shared))
+        except RecipeError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        label_map = entry.label_map or {}
+        unknown = sorted(set(label_map) - set(one.labels))
+        if unknown:
+            raise RecipeError(f"{where}.label_map: {unknown} are not labels of this source {one.labels}")
+        parts.append((entry, one, [label_map.get(name, name) for name in one.labels]))
+
+    given = section.labels
+    if given is not None:
+        labels = list(given.values()) if isinstance(given, dict) else list(given)
+        for i, (entry, _, mapped) in enumerate(parts):
+            missing = sorted(set(mapped) - set(labels))
+            if missing:
+                raise RecipeError(f"data.mixture.{i} ({entry.display_name}): labels {missing} are not in data.labels {labels}; "
+                                  "map them with `label_map` or add them to data.labels")
+    else:  # union, in order of first appearance
+        labels = list(dict.fromkeys(name for _, _, mapped in parts for name in mapped))
+    index = {name: i for i, name in enumerate(labels)}
+    features = Features({"text": Value("string"), "label": ClassLabel(names=labels), SOURCE_COLUMN: Value("string")})
+
+    def relabel(ds: Dataset, mapped: list[str], name: str, rows: list[int] | None = None) -> Dataset:
+        rows = list(range(len(ds))) if rows is None else rows
+        texts, ids = ds["text"], ds["label"]
+        return Dataset.from_dict({"text": [texts[r] for r in rows], "label": [index[mapped[ids[r]]] for r in rows],
+                                  SOURCE_COLUMN: [name] * len(rows)}, features=features)
+
+    trains, evals, provenance, dropped = [], [], [], {}
+    for i, (entry, one, mapped) in enumerate(parts):
+        name = entry.display_name
+        rows = weighted_indices(len(one.train), entry.weight, seed=section.seed + i)
+        if not rows:
+            logger.warning("data.mixture.%d (%s): weight %g of %d rows takes no train rows", i, name, entry.weight, len(one.train))
+        trains.append(relabel(one.train, mapped, name, rows))
+        evals.append(relabel(one.eval, mapped, name))
+        dropped |= {f"{name}/{k}": v for k, v in one.dropped.items()}
+        provenance.append({"name": name, "source": one.source, "license": one.license, "task": one.task,
+                           "weight": entry.weight, "label_map": entry.label_map or {}, "n_train_source": len(one.train),
+                           "n_train": len(rows), "n_eval": len(one.eval), "eval_split": one.eval_split})
+    train = concatenate_datasets(trains).shuffle(seed=section.seed)
+    if section.max_train_samples:
+        train = train.select(range(min(section.max_train_samples, len(train))))
+    eval_ds = concatenate_datasets(evals)
+    overlap = len(set(train["text"]) & set(eval_ds["text"]))
+    if overlap:
+        logger.warning("mixture: %d eval texts also occur in the mixed train rows (do the sources overlap?)", overlap)
+    tasks = {one.task for _, one, _ in parts}
+    licenses = {one.license for _, one, _ in parts}
+    splits = {one.eval_split for _, one, _ in parts}
+    logger.info("mixture: %s", ", ".join(f"{p['name']} {p['n_train']} train ({p['weight']:g} x {p['n_train_source']}) / "
+                                          f"{p['n_eval']} eval" for p in provenance))
+    return LabeledData(
+        train=train, eval=eval_ds, labels=labels,
+        source="mixture(" + ", ".join(f"{p['name']}*{p['weight']:g}" for p in provenance) + ")",
+        task=tasks.pop() if len(tasks) == 1 else "class", license=licenses.pop() if len(licenses) == 1 else "other",
+        eval_split=splits.pop() if len(splits) == 1 else "per source", dropped=dropped, mixture=provenance,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,6 +33,58 @@ class ModelSection(_Section):
     attn_implementation: str | None = None
 
 
+def _check_labels(v: list[str] | dict[int, str] | None) -> list[str] | dict[int, str] | None:
+    names = list(v.values()) if isinstance(v, dict) else v
+    if names is not None:
+        if len(names) < 2:
+            raise ValueError("needs at least two labels")
+        if any(not str(n).strip() for n in names):
+            raise ValueError("label names must be non-empty")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate label names: {dupes}")
+    return v
+
+
+class MixtureSource(_Section):
+    """One source of a `data.mixture`: where it lives and how its rows join the mixture."""
+
+    preset: str | None = Field(None, description="A named dataset (see `fintrl.data.PRESETS`).")
+    source: str | None = Field(None, description="Hub dataset id, a folder of split files, or a csv/jsonl/parquet file.")
+    path: str | None = Field(None, description="Local folder or file that replaces the preset's Hub source.")
+    name: str | None = Field(None, description="Name in per-source metrics; default: the preset, else the folder/file name.")
+    weight: float = Field(1.0, gt=0, description="Train rows taken = weight x the source's train rows: 2.0 = every row twice, "
+                          "0.5 = a seeded half, 1.5 = every row once + a seeded half.")
+    label_map: dict[str, str] | None = Field(None, description="This source's label name -> the mixture's (e.g. bearish: negative); "
+                                             "unmapped labels keep their name.")
+    config_name: str | None = None
+    text_column: str | None = Field(None, description="Default: the preset's, else `text`.")
+    label_column: str | None = Field(None, description="Default: the preset's, else `label`.")
+    labels: list[str] | dict[int, str] | None = Field(None, description="This source's label names (default: the preset's).")
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_nonempty(cls, v: list[str] | dict[int, str] | None) -> list[str] | dict[int, str] | None:
+        return _check_labels(v)
+
+    @field_validator("label_map")
+    @classmethod
+    def _nonempty_targets(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and any(not str(n).strip() for n in v.values()):
+            raise ValueError("label names must be non-empty")
+        return v
+
+    @model_validator(mode="after")
+    def _has_source(self) -> MixtureSource:
+        if not (self.preset or self.source or self.path):
+            raise ValueError("give one of `preset`, `source` or `path`")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.preset or Path(str(self.path or self.source)).name
+
+
 class DataSection(_Section):
     preset: str | None = Field(None, description="A named dataset (see `fintrl.data.PRESETS`).")
     source: str | None = Field(None, description="Hub dataset id, a folder of split files, or a csv/jsonl/parquet file.")
@@ -47,25 +99,32 @@ class DataSection(_Section):
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(None, gt=0)
     seed: int = 42
+    mixture: list[MixtureSource] | None = Field(
+        None, description="Several sources trained together (instead of preset/source/path): train rows weighted per "
+        "source, label sets mapped (`label_map`) into one, eval = every source's eval split, scored per source and "
+        "combined. `labels` then orders the mixture's label set; max_train_samples caps the mixed train rows, "
+        "max_eval_samples each source's eval rows; splits, validation_fraction and seed apply to every source.")
 
     @field_validator("labels")
     @classmethod
     def _unique_nonempty(cls, v: list[str] | dict[int, str] | None) -> list[str] | dict[int, str] | None:
-        names = list(v.values()) if isinstance(v, dict) else v
-        if names is not None:
-            if len(names) < 2:
-                raise ValueError("needs at least two labels")
-            if any(not str(n).strip() for n in names):
-                raise ValueError("label names must be non-empty")
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"duplicate label names: {dupes}")
-        return v
+        return _check_labels(v)
 
     @model_validator(mode="after")
     def _has_source(self) -> DataSection:
-        if not (self.preset or self.source or self.path):
-            raise ValueError("give one of `preset`, `source` or `path`")
+        if self.mixture is not None:
+            per_source = [k for k in ("preset", "source", "path", "config_name", "text_column", "label_column")
+                          if getattr(self, k) != type(self).model_fields[k].default]  # by value: dumped recipes list defaults
+            if per_source:
+                raise ValueError(f"`mixture` replaces {sorted(per_source)}: set them in each mixture entry")
+            if not self.mixture:
+                raise ValueError("`mixture` needs at least one source")
+            names = [m.display_name for m in self.mixture]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"mixture: duplicate source names {dupes}; give each entry a distinct `name`")
+        elif not (self.preset or self.source or self.path):
+            raise ValueError("give one of `preset`, `source` or `path` (or a `mixture` of sources)")
         return self
 
 
@@ -147,12 +206,21 @@ def _format_validation_error(err: ValidationError) -> str:
 
 def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     for part in path:
+        if isinstance(part, int):  # a list index (data.mixture.0)
+            continue
         field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        inner = _model_in(field.annotation) if field else None
+        if inner is None:
             return []
-        model = annotation
+        model = inner
     return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section model in `M`, `M | None`, `list[M]` or `list[M] | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -175,12 +243,30 @@ def _looks_numeric(s: str) -> bool:
 
 
 def _apply_override(raw: dict[str, Any], keys: list[str], value: Any) -> None:
-    node = raw
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise RecipeError(f"--set {'.'.join(keys)}: `{k}` is not a section")
-    node[keys[-1]] = value
+    """Set a nested value; integer parts index lists (`data.mixture.0.path`), and the index just past the end appends."""
+    node: Any = raw
+    parent = "<recipe>"
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) > len(node):
+                raise RecipeError(f"--set {'.'.join(keys)}: `{parent}` is a list of {len(node)}; "
+                                  f"use an index 0..{len(node)} (the last one appends)")
+            index = int(k)
+            if index == len(node):
+                node.append({})
+            if last:
+                node[index] = value
+                return
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[k] = value
+                return
+            node = node.setdefault(k, {})
+        else:
+            raise RecipeError(f"--set {'.'.join(keys)}: `{parent}` is not a section")
+        parent = k
 
 
 def _fix_yaml_floats(node: Any) -> Any:

@@ -60,6 +60,14 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
     metrics["data"] = data.describe()
     if section.baselines:
         metrics["baselines"] = baselines(data.train["text"], data.train["label"], texts, gold, data.labels)
+    if groups := data.eval_groups():  # a mixture: every source's eval split scored on its own too
+        metrics["per_source"] = {}
+        for name, rows in groups.items():
+            sub_gold, sub_texts = [gold[i] for i in rows], [texts[i] for i in rows]
+            sub = classification_metrics(sub_gold, [result.predictions[i] for i in rows], data.labels, result.probabilities[rows])
+            if section.baselines:
+                sub["baselines"] = baselines(data.train["text"], data.train["label"], sub_texts, sub_gold, data.labels)
+            metrics["per_source"][name] = sub
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     with (out_dir / PREDICTIONS_FILE).open("w") as f:

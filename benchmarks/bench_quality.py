@@ -1,0 +1,270 @@
+"""Quality on real financial benchmarks: simple baselines, the base model zero-shot and the fine-tuned model.
+
+For each dataset (local copies in ../shared/data/<name>: train.csv, validation.csv) it trains on train and reports on
+validation, every method on the same rows:
+- `majority`, `tfidf_logreg`: `fintrl.metrics.baselines` (majority class; TF-IDF 1-2 grams + logistic regression);
+- `zero_shot`: the base model, no adapter, through the exact label scorer (`fintrl.runner.evaluate`);
+- `fine_tuned`: `fintrl.runner.run` with the dataset's recipe `recipes/<dataset>_smollm2.yaml` and
+  `--set data.path=../shared/data/<dataset>`, run folder `runs/bench/quality/<dataset>`;
+- `mixture`: `recipes/mixture_smollm2.yaml` (FPB 50 % + FiQA + TFNS, one sentiment label set) trained once and
+  scored on each source's validation split (`fine_tuned_mixture` rows) and on all of them (`mixture` / `all`).
+Accuracy, macro-F1 and weighted-F1, with training time and examples/second. Results go to `--out` (JSON);
+`--compare OLD.json` prints the deltas against an earlier run.
+
+    python benchmarks/bench_quality.py --quick --datasets fpb_allagree          # smoke, tiny random model: seconds
+    python benchmarks/bench_quality.py --quick --model smollm2-135m-instruct    # smoke with a real model: minutes
+    python benchmarks/bench_quality.py                                          # full: the recipes as they are (hours on CPU)
+    python benchmarks/bench_quality.py --datasets fiqa --set train.num_train_epochs=2 --compare runs/bench/quality.json \\
+        --out runs/bench/quality_fiqa_2ep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATASETS = ("fpb_allagree", "fpb_50agree", "tfns", "tfn_topic", "fiqa")
+MIXTURE = "mixture"
+METHODS = ("majority", "tfidf_logreg", "zero_shot", "fine_tuned", "fine_tuned_mixture")
+QUICK = ["data.max_train_samples=32", "data.max_eval_samples=32", "train.max_steps=4", "train.logging_steps=1"]
+QUICK_MODEL = "tiny-mistral"  # random weights: --quick checks that everything runs; its scores mean nothing
+METRICS = ("accuracy", "f1_macro", "f1_weighted")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"smoke run: --model {QUICK_MODEL} (unless --model is given) and "
+                   + " ".join(f"--set {o}" for o in QUICK))
+    p.add_argument("--datasets", nargs="+", default=[*DATASETS, MIXTURE], choices=[*DATASETS, MIXTURE], metavar="NAME",
+                   help=f"subset of {', '.join(DATASETS)}, {MIXTURE} (default: all)")
+    p.add_argument("--model", help="base model for every recipe (offline name, folder or Hub id; default: the recipes')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override for every run, after --quick's (e.g. --set train.num_train_epochs=2)")
+    p.add_argument("--skip-zero-shot", action="store_true", help="no zero-shot scoring of the base model")
+    p.add_argument("--data-dir", default=str(SHARED_DATA), help="folder of <dataset>/train.csv, validation.csv")
+    p.add_argument("--runs-dir", default="runs/bench/quality", help="run folders (<dataset>, zero_shot/<dataset>)")
+    p.add_argument("--out", default="runs/bench/quality.json", help="results JSON")
+    p.add_argument("--compare", metavar="OLD.json", help="print deltas against an earlier results JSON")
+    p.add_argument("--report", metavar="RESULTS.json", help="run nothing: print the table of an existing results JSON "
+                   "(with --compare: its deltas)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.quick and not args.model:
+        args.model = QUICK_MODEL
+    return args
+
+
+# -- recipes ----------------------------------------------------------------------------------------------------
+def recipe_for(name: str, args: argparse.Namespace) -> Any:
+    """The dataset's shipped recipe, pointed at the local data, with --quick / --model / --set applied in that order."""
+    from fintrl.recipe import load_recipe
+
+    path = REPO / "recipes" / f"{name}_smollm2.yaml"
+    data_dir = Path(args.data_dir).resolve()
+    if name == MIXTURE:
+        entries = load_recipe(path).data.mixture or []
+        overrides = [f"data.mixture.{i}.path={data_dir / e.preset}" for i, e in enumerate(entries) if e.preset]
+    else:
+        overrides = [f"data.path={data_dir / name}"]
+    overrides += QUICK if args.quick else []
+    overrides += [f"model.name_or_path={args.model}"] if args.model else []
+    overrides += args.overrides
+    return load_recipe(path, overrides, output_dir=str(Path(args.runs_dir) / name))
+
+
+def missing_data(recipe: Any) -> list[str]:
+    sources = recipe.data.mixture or [recipe.data]
+    return [str(s.path) for s in sources if not (s.path and (Path(s.path) / "train.csv").is_file())]
+
+
+def row(dataset: str, method: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"dataset": dataset, "method": method, **{k: metrics[k] for k in METRICS}, **extra}
+
+
+# -- one dataset ------------------------------------------------------------------------------------------------
+def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from fintrl.data import PromptBuilder, load_labeled_data
+    from fintrl.metrics import baselines
+    from fintrl.runner import evaluate, load_for_inference, run
+
+    data = load_labeled_data(recipe.data)
+    sizes = {"n_train": len(data.train), "n_eval": len(data.eval)}
+    rows = []
+    for method, metrics in baselines(data.train["text"], data.train["label"], data.eval["text"], data.eval["label"],
+                                     data.labels, seed=recipe.seed).items():
+        rows.append(row(name, method, metrics, **sizes))
+    if not args.skip_zero_shot:
+        model, tokenizer = load_for_inference(recipe, None)
+        builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+        out_dir = Path(args.runs_dir) / "zero_shot" / name
+        metrics = evaluate(model, tokenizer, builder, data, recipe.eval.model_copy(update={"baselines": False}), out_dir,
+                           recipe.model.name_or_path)
+        rows.append(row(name, "zero_shot", metrics, **sizes, score_examples_per_second=metrics["scoring"]["examples_per_second"],
+                        invalid_rate=metrics["invalid_rate"], run_dir=str(out_dir)))
+        del model
+        gc.collect()
+    metrics = run(recipe, overwrite=True)
+    rows.append(row(name, "fine_tuned", metrics, **sizes, **train_speed(metrics), run_dir=recipe.output_dir))
+    return rows
+
+
+def bench_mixture(recipe: Any) -> list[dict[str, Any]]:
+    """Train the mixture once; one row per source (its validation split) and one for all of them together."""
+    from fintrl.runner import run
+
+    metrics = run(recipe, overwrite=True)
+    n_train = metrics["data"]["n_train"]
+    speed = train_speed(metrics)
+    rows = [row(source, "fine_tuned_mixture", m, n_train=n_train, n_eval=m["n"], **speed, run_dir=recipe.output_dir)
+            for source, m in metrics.get("per_source", {}).items()]
+    rows.append(row(MIXTURE, "all", metrics, n_train=n_train, n_eval=metrics["n"], **speed, run_dir=recipe.output_dir,
+                    sources={p["name"]: {k: p[k] for k in ("weight", "n_train", "n_eval")} for p in metrics["data"]["mixture"]}))
+    return rows
+
+
+def train_speed(metrics: dict[str, Any]) -> dict[str, Any]:
+    train = metrics.get("train", {})
+    return {"train_seconds": train.get("train_runtime"), "train_examples_per_second": train.get("train_samples_per_second"),
+            "score_examples_per_second": metrics["scoring"]["examples_per_second"]}
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+def _order(r: dict[str, Any]) -> tuple[int, int]:
+    names = [*DATASETS, MIXTURE]
+    methods = [*METHODS, "all"]
+    return (names.index(r["dataset"]) if r["dataset"] in names else len(names),
+            methods.index(r["method"]) if r["method"] in methods else len(methods))
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    meta = report["meta"]
+    print(f"\nbench_quality ({'quick' if meta['quick'] else 'full'}): model {meta['model']}, overrides {meta['overrides'] or '-'}; "
+          f"{meta['environment'].get('device', '?')}, load average {meta['loadavg_start_end'][0][0]:.1f} -> "
+          f"{meta['loadavg_start_end'][1][0]:.1f}\n")
+    print("| dataset      | method             | train rows | eval rows | accuracy | macro-F1 | weighted-F1 | train s | train ex/s | score ex/s |")
+    print("|--------------|--------------------|-----------:|----------:|---------:|---------:|------------:|--------:|-----------:|-----------:|")
+    for r in sorted(report["rows"], key=_order):
+        if "error" in r:
+            print(f"| {r['dataset']:<12} | {r['method']:<18} | failed: {r['error']} |")
+            continue
+        print(f"| {r['dataset']:<12} | {r['method']:<18} | {r['n_train']:>10} | {r['n_eval']:>9} | {r['accuracy']:8.3f} | "
+              f"{r['f1_macro']:8.3f} | {r['f1_weighted']:11.3f} | {_num(r.get('train_seconds'), '7.1f'):>7} | "
+              f"{_num(r.get('train_examples_per_second'), '10.2f'):>10} | {_num(r.get('score_examples_per_second'), '10.1f'):>10} |")
+    for name, reason in report.get("skipped", {}).items():
+        print(f"skipped {name}: {reason}")
+    if meta["model"] == QUICK_MODEL:
+        print(f"({QUICK_MODEL} has random weights: these rows show that the pipeline runs, not how good it is)")
+
+
+def print_compare(report: dict[str, Any], old: dict[str, Any], old_path: str) -> None:
+    before = {(r["dataset"], r["method"]): r for r in old.get("rows", []) if "error" not in r}
+    print(f"\nchange against {old_path} (new - old):\n")
+    for key in ("quick", "model", "overrides"):
+        if old.get("meta", {}).get(key) != report["meta"].get(key):
+            print(f"note: {key} differs: {old.get('meta', {}).get(key)!r} then, {report['meta'].get(key)!r} now")
+    print("| dataset      | method             | eval rows old -> new | accuracy | macro-F1 | weighted-F1 | train s old -> new |")
+    print("|--------------|--------------------|---------------------:|---------:|---------:|------------:|-------------------:|")
+    for r in sorted(report["rows"], key=_order):
+        o = before.get((r["dataset"], r["method"]))
+        if o is None or "error" in r:
+            continue
+        acc, f1m, f1w = (r[k] - o[k] for k in METRICS)
+        times = f"{_num(o.get('train_seconds'), '.0f')} -> {_num(r.get('train_seconds'), '.0f')}"
+        sizes = f"{o['n_eval']} -> {r['n_eval']}"
+        print(f"| {r['dataset']:<12} | {r['method']:<18} | {sizes:>20} | {acc:+8.3f} | {f1m:+8.3f} | "
+              f"{f1w:+11.3f} | {times:>18} |")
+    new_only = sorted({(r["dataset"], r["method"]) for r in report["rows"]} - set(before))
+    if new_only:
+        print("not in the old results: " + ", ".join(f"{d}/{m}" for d, m in new_only))
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+    import trl
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{os.cpu_count()} ({torch.get_num_threads()} threads)"
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "trl": trl.__version__, "device": device, "machine": platform.machine()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report:
+        report = json.loads(Path(args.report).read_text())
+        print_table(report)
+        if args.compare:
+            print_compare(report, json.loads(Path(args.compare).read_text()), args.compare)
+        return 0
+    if not Path(args.data_dir).is_dir():
+        print(f"bench_quality: skipped, no data folder {args.data_dir} (the datasets live in ../shared/data next to the "
+              "repository; see its README.md)")
+        return 0
+    import logging
+
+    import torch
+    import transformers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    transformers.logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+    load_at_start = list(os.getloadavg())
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for name in [d for d in (*DATASETS, MIXTURE) if d in args.datasets]:
+        recipe = recipe_for(name, args)
+        absent = missing_data(recipe)
+        if absent:
+            skipped[name] = f"no train.csv in {', '.join(absent)}"
+            print(f"bench_quality: skipping {name}: {skipped[name]}", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        try:  # the trainer prints its log lines to stdout: keep stdout for the table
+            with contextlib.redirect_stdout(sys.stderr):
+                rows += bench_mixture(recipe) if name == MIXTURE else bench_dataset(name, recipe, args)
+        except Exception as err:  # one dataset failing should not lose the others' numbers
+            traceback.print_exc()
+            rows.append({"dataset": name, "method": "-", "error": f"{type(err).__name__}: {err}"})
+        print(f"bench_quality: {name} done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+
+    model = args.model or ", ".join(sorted({recipe_for(n, args).model.name_or_path for n in args.datasets}))
+    report = {"meta": {"quick": args.quick, "model": model, "overrides": args.overrides, "datasets": args.datasets,
+                       "skip_zero_shot": args.skip_zero_shot, "data_dir": str(Path(args.data_dir).resolve()),
+                       "date": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
+                       "loadavg_start_end": [load_at_start, list(os.getloadavg())]},
+              "rows": rows, "skipped": skipped}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    if args.compare:
+        print_compare(report, json.loads(Path(args.compare).read_text()), args.compare)
+    print(f"\nresults: {out}; run folders under {args.runs_dir}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
