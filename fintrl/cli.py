@@ -25,8 +25,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from fintrl.recipe import check_library_fields
 
         check_library_fields(recipe)
-    print(f"{args.recipe}: ok (model {recipe.model.name_or_path}, data {recipe.data.preset or recipe.data.path or recipe.data.source}, "
-          f"output {recipe.output_dir})")
+    data = recipe.data
+    sources = [m.display_name for m in data.mixture] if data.mixture else [data.preset or data.path or data.source]
+    print(f"{args.recipe}: ok (model {recipe.model.name_or_path}, data {' + '.join(map(str, sources))}, output {recipe.output_dir})")
     return 0
 
 
