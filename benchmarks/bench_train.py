@@ -120,14 +120,15 @@ def rss_mb() -> float | None:
 def run_worker(spec: dict[str, Any], result_path: str) -> None:
     import torch
     import transformers
-    from transformers import TrainerCallback
 
     transformers.logging.set_verbosity_error()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
 
+    from _shared import instrument, trl_default_trainer
+
     from fintrl.data import PromptBuilder, load_labeled_data
-    from fintrl.models import has_cuda, load_model, load_tokenizer, lora_config
+    from fintrl.models import load_model, load_tokenizer
     from fintrl.recipe import check_library_fields, load_recipe
     from fintrl.train import TRAIN_DEFAULTS, build_trainer
 
@@ -152,13 +153,7 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
 
     with tempfile.TemporaryDirectory(prefix="fintrl-bench-") as tmp:
         if spec["kind"] == "trl_default":
-            from trl import SFTConfig, SFTTrainer
-
-            required: dict[str, Any] = {} if has_cuda() else {"use_cpu": True, "bf16": False}
-            config = SFTConfig(output_dir=tmp, report_to="none", max_steps=spec["steps"],
-                               per_device_train_batch_size=batch_size, **required)
-            trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                 peft_config=lora_config(recipe.lora))
+            trainer = trl_default_trainer(model, tokenizer, dataset, recipe.lora, batch_size, spec["steps"], tmp)
         else:
             trainer = build_trainer(recipe, model, tokenizer, dataset, Path(tmp))
             if trl_loss:
@@ -166,33 +161,7 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
 
                 trainer.compute_loss = SFTTrainer.compute_loss.__get__(trainer)
 
-        batches: list[dict[str, int]] = []
-        inner = trainer.data_collator
-
-        def counting_collator(features: list[dict[str, Any]]) -> dict[str, Any]:
-            batch = inner(features)
-            ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
-            batches.append({
-                "examples": len(features),
-                "tokens": int(mask.sum()) if mask is not None else int(ids.numel()),  # padding-free: no pads
-                "padded_tokens": int(ids.numel()),
-                "loss_tokens": int((labels != -100).sum()) if labels is not None else 0,
-            })
-            return batch
-
-        trainer.data_collator = counting_collator
-
-        class StepClock(TrainerCallback):
-            def __init__(self) -> None:
-                self.ends: list[float] = []
-
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                self.ends.append(time.perf_counter())
-
-        clock = StepClock()
-        trainer.add_callback(clock)
+        batches, step_ends = instrument(trainer)
         trainable = [p for p in trainer.model.parameters() if p.requires_grad]
         settings = {
             "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
@@ -224,8 +193,8 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
     padded = sum(b["padded_tokens"] for b in used)
     ga = settings["gradient_accumulation_steps"]
     steady = None
-    if len(clock.ends) >= 2:  # steps 2..N: without the first step's one-off costs
-        steady_s = clock.ends[-1] - clock.ends[0]
+    if len(step_ends) >= 2:  # steps 2..N: without the first step's one-off costs
+        steady_s = step_ends[-1] - step_ends[0]
         steady_tokens = sum(b["tokens"] for b in used[ga:])
         steady = {"seconds": steady_s, "tokens_per_second": steady_tokens / steady_s,
                   "examples_per_second": sum(b["examples"] for b in used[ga:]) / steady_s}
@@ -235,7 +204,7 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
         "padding_fraction": 1 - tokens / padded if padded else 0.0,
         "loss_tokens": sum(b["loss_tokens"] for b in used),
         "train_seconds": train_s, "tokens_per_second": tokens / train_s, "examples_per_second": examples / train_s,
-        "steady": steady, "step_seconds": [b - a for a, b in zip([start_wall, *clock.ends], clock.ends)],
+        "steady": steady, "step_seconds": [b - a for a, b in zip([start_wall, *step_ends], step_ends)],
         "train_loss": output.training_loss, "load_model_s": load_s,
         "rss_before_train_mb": rss_before,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux

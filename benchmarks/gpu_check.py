@@ -191,9 +191,8 @@ def sync() -> None:
 
 def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from transformers import TrainerCallback
+    from _shared import instrument, trl_default_trainer
 
-    from fintrl.models import has_cuda, lora_config
     from fintrl.train import TRAIN_DEFAULTS, build_trainer
 
     recipe, tokenizer, data, builder = load_setup(spec)
@@ -204,41 +203,12 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fintrl-gpu-check-") as tmp:
         setup_start = time.perf_counter()
         if spec["part"] == "trl_default":
-            from trl import SFTConfig, SFTTrainer
-
-            required: dict[str, Any] = {} if has_cuda() else {"use_cpu": True, "bf16": False}
-            config = SFTConfig(output_dir=tmp, report_to="none", max_steps=spec["steps"],
-                               per_device_train_batch_size=batch_size, **required)
-            trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                 peft_config=lora_config(recipe.lora))
+            trainer = trl_default_trainer(model, tokenizer, dataset, recipe.lora, batch_size, spec["steps"], tmp)
         else:
             trainer = build_trainer(recipe, model, tokenizer, dataset, Path(tmp))
         setup_s = time.perf_counter() - setup_start
 
-        batches: list[dict[str, int]] = []
-        inner = trainer.data_collator
-
-        def counting_collator(features: list[dict[str, Any]]) -> dict[str, Any]:
-            batch = inner(features)
-            ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
-            batches.append({"examples": len(features),
-                            "tokens": int(mask.sum()) if mask is not None else int(ids.numel()),
-                            "padded_tokens": int(ids.numel()),
-                            "loss_tokens": int((labels != -100).sum()) if labels is not None else 0})
-            return batch
-
-        trainer.data_collator = counting_collator
-
-        class StepClock(TrainerCallback):
-            def __init__(self) -> None:
-                self.ends: list[float] = []
-
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                sync()
-                self.ends.append(time.perf_counter())
-
-        clock = StepClock()
-        trainer.add_callback(clock)
+        batches, step_ends = instrument(trainer)
         trainable = [p for p in trainer.model.parameters() if p.requires_grad]
         args = trainer.args
         settings = {
@@ -268,7 +238,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     used = batches[: steps * ga]  # the dataloader may collate ahead
     warm = spec["warmup_steps"]
     timed = used[warm * ga:]
-    timed_s = clock.ends[-1] - clock.ends[warm - 1] if warm >= 1 and len(clock.ends) > warm else None
+    timed_s = step_ends[-1] - step_ends[warm - 1] if warm >= 1 and len(step_ends) > warm else None
     tokens = sum(b["tokens"] for b in used)
     padded = sum(b["padded_tokens"] for b in used)
     result = {
@@ -283,7 +253,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "tokens_per_second": sum(b["tokens"] for b in timed) / timed_s,
             "examples_per_second": sum(b["examples"] for b in timed) / timed_s,
         },
-        "step_seconds": [b - a for a, b in zip([start, *clock.ends], clock.ends)],
+        "step_seconds": [b - a for a, b in zip([start, *step_ends], step_ends)],
         "train_loss": output.training_loss,
         "vram_before_train_bytes": vram_before,
         "peak_vram_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
