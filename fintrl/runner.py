@@ -97,7 +97,7 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[s
     """The whole loop. Returns the metrics written to `<output_dir>/metrics.json`."""
     from fintrl.hub import write_card
     from fintrl.models import load_model, load_tokenizer
-    from fintrl.train import build_trainer, train
+    from fintrl.train import TRAIN_DEFAULTS, build_trainer, train
 
     check_library_fields(recipe)
     run_dir = prepare_run_dir(recipe, resume, overwrite)
@@ -115,6 +115,8 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[s
     with timer.stage("eval"):
         metrics = evaluate(trainer.model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path)
     metrics["train"] = train_metrics
+    shown = {*TRAIN_DEFAULTS, *recipe.train, "bf16", "use_cpu"}  # what the card lists: fintrl's defaults + the recipe's
+    metrics["train_args"] = {k: v for k, v in trainer.args.to_dict().items() if k in shown}
     metrics["timings"] = timer.seconds
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     with timer.stage("card"):

@@ -43,6 +43,7 @@ def test_run_folder_contents(tmp_path: Path) -> None:
     assert saved["n"] == 12 and saved["invalid_rate"] == 0 and saved["accuracy"] == metrics["accuracy"]
     assert set(saved["baselines"]) == {"majority", "tfidf_logreg"}
     assert set(saved["timings"]) == {"data", "load_model", "train", "eval"}
+    assert saved["train_args"]["train_sampling_strategy"] == "group_by_length" and saved["train_args"]["use_cpu"]
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 12 and all(p["prediction"] in ("negative", "neutral", "positive") for p in predictions)
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
