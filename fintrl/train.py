@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from trl import SFTTrainer
 
+from fintrl.metrics import plot_training_curve
 from fintrl.models import has_cuda, lora_config
 from fintrl.recipe import Recipe, RecipeError
 
@@ -150,4 +151,5 @@ def train(trainer: SFTTrainer, run_dir: Path, resume: bool) -> dict[str, Any]:
     with (run_dir / "train_log.jsonl").open("w") as f:
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
+    plot_training_curve(trainer.state.log_history, run_dir / "training_loss.png")
     return {"resumed_from": checkpoint, **result.metrics}

@@ -36,7 +36,7 @@ def test_run_folder_contents(tmp_path: Path) -> None:
     metrics = run(recipe_from_dict(tiny_recipe_dict(out)))
     for name in ("recipe.yaml", "adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json",
                  "chat_template.jinja", "metrics.json", "predictions.jsonl", "README.md", "train_log.jsonl",
-                 "confusion_matrix.png", "reliability.png"):
+                 "confusion_matrix.png", "reliability.png", "training_loss.png"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "per_class", "n"} <= set(saved)
