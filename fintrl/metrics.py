@@ -10,12 +10,17 @@ import numpy as np
 from fintrl.scoring import INVALID
 
 
+def _confidence_bins(probabilities: np.ndarray, y_true: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-label confidence, whether it was right, and its bin index (equal-width bins over [0, 1])."""
+    confidence = probabilities.max(-1)
+    correct = probabilities.argmax(-1) == np.asarray(y_true)
+    which = np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    return confidence, correct, which
+
+
 def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, bins: int = 10) -> float:
     """Top-label ECE: |accuracy - confidence| per confidence bin, weighted by bin size (sklearn has no multi-class one)."""
-    confidence = probabilities.max(-1)
-    correct = probabilities.argmax(-1) == y_true
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    confidence, correct, which = _confidence_bins(probabilities, y_true, bins)
     return float(sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
                      for b in range(bins) if (which == b).any()))
 
@@ -100,11 +105,8 @@ def plot_confusion_matrix(metrics: dict[str, Any], path: Path, title: str = "Con
 
 def plot_reliability(probabilities: np.ndarray, y_true: list[int], path: Path, bins: int = 10) -> Path:
     plt = _pyplot()
-    confidence = probabilities.max(-1)
-    correct = probabilities.argmax(-1) == np.asarray(y_true)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    centers = (edges[:-1] + edges[1:]) / 2
+    _, correct, which = _confidence_bins(probabilities, y_true, bins)
+    centers = (np.arange(bins) + 0.5) / bins
     acc = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
     counts = [(which == b).sum() for b in range(bins)]
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -228,10 +228,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.learning_rate=1e-4")
-    parsed = yaml.safe_load(value) if value else None
-    if isinstance(parsed, str) and _looks_numeric(parsed):
-        parsed = float(parsed)  # YAML 1.1 reads 1e-4 as a string
-    return key.split("."), parsed
+    return key.split("."), yaml.safe_load(value) if value else None  # 1e-4 becomes a float in load_recipe
 
 
 def _looks_numeric(s: str) -> bool:
