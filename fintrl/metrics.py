@@ -128,16 +128,29 @@ def plot_reliability(probabilities: np.ndarray, y_true: list[int], path: Path, b
 
 
 def plot_training_curve(log_history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Training loss against steps; with a learning curve (`curve_accuracy` entries), validation accuracy and macro-F1
+    on a second axis, so where the model stops improving is visible at a glance."""
     points = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    if not points:
+    curve = [(h["step"], h["curve_accuracy"], h["curve_f1_macro"]) for h in log_history if "curve_accuracy" in h]
+    if not points and not curve:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(*zip(*points), marker=".")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    if points:
+        ax.plot(*zip(*points), marker=".", color="tab:blue", label="training loss")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title("Training loss")
+    ax.set_title("Training loss" + (" and validation learning curve" if curve else ""))
     ax.grid(alpha=0.3)
+    if curve:
+        steps, acc, f1 = zip(*curve)
+        right = ax.twinx()
+        right.plot(steps, acc, marker="o", color="tab:green", label="val accuracy")
+        right.plot(steps, f1, marker="s", color="tab:orange", label="val macro-F1")
+        right.set_ylabel("validation score")
+        right.set_ylim(0, 1)
+        handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        right.legend(handles=handles, loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -151,6 +151,9 @@ class EvalSection(_Section):
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(512, gt=8, description="Prompt tokens kept; longer texts are truncated (and counted).")
     baselines: bool = True
+    curve_points: int = Field(0, ge=0, description="Learning curve: score `curve_samples` validation rows this many times, "
+                              "evenly over training, plus once before it (training_loss.png, metrics.json `learning_curve`).")
+    curve_samples: int = Field(256, gt=0, description="Validation rows (a fixed seeded sample) scored per curve point.")
 
 
 class PublishSection(_Section):

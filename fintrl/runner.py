@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,7 +98,7 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[s
     """The whole loop. Returns the metrics written to `<output_dir>/metrics.json`."""
     from fintrl.hub import write_card
     from fintrl.models import load_model, load_tokenizer
-    from fintrl.train import TRAIN_DEFAULTS, build_trainer, train
+    from fintrl.train import TRAIN_DEFAULTS, LearningCurve, build_trainer, train
 
     check_library_fields(recipe)
     run_dir = prepare_run_dir(recipe, resume, overwrite)
@@ -109,12 +110,21 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[s
         tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
         builder = PromptBuilder(recipe.prompt, data.labels, data.task)
         model = load_model(recipe.model, recipe.quantization)
+    curve = None
+    if recipe.eval.curve_points:
+        rows = random.Random(recipe.data.seed).sample(range(len(data.eval)), min(recipe.eval.curve_samples, len(data.eval)))
+        sample = data.eval.select(sorted(rows))  # in eval order: with every row, the last point is the final evaluation
+        curve = LearningCurve(tokenizer, builder, recipe.eval, sample["text"], sample["label"])
     with timer.stage("train"):
-        trainer = build_trainer(recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir)
+        trainer = build_trainer(recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir,
+                                callbacks=[curve] if curve else None)
         train_metrics = train(trainer, run_dir, resume)
     with timer.stage("eval"):
         metrics = evaluate(trainer.model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path)
     metrics["train"] = train_metrics
+    if curve:
+        metrics["train"]["learning_curve_seconds"] = round(curve.seconds, 2)  # inside train_runtime
+        metrics["learning_curve"] = [h for h in trainer.state.log_history if "curve_accuracy" in h]
     shown = {*TRAIN_DEFAULTS, *recipe.train, "bf16", "use_cpu"}  # what the card lists: fintrl's defaults + the recipe's
     metrics["train_args"] = {k: v for k, v in trainer.args.to_dict().items() if k in shown}
     metrics["timings"] = timer.seconds

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from fintrl.metrics import plot_training_curve
+from fintrl.metrics import classification_metrics, plot_training_curve
 from fintrl.models import has_cuda, lora_config
 from fintrl.recipe import Recipe, RecipeError
 
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from trl import SFTConfig
+
+    from fintrl.data import PromptBuilder
+    from fintrl.recipe import EvalSection
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +133,54 @@ class FintrlSFTTrainer(SFTTrainer):
         return loss
 
 
+class LearningCurve(TrainerCallback):
+    """Scores a fixed validation sample with the exact label scorer before training and `points` times during it.
+
+    Each point lands in the trainer's log history (`curve_accuracy`, `curve_f1_macro`), hence in train_log.jsonl and
+    training_loss.png: where a run stops improving shows whether more epochs or a different setting could help.
+    The time it takes is kept apart (`seconds`) so that training throughput is not understated.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, section: EvalSection,
+                 texts: list[str], gold: list[int]) -> None:
+        self.tokenizer, self.builder, self.section = tokenizer, builder, section
+        self.texts, self.gold = texts, gold
+        self.due: set[int] = set()
+        self.seconds = 0.0
+
+    def _score(self, state, model) -> None:  # noqa: ANN001
+        from fintrl.scoring import LabelScorer
+
+        start = time.perf_counter()
+        scorer = LabelScorer(model, self.tokenizer, self.builder, mode=self.section.mode,
+                             batch_size=self.section.batch_size, max_length=self.section.max_length)
+        result = scorer.score(self.texts, progress=False)
+        metrics = classification_metrics(self.gold, result.predictions, self.builder.labels)
+        model.train()
+        state.log_history.append({"step": state.global_step, "epoch": state.epoch or 0.0,
+                                  "curve_accuracy": round(metrics["accuracy"], 4),
+                                  "curve_f1_macro": round(metrics["f1_macro"], 4), "curve_samples": len(self.texts)})
+        self.seconds += time.perf_counter() - start
+        logger.info("learning curve, step %d: accuracy %.3f, macro-F1 %.3f", state.global_step, metrics["accuracy"],
+                    metrics["f1_macro"])
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ANN201
+        points = self.section.curve_points
+        self.due = {round(state.max_steps * k / points) for k in range(1, points + 1)}
+        if state.global_step == 0:  # not again when resuming
+            self._score(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ANN201
+        if state.global_step in self.due:
+            self._score(state, model)
+
+
 def build_trainer(recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_dataset: Dataset,
-                  run_dir: Path) -> SFTTrainer:
+                  run_dir: Path, callbacks: list[TrainerCallback] | None = None) -> SFTTrainer:
     import torch
 
     trainer = FintrlSFTTrainer(model=model, args=sft_config(recipe, run_dir), train_dataset=train_dataset,
-                         processing_class=tokenizer, peft_config=lora_config(recipe.lora))
+                               processing_class=tokenizer, peft_config=lora_config(recipe.lora), callbacks=callbacks)
     if not has_cuda():
         # TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); on CPU fp32 adapters are faster and
         # keep small AdamW updates from rounding away.

@@ -43,6 +43,7 @@ def test_run_folder_contents(tmp_path: Path) -> None:
     assert saved["n"] == 12 and saved["invalid_rate"] == 0 and saved["accuracy"] == metrics["accuracy"]
     assert set(saved["baselines"]) == {"majority", "tfidf_logreg"}
     assert set(saved["timings"]) == {"data", "load_model", "train", "eval"}
+    assert "learning_curve" not in saved  # off unless eval.curve_points asks for it
     assert saved["train_args"]["train_sampling_strategy"] == "group_by_length" and saved["train_args"]["use_cpu"]
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 12 and all(p["prediction"] in ("negative", "neutral", "positive") for p in predictions)
@@ -52,18 +53,28 @@ def test_run_folder_contents(tmp_path: Path) -> None:
         run(recipe_from_dict(tiny_recipe_dict(out)))
 
 
-def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
+def test_resume_continues_from_checkpoint_with_its_learning_curve(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = tiny_recipe_dict(out)
     first["train"] |= {"max_steps": 3}
+    first["eval"] |= {"curve_points": 3}
     run(recipe_from_dict(first))
     assert (out / "checkpoints" / "checkpoint-3").is_dir()
     second = tiny_recipe_dict(out)
     second["train"] |= {"max_steps": 6}
+    second["eval"] |= {"curve_points": 2}
     metrics = run(recipe_from_dict(second), resume=True)
     assert metrics["train"]["resumed_from"].endswith("checkpoint-3")
-    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert max(steps) == 6
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert max(entry["step"] for entry in log) == 6
+    # before training and after steps 1, 2, 3; the resumed run adds step 6 (3 was due but already scored)
+    curve = metrics["learning_curve"]
+    assert [p["step"] for p in curve] == [p["step"] for p in log if "curve_accuracy" in p] == [0, 1, 2, 3, 6]
+    # the last point scored the final model on every eval row (12 < curve_samples), as the final evaluation did; a
+    # random model's near-ties may flip one row between bitsandbytes' CPU training and inference paths
+    assert curve[-1]["curve_samples"] == metrics["n"] == 12
+    assert abs(curve[-1]["curve_accuracy"] - metrics["accuracy"]) <= 1 / 12 + 1e-4
+    assert 0 < metrics["train"]["learning_curve_seconds"] < metrics["train"]["train_runtime"]
 
 
 def test_cli_run_with_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
