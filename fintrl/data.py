@@ -171,11 +171,32 @@ def _to_label_ids(values: list[Any], labels: list[str], id_map: dict[int, str] |
 
 
 def load_labeled_data(section: DataSection) -> LabeledData:
-    """Load, map labels to ids, drop (and count) empty texts, carve a validation split when missing."""
+    """Load, map labels to ids, drop (and count) empty texts, carve a validation split when missing; then balance the
+    train classes if asked (after max_train_samples, never the eval rows)."""
+    data = load_mixture(section) if section.mixture is not None else _load_source(section)
+    if section.balance:
+        data.train = balance_classes(data.train, section.balance, section.seed)
+    return data
+
+
+def balance_classes(train: Dataset, balance: float, seed: int) -> Dataset:
+    """Oversample: class c gets round(n_c + balance * (n_max - n_c)) rows (every row int(k) times plus a seeded
+    sample), so rare classes are seen more often without dropping any row of the common ones."""
+    labels = train["label"]
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    largest = max(len(rows) for rows in by_class.values())
+    rows = []
+    for y, members in sorted(by_class.items()):
+        target = len(members) + balance * (largest - len(members))
+        rows += [members[j] for j in weighted_indices(len(members), target / len(members), seed + y)]
+    return train.select(rows).shuffle(seed=seed)
+
+
+def _load_source(section: DataSection) -> LabeledData:
     from datasets import ClassLabel, Dataset, Features, Value
 
-    if section.mixture is not None:
-        return load_mixture(section)
     section, preset = resolve_data(section)
     raw = _load_raw(section)
     if section.train_split not in raw:

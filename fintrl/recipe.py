@@ -98,6 +98,8 @@ class DataSection(_Section):
     validation_fraction: float = Field(0.1, gt=0, lt=1, description="Carved from train (stratified, seeded) when eval_split is absent.")
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(None, gt=0)
+    balance: float = Field(0.0, ge=0, le=1, description="Class balancing by oversampling train rows: class c gets "
+                           "n_c + balance * (n_max - n_c) rows (0: as is, 1: all as large as the largest). Eval untouched.")
     seed: int = 42
     mixture: list[MixtureSource] | None = Field(
         None, description="Several sources trained together (instead of preset/source/path): train rows weighted per "

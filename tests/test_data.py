@@ -90,3 +90,23 @@ def test_prompt_builder_examples_and_verbalizers() -> None:
     assert with_system[0] == {"role": "system", "content": "You are terse."}
     with pytest.raises(RecipeError, match="distinct"):
         PromptBuilder(PromptSection(verbalizers={"a": "b"}), ["a", "b"])
+
+
+@pytest.mark.parametrize("balance", [0.5, 1.0])
+def test_balance_oversamples_train_classes_only(balance: float) -> None:
+    from collections import Counter
+
+    plain = load_labeled_data(DataSection(preset="quickstart"))
+    balanced = load_labeled_data(DataSection(preset="quickstart", balance=balance))
+    before, after = Counter(plain.train["label"]), Counter(balanced.train["label"])
+    largest = max(before.values())
+    assert after == {y: round(n + balance * (largest - n)) for y, n in before.items()}
+    assert after != before  # the sample is imbalanced, so balancing changes something
+    assert set(balanced.train["text"]) == set(plain.train["text"])  # nothing dropped, only repeated
+    assert balanced.eval["text"] == plain.eval["text"] and balanced.eval["label"] == plain.eval["label"]
+    assert balanced.train["label"][:20] != sorted(balanced.train["label"][:20])  # shuffled, not grouped by class
+
+
+def test_balance_range_is_checked() -> None:
+    with pytest.raises(ValueError, match="balance"):
+        DataSection(preset="quickstart", balance=1.5)
