@@ -115,11 +115,12 @@ def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict
         del model
         gc.collect()
     metrics = run(recipe, overwrite=True)
-    rows.append(row(name, "fine_tuned", metrics, **sizes, **train_speed(metrics), run_dir=recipe.output_dir))
+    extra = {"by_agreement": fpb_agreement(Path(recipe.output_dir), Path(args.data_dir))} if name == "fpb_50agree" else {}
+    rows.append(row(name, "fine_tuned", metrics, **sizes, **train_speed(metrics), run_dir=recipe.output_dir, **extra))
     return rows
 
 
-def bench_mixture(recipe: Any) -> list[dict[str, Any]]:
+def bench_mixture(recipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train the mixture once; one row per source (its validation split) and one for all of them together."""
     from fintrl.runner import run
 
@@ -128,6 +129,9 @@ def bench_mixture(recipe: Any) -> list[dict[str, Any]]:
     speed = train_speed(metrics)
     rows = [row(source, "fine_tuned_mixture", m, n_train=n_train, n_eval=m["n"], **speed, run_dir=recipe.output_dir)
             for source, m in metrics.get("per_source", {}).items()]
+    for r in rows:
+        if r["dataset"] == "fpb_50agree":
+            r["by_agreement"] = fpb_agreement(Path(recipe.output_dir), Path(args.data_dir))
     rows.append(row(MIXTURE, "all", metrics, n_train=n_train, n_eval=metrics["n"], **speed, run_dir=recipe.output_dir,
                     sources={p["name"]: {k: p[k] for k in ("weight", "n_train", "n_eval")} for p in metrics["data"]["mixture"]}))
     return rows
@@ -143,6 +147,29 @@ def train_speed(metrics: dict[str, Any]) -> dict[str, Any]:
     return {"train_seconds": round(seconds, 1), "train_examples_per_second": round(train["train_samples_per_second"] * runtime / seconds, 3),
             "learning_curve_seconds": train.get("learning_curve_seconds"), "learning_curve": metrics.get("learning_curve"),
             "score_examples_per_second": metrics["scoring"]["examples_per_second"]}
+
+
+# Financial PhraseBank's agreement levels are nested subsets: a sentence's level is the strictest folder holding it.
+FPB_LEVELS = (("100%", "fpb_allagree"), ("75-99%", "fpb_75agree"), ("66-74%", "fpb_66agree"), ("50-65%", "fpb_50agree"))
+
+
+def fpb_agreement(run_dir: Path, data_dir: Path) -> dict[str, dict[str, float]] | None:
+    """Accuracy of a run's FPB predictions by annotator agreement: how much of the error is label ambiguity."""
+    import pandas as pd
+
+    predictions = run_dir / "predictions.jsonl"
+    if not predictions.is_file() or not all((data_dir / f / "train.csv").is_file() for _, f in FPB_LEVELS):
+        return None
+    members = {level: set().union(*(pd.read_csv(p)["text"] for p in (data_dir / folder).glob("*.csv")))
+               for level, folder in FPB_LEVELS}
+    counts: dict[str, list[int]] = {level: [0, 0] for level, _ in FPB_LEVELS}
+    for line in predictions.read_text().splitlines():
+        p = json.loads(line)
+        level = next((lv for lv, _ in FPB_LEVELS if p["text"] in members[lv]), None)  # None: not an FPB sentence
+        if level:
+            counts[level][0] += p["prediction"] == p["gold"]
+            counts[level][1] += 1
+    return {level: {"n": n, "accuracy": round(c / n, 4)} for level, (c, n) in counts.items() if n}
 
 
 # -- report -----------------------------------------------------------------------------------------------------
@@ -171,6 +198,14 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"| {r['dataset']:<12} | {r['method']:<18} | {r['n_train']:>10} | {r['n_eval']:>9} | {r['accuracy']:8.3f} | "
               f"{r['f1_macro']:8.3f} | {r['f1_weighted']:11.3f} | {_num(r.get('train_seconds'), '7.1f'):>7} | "
               f"{_num(r.get('train_examples_per_second'), '10.2f'):>10} | {_num(r.get('score_examples_per_second'), '10.1f'):>10} |")
+    for r in sorted(report["rows"], key=_order):
+        if r.get("by_agreement"):
+            print(f"{r['dataset']} {r['method']}, accuracy by annotator agreement: " + ", ".join(
+                f"{level} {v['accuracy']:.3f} (n={v['n']})" for level, v in r["by_agreement"].items()))
+        if r.get("learning_curve") and r["method"] in ("fine_tuned", "all"):
+            print(f"{r['dataset']} {r['method']}, learning curve (step: accuracy / macro-F1 on "
+                  f"{r['learning_curve'][0]['curve_samples']} validation rows): " + ", ".join(
+                      f"{p['step']}: {p['curve_accuracy']:.3f}/{p['curve_f1_macro']:.3f}" for p in r["learning_curve"]))
     for name, reason in report.get("skipped", {}).items():
         print(f"skipped {name}: {reason}")
     if meta["model"] == QUICK_MODEL:
@@ -250,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         try:  # the trainer prints its log lines to stdout: keep stdout for the table
             with contextlib.redirect_stdout(sys.stderr):
-                rows += bench_mixture(recipe) if name == MIXTURE else bench_dataset(name, recipe, args)
+                rows += bench_mixture(recipe, args) if name == MIXTURE else bench_dataset(name, recipe, args)
         except Exception as err:  # one dataset failing should not lose the others' numbers
             traceback.print_exc()
             rows.append({"dataset": name, "method": "-", "error": f"{type(err).__name__}: {err}"})
