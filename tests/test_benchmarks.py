@@ -1,0 +1,46 @@
+"""The quality benchmark's own logic: the FPB agreement breakdown, and a --quick run end to end on the tiny model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, shared_data
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_quality import FPB_LEVELS, fpb_agreement  # noqa: E402
+
+
+def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
+    # nested like Financial PhraseBank: every all-agree sentence is also in the 75 %, 66 % and 50 % folders
+    sentences = {"100%": ["a", "b"], "75-99%": ["c"], "66-74%": ["d"], "50-65%": ["e", "f"]}
+    for i, (_, folder) in enumerate(FPB_LEVELS):
+        rows = [s for level, _ in FPB_LEVELS[: i + 1] for s in sentences[level]]
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        (tmp_path / "data" / folder / "train.csv").write_text("text,label\n" + "".join(f"{s},neutral\n" for s in rows))
+    wrong = {"b", "e", "f"}
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"text": t, "gold": "neutral", "prediction": "positive" if t in wrong else "neutral"} for t in "abcdefz"]
+    (run / "predictions.jsonl").write_text("\n".join(json.dumps(p) for p in lines))
+    assert fpb_agreement(run, tmp_path / "data") == {  # "z" is no FPB sentence (a mixture's other source): left out
+        "100%": {"n": 2, "accuracy": 0.5}, "75-99%": {"n": 1, "accuracy": 1.0},
+        "66-74%": {"n": 1, "accuracy": 1.0}, "50-65%": {"n": 2, "accuracy": 0.0}}
+    assert fpb_agreement(run, tmp_path / "nowhere") is None
+
+
+@pytest.mark.data
+def test_bench_quality_quick_runs_end_to_end(tmp_path: Path) -> None:
+    shared_data("fpb_allagree")
+    out = tmp_path / "quality.json"
+    done = subprocess.run([sys.executable, "benchmarks/bench_quality.py", "--quick", "--datasets", "fpb_allagree",
+                           "--set", "eval.curve_points=2", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"majority", "tfidf_logreg", "zero_shot", "fine_tuned"}
+    assert all(0 <= rows[m]["accuracy"] <= 1 for m in rows)
+    assert [p["step"] for p in rows["fine_tuned"]["learning_curve"]] == [0, 2, 4]
+    assert "| fpb_allagree | fine_tuned" in done.stdout and "learning curve" in done.stdout
