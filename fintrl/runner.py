@@ -113,7 +113,7 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[s
     curve = None
     if recipe.eval.curve_points:
         rows = random.Random(recipe.data.seed).sample(range(len(data.eval)), min(recipe.eval.curve_samples, len(data.eval)))
-        sample = data.eval.select(sorted(rows))  # in eval order: with every row, the last point is the final evaluation
+        sample = data.eval.select(sorted(rows))  # in eval order: with every row, the last point scores what eval does
         curve = LearningCurve(tokenizer, builder, recipe.eval, sample["text"], sample["label"])
     with timer.stage("train"):
         trainer = build_trainer(recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir,
