@@ -116,7 +116,8 @@ def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict
         gc.collect()
     metrics = run(recipe, overwrite=True)
     extra = {"by_agreement": fpb_agreement(Path(recipe.output_dir), Path(args.data_dir))} if name == "fpb_50agree" else {}
-    rows.append(row(name, "fine_tuned", metrics, **sizes, **train_speed(metrics), run_dir=recipe.output_dir, **extra))
+    rows.append(row(name, "fine_tuned", metrics, **sizes, **train_speed(metrics), run_dir=recipe.output_dir,
+                    learning_curve=metrics.get("learning_curve"), **extra))
     return rows
 
 
@@ -133,6 +134,7 @@ def bench_mixture(recipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]
         if r["dataset"] == "fpb_50agree":
             r["by_agreement"] = fpb_agreement(Path(recipe.output_dir), Path(args.data_dir))
     rows.append(row(MIXTURE, "all", metrics, n_train=n_train, n_eval=metrics["n"], **speed, run_dir=recipe.output_dir,
+                    learning_curve=metrics.get("learning_curve"),
                     sources={p["name"]: {k: p[k] for k in ("weight", "n_train", "n_eval")} for p in metrics["data"]["mixture"]}))
     return rows
 
@@ -145,7 +147,7 @@ def train_speed(metrics: dict[str, Any]) -> dict[str, Any]:
         return {"score_examples_per_second": metrics["scoring"]["examples_per_second"]}
     seconds = runtime - train.get("learning_curve_seconds", 0.0)
     return {"train_seconds": round(seconds, 1), "train_examples_per_second": round(train["train_samples_per_second"] * runtime / seconds, 3),
-            "learning_curve_seconds": train.get("learning_curve_seconds"), "learning_curve": metrics.get("learning_curve"),
+            "learning_curve_seconds": train.get("learning_curve_seconds"),
             "score_examples_per_second": metrics["scoring"]["examples_per_second"]}
 
 
@@ -202,7 +204,7 @@ def print_table(report: dict[str, Any]) -> None:
         if r.get("by_agreement"):
             print(f"{r['dataset']} {r['method']}, accuracy by annotator agreement: " + ", ".join(
                 f"{level} {v['accuracy']:.3f} (n={v['n']})" for level, v in r["by_agreement"].items()))
-        if r.get("learning_curve") and r["method"] in ("fine_tuned", "all"):
+        if r.get("learning_curve") and r["method"] in ("fine_tuned", "all"):  # earlier JSONs repeat it per source
             print(f"{r['dataset']} {r['method']}, learning curve (step: accuracy / macro-F1 on "
                   f"{r['learning_curve'][0]['curve_samples']} validation rows): " + ", ".join(
                       f"{p['step']}: {p['curve_accuracy']:.3f}/{p['curve_f1_macro']:.3f}" for p in r["learning_curve"]))

@@ -134,7 +134,8 @@ class FintrlSFTTrainer(SFTTrainer):
 
 
 class LearningCurve(TrainerCallback):
-    """Scores a fixed validation sample with the exact label scorer before training and `points` times during it.
+    """Scores a fixed validation sample with the exact label scorer before training and `eval.curve_points` times
+    during it.
 
     Each point lands in the trainer's log history (`curve_accuracy`, `curve_f1_macro`), hence in train_log.jsonl and
     training_loss.png: where a run stops improving shows whether more epochs or a different setting could help.
