@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             spec = {**base, "part": part}
             if part == "fintrl_nogc":
-                spec["overrides"] = ["train.gradient_checkpointing=false"]
+                spec["overrides"] = ["train.activation_checkpointing=false"]
             log = tmp / f"{part}.log"
             print(f"[{part}] starting ({left:.0f} s left)", file=sys.stderr)
             report["parts"][part] = run_part(part, spec, left - 2, log)

@@ -9,7 +9,7 @@ from fintrl.data import PromptBuilder, load_labeled_data
 from fintrl.models import load_model, load_tokenizer
 from fintrl.recipe import recipe_from_dict
 from fintrl.runner import run
-from fintrl.train import build_trainer
+from fintrl.train import build_trainer, sft_config
 from tests.conftest import tiny_recipe_dict
 
 
@@ -29,6 +29,20 @@ def test_loss_falls_on_the_answer_only(tmp_path: Path, tiny_model_dir: str) -> N
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in trainable)
     assert type(trainer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+
+
+@pytest.mark.parametrize(("train", "expected"), [({}, False), ({"gradient_checkpointing": True}, True),
+                                                 ({"activation_checkpointing": True}, True)])
+def test_checkpointing_setting_survives_the_transformers_5_rename(tmp_path: Path, train: dict, expected: bool) -> None:
+    """transformers 5 ignores the old `gradient_checkpointing` once `activation_checkpointing` (fintrl's default) is set."""
+    import warnings
+
+    recipe = recipe_from_dict({**tiny_recipe_dict(tmp_path), "train": train})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = sft_config(recipe, tmp_path)
+    assert args.activation_checkpointing is expected
+    assert args.gradient_checkpointing is expected
 
 
 def test_run_folder_contents(tmp_path: Path) -> None:
