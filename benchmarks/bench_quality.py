@@ -8,8 +8,9 @@ validation, every method on the same rows:
   `--set data.path=../shared/data/<dataset>`, run folder `runs/bench/quality/<dataset>`;
 - `mixture`: `recipes/mixture_smollm2.yaml` (FPB 50 % + FiQA + TFNS, one sentiment label set) trained once and
   scored on each source's validation split (`fine_tuned_mixture` rows) and on all of them (`mixture` / `all`).
-Accuracy, macro-F1 and weighted-F1, with training time and examples/second. Results go to `--out` (JSON);
-`--compare OLD.json` prints the deltas against an earlier run.
+Accuracy, macro-F1 and weighted-F1, with training time and examples/second. Results go to `--out` (JSON) and a bar
+chart beside it (`.png`: accuracy and macro-F1 per dataset and method); `--compare OLD.json` prints the deltas against
+an earlier run.
 
     python benchmarks/bench_quality.py --quick --datasets fpb_allagree          # smoke, tiny random model: seconds
     python benchmarks/bench_quality.py --quick --model smollm2-135m-instruct    # smoke with a real model: minutes
@@ -236,6 +237,39 @@ def print_compare(report: dict[str, Any], old: dict[str, Any], old_path: str) ->
         print("not in the old results: " + ", ".join(f"{d}/{m}" for d, m in new_only))
 
 
+def plot_results(report: dict[str, Any], path: Path) -> Path | None:
+    """Accuracy and macro-F1 as grouped bars, one group per dataset: the table is easier to compare by eye."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in sorted(report["rows"], key=_order) if "error" not in r]
+    if not rows:
+        return None
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    value = {(r["dataset"], r["method"], m): r[m] for r in rows for m in METRICS}
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 1.3 * len(datasets) + 2), 7), sharex=True)
+    x, width = np.arange(len(datasets)), 0.8 / len(methods)
+    for ax, metric, title in zip(axes, ("accuracy", "f1_macro"), ("accuracy", "macro-F1"), strict=True):
+        for i, method in enumerate(methods):
+            ax.bar(x + (i - (len(methods) - 1) / 2) * width, [value.get((d, method, metric), np.nan) for d in datasets],
+                   width, label=method)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"validation {title}")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"bench_quality: {report['meta']['model']}")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.955),
+               ncol=len(methods), fontsize="small", frameon=False)
+    axes[1].set_xticks(x, datasets, rotation=20)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def environment() -> dict[str, Any]:
     import torch
     import transformers
@@ -251,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report = json.loads(Path(args.report).read_text())
         print_table(report)
+        chart = plot_results(report, Path(args.report).with_suffix(".png"))
+        print(f"\nchart: {chart}")
         if args.compare:
             print_compare(report, json.loads(Path(args.compare).read_text()), args.compare)
         return 0
@@ -305,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     if args.compare:
         print_compare(report, json.loads(Path(args.compare).read_text()), args.compare)
-    print(f"\nresults: {out}; run folders under {args.runs_dir}")
+    chart = plot_results(report, out.with_suffix(".png"))
+    print(f"\nresults: {out}, chart {chart}; run folders under {args.runs_dir}")
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import REPO, shared_data
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_quality import FPB_LEVELS, fpb_agreement  # noqa: E402
+from bench_quality import FPB_LEVELS, fpb_agreement, plot_results  # noqa: E402
 
 
 def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
@@ -31,6 +31,16 @@ def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
     assert fpb_agreement(run, tmp_path / "nowhere") is None
 
 
+def test_results_chart_is_drawn_from_the_rows_that_ran(tmp_path: Path) -> None:
+    scores = {"accuracy": 0.8, "f1_macro": 0.7, "f1_weighted": 0.75}
+    report = {"meta": {"model": "m"}, "rows": [{"dataset": "fiqa", "method": "majority", **scores},
+                                               {"dataset": "tfns", "method": "fine_tuned", **scores},
+                                               {"dataset": "mixture", "method": "-", "error": "boom"}]}
+    chart = plot_results(report, tmp_path / "quality.png")
+    assert chart is not None and chart.read_bytes()[:4] == b"\x89PNG"
+    assert plot_results({**report, "rows": report["rows"][2:]}, tmp_path / "none.png") is None
+
+
 @pytest.mark.data
 def test_bench_quality_quick_runs_end_to_end(tmp_path: Path) -> None:
     shared_data("fpb_allagree")
@@ -44,3 +54,4 @@ def test_bench_quality_quick_runs_end_to_end(tmp_path: Path) -> None:
     assert all(0 <= rows[m]["accuracy"] <= 1 for m in rows)
     assert [p["step"] for p in rows["fine_tuned"]["learning_curve"]] == [0, 2, 4]
     assert "| fpb_allagree | fine_tuned" in done.stdout and "learning curve" in done.stdout
+    assert out.with_suffix(".png").is_file()
