@@ -239,12 +239,11 @@ def print_compare(report: dict[str, Any], old: dict[str, Any], old_path: str) ->
 
 def plot_results(report: dict[str, Any], path: Path) -> Path | None:
     """Accuracy and macro-F1 as grouped bars, one group per dataset: the table is easier to compare by eye."""
-    import matplotlib
     import numpy as np
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fintrl.metrics import pyplot
 
+    plt = pyplot()
     rows = [r for r in sorted(report["rows"], key=_order) if "error" not in r]
     if not rows:
         return None

@@ -74,7 +74,8 @@ def baselines(train_texts: list[str], train_labels: list[int], eval_texts: list[
     return out
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend: run folders and benchmarks are drawn on machines without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +85,7 @@ def _pyplot():
 
 
 def plot_confusion_matrix(metrics: dict[str, Any], path: Path, title: str = "Confusion matrix") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(metrics["confusion_matrix"]["matrix"])
     names = metrics["confusion_matrix"]["labels"]
     size = max(4.5, 0.45 * len(names) + 2.5)
@@ -104,7 +105,7 @@ def plot_confusion_matrix(metrics: dict[str, Any], path: Path, title: str = "Con
 
 
 def plot_reliability(probabilities: np.ndarray, y_true: list[int], path: Path, bins: int = 10) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     _, correct, which = _confidence_bins(probabilities, y_true, bins)
     centers = (np.arange(bins) + 0.5) / bins
     acc = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
@@ -134,7 +135,7 @@ def plot_training_curve(log_history: list[dict[str, Any]], path: Path) -> Path |
     curve = [(h["step"], h["curve_accuracy"], h["curve_f1_macro"]) for h in log_history if "curve_accuracy" in h]
     if not points and not curve:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     if points:
         ax.plot(*zip(*points), marker=".", color="tab:blue", label="training loss")

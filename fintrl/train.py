@@ -31,8 +31,8 @@ CHECKPOINTS = "checkpoints"
 
 # fintrl's defaults under the recipe's `train:` values, each measured in benchmarks/README.md. Classification prompts
 # are short and answers a few tokens: length-grouped batches cut padding from 27 % to 3 %; no activation (gradient)
-# checkpointing (1.9x the tokens/s on CPU; GPU recipes for 7B models turn it on for memory); a checkpoint every 50 steps makes
-# --resume useful.
+# checkpointing (1.9x the tokens/s on CPU; GPU recipes for 7B models turn it on for memory); a checkpoint every 50
+# steps makes --resume useful.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-4,
     "num_train_epochs": 1,
