@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,3 +178,29 @@ def load_model(section: ModelSection, quantization: dict[str, Any] | None, path:
     if has_cuda():
         kwargs["device_map"] = {"": 0}
     return AutoModelForCausalLM.from_pretrained(path or resolve_model_path(section.name_or_path), **kwargs)
+
+
+@contextmanager
+def trainable_4bit(model: torch.nn.Module) -> Iterator[None]:
+    """Keep bitsandbytes' CPU inference layout out of 4-bit training.
+
+    On a CPU with AVX512-BF16, an eval-mode forward of `Linear4bit` (a learning-curve point, say) repacks the weight
+    for a kernel that has no autograd. Every later training forward then silently drops the gradient through each
+    frozen 4-bit layer: LoRA still learns, from the residual stream alone. Undo any such packing and keep it off
+    while training; inference after it gets the faster packed kernel again.
+    """
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from bitsandbytes.nn import Linear4bit
+
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    packing = [layer.support_avx512bf16_for_cpu for layer in layers]
+    for layer in layers:
+        weight = layer.weight
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+        layer.support_avx512bf16_for_cpu = False
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, packing):
+            layer.support_avx512bf16_for_cpu = flag

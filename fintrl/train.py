@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from fintrl.metrics import classification_metrics, plot_training_curve
-from fintrl.models import has_cuda, lora_config
+from fintrl.models import has_cuda, lora_config, trainable_4bit
 from fintrl.recipe import Recipe, RecipeError
 
 if TYPE_CHECKING:
@@ -198,7 +198,8 @@ def train(trainer: SFTTrainer, run_dir: Path, resume: bool) -> dict[str, Any]:
     checkpoint = last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", run_dir / CHECKPOINTS)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with trainable_4bit(trainer.model):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.model.save_pretrained(run_dir)
     trainer.processing_class.save_pretrained(run_dir)
     with (run_dir / "train_log.jsonl").open("w") as f:

@@ -1,4 +1,14 @@
-from fintrl.models import CHATML_TEMPLATE, DEFAULT_CHAT_TEMPLATE, renders_hidden_system_prompt
+import pytest
+from bitsandbytes.functional import has_avx512bf16
+
+from fintrl.models import (
+    CHATML_TEMPLATE,
+    DEFAULT_CHAT_TEMPLATE,
+    load_model,
+    renders_hidden_system_prompt,
+    trainable_4bit,
+)
+from fintrl.recipe import ModelSection
 
 
 def test_tiny_model_gets_default_template_and_pad(tiny_tokenizer) -> None:
@@ -20,3 +30,40 @@ def test_hidden_system_prompt_detected(tiny_tokenizer) -> None:
         assert not renders_hidden_system_prompt(tiny_tokenizer)
     finally:
         tiny_tokenizer.chat_template = original
+
+
+def _input_grad(model, ids):  # noqa: ANN001, ANN202
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    model.train()
+    model(inputs_embeds=embeds).logits.float().square().mean().backward()
+    model.zero_grad()
+    return embeds.grad
+
+
+@pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs")
+def test_trainable_4bit_keeps_gradients_after_an_eval_forward(tiny_model_dir: str) -> None:
+    """bitsandbytes' CPU inference layout has no autograd: without the guard, the gradient after one eval-mode forward
+    (a learning-curve point) misses every path through a 4-bit layer."""
+    import torch
+    from bitsandbytes.nn import Linear4bit
+
+    quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+    model = load_model(ModelSection(name_or_path="tiny-mistral"), quant)
+    ids = torch.randint(0, 1000, (2, 12))
+    before = _input_grad(model, ids)
+    assert before is not None and before.abs().sum() > 0
+
+    model.eval()
+    with torch.inference_mode():
+        model(ids)
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    assert any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+    with trainable_4bit(model):
+        model.eval()
+        with torch.inference_mode():
+            model(ids)  # an eval point inside training no longer repacks
+        after = _input_grad(model, ids)
+    assert after is not None
+    torch.testing.assert_close(after, before, rtol=0.05, atol=1e-4)  # absmax round-trips through bf16
+    assert all(m.support_avx512bf16_for_cpu for m in layers)  # inference gets the packed kernel back
