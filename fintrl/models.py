@@ -186,8 +186,8 @@ def trainable_4bit(model: torch.nn.Module) -> Iterator[None]:
 
     On a CPU with AVX512-BF16, an eval-mode forward of `Linear4bit` (a learning-curve point, say) repacks the weight
     for a kernel that has no autograd. Every later training forward then silently drops the gradient through each
-    frozen 4-bit layer: LoRA still learns, from the residual stream alone. Undo any such packing and keep it off
-    while training; inference after it gets the faster packed kernel again.
+    frozen 4-bit layer: LoRA still learns, through the residual stream and its own branches only. Undo any packing
+    and keep it off while training; inference after it gets the faster packed kernel again.
     """
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
     from bitsandbytes.nn import Linear4bit
