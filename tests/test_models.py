@@ -32,6 +32,29 @@ def test_hidden_system_prompt_detected(tiny_tokenizer) -> None:
         tiny_tokenizer.chat_template = original
 
 
+NF4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+AVX512BF16 = pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs")
+
+
+def _packed(model) -> list[bool]:  # noqa: ANN001
+    from bitsandbytes.nn import Linear4bit
+
+    return [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in model.modules() if isinstance(m, Linear4bit)]
+
+
+@AVX512BF16
+@pytest.mark.parametrize(("compute_dtype", "packs"), [("float32", False), ("bfloat16", True)])
+def test_packed_bf16_kernel_only_for_bf16_compute(tiny_model_dir: str, compute_dtype: str, packs: bool) -> None:
+    """The packed kernel computes in bf16: an fp32 recipe must score in fp32, as it trained."""
+    import torch
+
+    model = load_model(ModelSection(name_or_path="tiny-mistral"), {**NF4, "bnb_4bit_compute_dtype": compute_dtype})
+    model.eval()
+    with torch.inference_mode():
+        model(torch.randint(0, 1000, (1, 8)))
+    assert _packed(model) and all(p is packs for p in _packed(model))
+
+
 def _input_grad(model, ids):  # noqa: ANN001, ANN202
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     model.train()
@@ -40,15 +63,14 @@ def _input_grad(model, ids):  # noqa: ANN001, ANN202
     return embeds.grad
 
 
-@pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs")
+@AVX512BF16
 def test_trainable_4bit_keeps_gradients_after_an_eval_forward(tiny_model_dir: str) -> None:
     """bitsandbytes' CPU inference layout has no autograd: without the guard, the gradient after one eval-mode forward
     (a learning-curve point) misses every path through a 4-bit layer."""
     import torch
     from bitsandbytes.nn import Linear4bit
 
-    quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
-    model = load_model(ModelSection(name_or_path="tiny-mistral"), quant)
+    model = load_model(ModelSection(name_or_path="tiny-mistral"), {**NF4, "bnb_4bit_compute_dtype": "bfloat16"})
     ids = torch.randint(0, 1000, (2, 12))
     before = _input_grad(model, ids)
     assert before is not None and before.abs().sum() > 0
@@ -57,7 +79,7 @@ def test_trainable_4bit_keeps_gradients_after_an_eval_forward(tiny_model_dir: st
     with torch.inference_mode():
         model(ids)
     layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
-    assert any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    assert any(_packed(model))
 
     with trainable_4bit(model):
         model.eval()
