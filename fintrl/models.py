@@ -183,7 +183,7 @@ def load_model(section: ModelSection, quantization: dict[str, Any] | None, path:
     return model
 
 
-def _linear_4bit_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+def linear_4bit_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     from bitsandbytes.nn import Linear4bit
 
     return [m for m in model.modules() if isinstance(m, Linear4bit)]
@@ -199,7 +199,7 @@ def honour_compute_dtype(model: torch.nn.Module) -> None:
     """
     import torch
 
-    for layer in _linear_4bit_layers(model):
+    for layer in linear_4bit_layers(model):
         if layer.compute_dtype is not torch.bfloat16:
             layer.support_avx512bf16_for_cpu = False
 
@@ -216,7 +216,7 @@ def trainable_4bit(model: torch.nn.Module) -> Iterator[None]:
     """
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
-    layers = _linear_4bit_layers(model)
+    layers = linear_4bit_layers(model)
     packing = [layer.support_avx512bf16_for_cpu for layer in layers]
     for layer in layers:
         weight = layer.weight

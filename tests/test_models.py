@@ -4,6 +4,7 @@ from bitsandbytes.functional import has_avx512bf16
 from fintrl.models import (
     CHATML_TEMPLATE,
     DEFAULT_CHAT_TEMPLATE,
+    linear_4bit_layers,
     load_model,
     renders_hidden_system_prompt,
     trainable_4bit,
@@ -37,9 +38,7 @@ AVX512BF16 = pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes repac
 
 
 def _packed(model) -> list[bool]:  # noqa: ANN001
-    from bitsandbytes.nn import Linear4bit
-
-    return [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in model.modules() if isinstance(m, Linear4bit)]
+    return [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in linear_4bit_layers(model)]
 
 
 @AVX512BF16
@@ -68,7 +67,6 @@ def test_trainable_4bit_keeps_gradients_after_an_eval_forward(tiny_model_dir: st
     """bitsandbytes' CPU inference layout has no autograd: without the guard, the gradient after one eval-mode forward
     (a learning-curve point) misses every path through a 4-bit layer."""
     import torch
-    from bitsandbytes.nn import Linear4bit
 
     model = load_model(ModelSection(name_or_path="tiny-mistral"), {**NF4, "bnb_4bit_compute_dtype": "bfloat16"})
     ids = torch.randint(0, 1000, (2, 12))
@@ -78,7 +76,7 @@ def test_trainable_4bit_keeps_gradients_after_an_eval_forward(tiny_model_dir: st
     model.eval()
     with torch.inference_mode():
         model(ids)
-    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    layers = linear_4bit_layers(model)
     assert any(_packed(model))
 
     with trainable_4bit(model):
