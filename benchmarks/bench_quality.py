@@ -10,7 +10,7 @@ validation, every method on the same rows:
   scored on each source's validation split (`fine_tuned_mixture` rows) and on all of them (`mixture` / `all`).
 Accuracy, macro-F1 and weighted-F1, with training time and examples/second. Results go to `--out` (JSON) and a bar
 chart beside it (`.png`: accuracy and macro-F1 per dataset and method); `--compare OLD.json` prints the deltas against
-an earlier run.
+an earlier run, and for each model row the validation rows that flipped either way, with McNemar's exact p-value.
 
     python benchmarks/bench_quality.py --quick --datasets fpb_allagree          # smoke, tiny random model: seconds
     python benchmarks/bench_quality.py --quick --model smollm2-135m-instruct    # smoke with a real model: minutes
@@ -221,8 +221,10 @@ def print_compare(report: dict[str, Any], old: dict[str, Any], old_path: str) ->
     for key in ("quick", "model", "overrides"):
         if old.get("meta", {}).get(key) != report["meta"].get(key):
             print(f"note: {key} differs: {old.get('meta', {}).get(key)!r} then, {report['meta'].get(key)!r} now")
-    print("| dataset      | method             | eval rows old -> new | accuracy | macro-F1 | weighted-F1 | train s old -> new |")
-    print("|--------------|--------------------|---------------------:|---------:|---------:|------------:|-------------------:|")
+    print("| dataset      | method             | eval rows old -> new | accuracy | macro-F1 | weighted-F1 | train s old -> new "
+          "| rows +/-, McNemar p |")
+    print("|--------------|--------------------|---------------------:|---------:|---------:|------------:|-------------------:"
+          "|--------------------:|")
     for r in sorted(report["rows"], key=_order):
         o = before.get((r["dataset"], r["method"]))
         if o is None or "error" in r:
@@ -230,11 +232,33 @@ def print_compare(report: dict[str, Any], old: dict[str, Any], old_path: str) ->
         acc, f1m, f1w = (r[k] - o[k] for k in METRICS)
         times = f"{_num(o.get('train_seconds'), '.0f')} -> {_num(r.get('train_seconds'), '.0f')}"
         sizes = f"{o['n_eval']} -> {r['n_eval']}"
+        flips = (paired_flips(Path(o["run_dir"]), Path(r["run_dir"]))
+                 if r["method"] in PAIRED_METHODS and o.get("run_dir") and r.get("run_dir") else None)
+        paired = f"+{flips['gained']} / -{flips['lost']}, {flips['p_value']:.2f}" if flips else "-"
         print(f"| {r['dataset']:<12} | {r['method']:<18} | {sizes:>20} | {acc:+8.3f} | {f1m:+8.3f} | "
-              f"{f1w:+11.3f} | {times:>18} |")
+              f"{f1w:+11.3f} | {times:>18} | {paired:>19} |")
+    print("rows +/-: validation rows the new run gets right and the old one wrong (+), and the reverse (-); McNemar's exact "
+          "two-sided p-value on them (-: a run folder's predictions are missing or not the same rows)")
     new_only = sorted({(r["dataset"], r["method"]) for r in report["rows"]} - set(before))
     if new_only:
         print("not in the old results: " + ", ".join(f"{d}/{m}" for d, m in new_only))
+
+
+PAIRED_METHODS = ("zero_shot", "fine_tuned", "all")  # rows whose run folder's predictions.jsonl is exactly their eval rows
+
+
+def paired_flips(old_run: Path, new_run: Path) -> dict[str, Any] | None:
+    """Rows one run gets right and the other wrong, with McNemar's exact p-value. On a few hundred validation rows a
+    0.01 accuracy gap is often noise; only the rows that flipped can tell, as both runs score the same rows."""
+    from scipy.stats import binomtest
+
+    runs = [[json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()]
+            for d in (old_run, new_run) if (d / "predictions.jsonl").is_file()]
+    if len(runs) != 2 or [(p["text"], p["gold"]) for p in runs[0]] != [(p["text"], p["gold"]) for p in runs[1]]:
+        return None
+    gained = sum(n["prediction"] == n["gold"] != o["prediction"] for o, n in zip(*runs))
+    lost = sum(o["prediction"] == o["gold"] != n["prediction"] for o, n in zip(*runs))
+    return {"gained": gained, "lost": lost, "p_value": binomtest(gained, gained + lost).pvalue if gained + lost else 1.0}
 
 
 def plot_results(report: dict[str, Any], path: Path) -> Path | None:

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import REPO, shared_data
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_quality import FPB_LEVELS, fpb_agreement, plot_results  # noqa: E402
+from bench_quality import FPB_LEVELS, fpb_agreement, paired_flips, plot_results  # noqa: E402
 
 
 def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
@@ -29,6 +29,25 @@ def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
         "100%": {"n": 2, "accuracy": 0.5}, "75-99%": {"n": 1, "accuracy": 1.0},
         "66-74%": {"n": 1, "accuracy": 1.0}, "50-65%": {"n": 2, "accuracy": 0.0}}
     assert fpb_agreement(run, tmp_path / "nowhere") is None
+
+
+def _write_predictions(run: Path, texts: str, predictions: str) -> Path:
+    run.mkdir(parents=True)
+    lines = [{"text": t, "gold": "neutral", "prediction": p} for t, p in zip(texts, predictions)]
+    (run / "predictions.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    return run
+
+
+def test_paired_flips_counts_rows_that_changed_and_tests_them(tmp_path: Path) -> None:
+    neutral, positive = "neutral", "positive"
+    old = _write_predictions(tmp_path / "old", "abcdefgh", [neutral, positive, *[positive] * 6])
+    new = _write_predictions(tmp_path / "new", "abcdefgh", [positive, *[neutral] * 7])
+    # b..h: right now, wrong before (7); a: right before, wrong now (1); exact two-sided binomial, 1 of 8
+    assert paired_flips(old, new) == {"gained": 7, "lost": 1, "p_value": pytest.approx(18 / 256)}
+    assert paired_flips(old, old) == {"gained": 0, "lost": 0, "p_value": 1.0}
+    other_rows = _write_predictions(tmp_path / "other", "abcdefgz", [neutral] * 8)
+    assert paired_flips(old, other_rows) is None
+    assert paired_flips(old, tmp_path / "no_run") is None
 
 
 def test_results_chart_is_drawn_from_the_rows_that_ran(tmp_path: Path) -> None:
