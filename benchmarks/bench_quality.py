@@ -258,7 +258,8 @@ def paired_flips(old_run: Path, new_run: Path) -> dict[str, Any] | None:
         return None
     gained = sum(n["prediction"] == n["gold"] != o["prediction"] for o, n in zip(*runs))
     lost = sum(o["prediction"] == o["gold"] != n["prediction"] for o, n in zip(*runs))
-    return {"gained": gained, "lost": lost, "p_value": binomtest(gained, gained + lost).pvalue if gained + lost else 1.0}
+    p_value = float(binomtest(gained, gained + lost).pvalue) if gained + lost else 1.0
+    return {"gained": gained, "lost": lost, "p_value": p_value}
 
 
 def plot_results(report: dict[str, Any], path: Path) -> Path | None:
