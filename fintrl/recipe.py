@@ -15,9 +15,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class RecipeError(ValueError):
-    """A recipe problem, reported with the key path (e.g. `train.learnig_rate`) and what was expected."""
+from fintrl.errors import RecipeError
 
 
 class _Section(BaseModel):
@@ -206,7 +204,7 @@ def _format_validation_error(err: ValidationError) -> str:
             if e["type"] not in ("value_error", "missing"):
                 msg += f" (got {e.get('input')!r})"
         lines.append(f"{path or '<recipe>'}: {msg}")
-    return "\n".join(lines)
+    return "; ".join(lines)
 
 
 def _known_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
@@ -300,7 +298,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(f"{source}: invalid recipe\n{_format_validation_error(err)}") from None
+        raise RecipeError(f"{source}: invalid recipe: {_format_validation_error(err)}") from None
 
 
 def check_library_fields(recipe: Recipe) -> None:
@@ -324,7 +322,7 @@ def check_library_fields(recipe: Recipe) -> None:
                 hint = difflib.get_close_matches(key, known, n=1)
                 problems.append(f"{name}.{key}: unknown field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
     if problems:
-        raise RecipeError("invalid recipe\n" + "\n".join(problems))
+        raise RecipeError("invalid recipe: " + "; ".join(problems))
     if recipe.lora is not None:
         try:
             LoraConfig(**recipe.lora)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fintrl.data import LabeledData, PromptBuilder, load_labeled_data
-from fintrl.recipe import EvalSection, Recipe, RecipeError, check_library_fields, dump_recipe, load_recipe
+from fintrl.errors import RecipeError
+from fintrl.recipe import EvalSection, Recipe, check_library_fields, dump_recipe, load_recipe
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fintrl.data import PromptBuilder
+from fintrl.errors import ScoringError
 
 if TYPE_CHECKING:
     import torch
@@ -50,13 +51,13 @@ class LabelScorer:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder,
                  mode: str = "auto", batch_size: int = 16, max_length: int = 512) -> None:
         if mode not in MODES:
-            raise ValueError(f"scoring mode {mode!r}: expected one of {MODES}")
+            raise ScoringError(f"scoring mode {mode!r}: expected one of {MODES}")
         self.model, self.tokenizer, self.builder = model, tokenizer, builder
         self.batch_size, self.max_length = batch_size, max_length
         self.label_ids = self._label_token_ids()
         distinct_first = len({ids[0] for ids in self.label_ids}) == len(self.label_ids)
         if mode == "first_token" and not distinct_first:
-            raise ValueError("first_token scoring needs labels that start with distinct tokens; use trie or loglik")
+            raise ScoringError("first_token scoring needs labels that start with distinct tokens; use trie or loglik")
         self.mode = ("first_token" if distinct_first else "trie") if mode == "auto" else mode
         self._children = self._trie_children()
         # Only nodes where the trie branches need the model's opinion; below the root they cost one extra row each.
@@ -77,13 +78,13 @@ class LabelScorer:
             full = list(self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
                                                            tokenize=True, return_dict=False))
             if full[: len(prompt)] != prompt:
-                raise ValueError("the chat template renders the prompt differently with and without an answer; "
+                raise ScoringError("the chat template renders the prompt differently with and without an answer; "
                                  "fintrl cannot align the label tokens (set model.chat_template)")
             cont = full[len(prompt):]
             end = next((i for i, t in enumerate(cont) if t in stop), None)
             sequences.append(cont[: end + 1] if end is not None else cont)
         if len({tuple(s) for s in sequences}) != len(sequences):
-            raise ValueError(f"labels {self.builder.answers} tokenise to identical sequences")
+            raise ScoringError(f"labels {self.builder.answers} tokenise to identical sequences")
         return sequences
 
     def _stop_ids(self) -> list[int]:
@@ -103,7 +104,7 @@ class LabelScorer:
         """Prompt ids per text; over-long texts are cut (tokens of the text, template kept) and counted."""
         empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
         if empty:
-            raise ValueError(f"{len(empty)} empty texts (first rows: {empty[:5]}); remove them before scoring")
+            raise ScoringError(f"{len(empty)} empty texts (first rows: {empty[:5]}); remove them before scoring")
         encoded, truncated = [], 0
         for text in texts:
             ids = self._encode_prompt(text)

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from fintrl.errors import RecipeError
 from fintrl.metrics import classification_metrics, plot_training_curve
 from fintrl.models import has_cuda, lora_config, trainable_4bit
-from fintrl.recipe import Recipe, RecipeError
+from fintrl.recipe import Recipe
 
 if TYPE_CHECKING:
     import torch

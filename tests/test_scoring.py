@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fintrl.data import TFN_TOPICS, PromptBuilder
+from fintrl.errors import ScoringError
 from fintrl.metrics import classification_metrics, expected_calibration_error
 from fintrl.recipe import PromptSection
 from fintrl.scoring import INVALID, LabelScorer, parse_answer
@@ -87,7 +88,7 @@ def test_auto_uses_first_token_when_exact(tiny_model, tiny_tokenizer) -> None:
     assert fast.predictions == trie.predictions
     np.testing.assert_allclose(fast.probabilities, trie.probabilities, atol=1e-4)
     assert LabelScorer(tiny_model, tiny_tokenizer, _builder(LABEL_SETS["shared_prefix_multi_token"])).mode == "trie"
-    with pytest.raises(ValueError, match="distinct tokens"):
+    with pytest.raises(ScoringError, match="distinct tokens"):
         LabelScorer(tiny_model, tiny_tokenizer, _builder(LABEL_SETS["shared_prefix_multi_token"]), mode="first_token")
 
 
@@ -104,7 +105,7 @@ def test_truncation_is_counted_and_empty_text_rejected(tiny_model, tiny_tokenize
     assert result.n_truncated == 1 and len(result.predictions) == 2
     encoded, _ = scorer.encode(["word " * 200])
     assert len(encoded[0]) <= 40 and encoded[0][-4:] == scorer.encode(["short"])[0][0][-4:]  # template end kept
-    with pytest.raises(ValueError, match="empty texts"):
+    with pytest.raises(ScoringError, match="empty texts"):
         scorer.score(["ok", "  "], progress=False)
 
 
