@@ -97,7 +97,8 @@ def row(dataset: str, method: str, metrics: dict[str, Any], **extra: Any) -> dic
 def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     from fintrl.data import PromptBuilder, load_labeled_data
     from fintrl.metrics import baselines
-    from fintrl.runner import evaluate, load_for_inference, run
+    from fintrl.runner import evaluate, run
+    from fintrl.targets import Target, load_for_inference
 
     data = load_labeled_data(recipe.data)
     sizes = {"n_train": len(data.train), "n_eval": len(data.eval)}
@@ -106,7 +107,7 @@ def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict
                                      data.labels, seed=recipe.seed).items():
         rows.append(row(name, method, metrics, **sizes))
     if not args.skip_zero_shot:
-        model, tokenizer = load_for_inference(recipe, None)
+        model, tokenizer = load_for_inference(Target(recipe, None, None, recipe.model.name_or_path))
         builder = PromptBuilder(recipe.prompt, data.labels, data.task)
         out_dir = Path(args.runs_dir) / "zero_shot" / name
         metrics = evaluate(model, tokenizer, builder, data, recipe.eval.model_copy(update={"baselines": False}), out_dir,

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 import traceback
 from pathlib import Path
 
-from fintrl.errors import RecipeError, first_line, translate
+from fintrl import run_folder
+from fintrl.errors import DataError, RecipeError, RunFolderError, first_line, translate
 from fintrl.recipe import load_recipe
+from fintrl.run_folder import RunFolder, write_atomic
 
 logger = logging.getLogger("fintrl")
 
@@ -46,59 +47,74 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from fintrl.data import PromptBuilder, load_labeled_data
-    from fintrl.runner import evaluate, load_for_inference, resolve_target
+    from fintrl.runner import evaluate
+    from fintrl.targets import load_for_inference, resolve_target
 
-    recipe, adapter = resolve_target(args.target, args.recipe, args.overrides)
+    target = resolve_target(args.target, recipe_path=args.recipe, overrides=args.overrides,
+                            trust_remote_code=args.trust_remote_code)
+    recipe = target.recipe
     if args.mode:
         recipe.eval.mode = args.mode
-    data = load_labeled_data(recipe.data)
-    trained_labels = _trained_labels(adapter)
-    if trained_labels is not None and trained_labels != data.labels:
-        raise RecipeError(f"label sets differ: the adapter was trained on {trained_labels}, the eval data has {data.labels}")
-    model, tokenizer = load_for_inference(recipe, adapter)
-    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
     out_dir = Path(args.output_dir or (Path("runs") / "eval" / Path(args.target).name))
-    metrics = evaluate(model, tokenizer, builder, data, recipe.eval, out_dir, adapter or recipe.model.name_or_path)
+    with run_folder.eval_output(out_dir, overwrite=args.overwrite) as work:
+        data = load_labeled_data(recipe.data)
+        if target.labels is not None and target.labels != data.labels:
+            raise DataError(f"label sets differ: the adapter was trained on {target.labels}, the eval data has {data.labels}")
+        model, tokenizer = load_for_inference(target)
+        builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+        metrics = evaluate(model, tokenizer, builder, data, recipe.eval, work, target.name)
     print(json.dumps({"output_dir": str(out_dir), **{k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")},
                       "invalid_rate": metrics["invalid_rate"], "baselines": metrics.get("baselines", {})}, indent=2))
     return 0
 
 
-def _trained_labels(adapter: str | None) -> list[str] | None:
-    metrics = Path(adapter) / "metrics.json" if adapter else None
-    return json.loads(metrics.read_text())["data"]["labels"] if metrics and metrics.is_file() else None
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from fintrl.data import PromptBuilder
-    from fintrl.runner import load_for_inference, resolve_target
-    from fintrl.scoring import LabelScorer
-
-    recipe, adapter = resolve_target(args.target, args.recipe, args.overrides)
-    labels = _trained_labels(adapter) or recipe.data.labels
-    if labels is None:
-        raise RecipeError("predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe")
-    labels = list(labels.values()) if isinstance(labels, dict) else list(labels)
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    """--text values, then --input lines (a file or - for stdin); blank lines are skipped and counted."""
     texts = list(args.text)
-    if args.input:
-        stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
-        with stream:
-            texts += [line.rstrip("\n") for line in stream]
-    if not texts:
+    if args.input == "-":
+        texts += [line.rstrip("\n") for line in sys.stdin]
+    elif args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise DataError(f"--input {path}: no such file (one text per line, or - for stdin)")
+        try:
+            texts += path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise DataError(f"--input {path} is not UTF-8 text; save it as UTF-8, one text per line") from None
+    if not any(t.strip() for t in texts):
         raise RecipeError("nothing to classify: give --text TEXT or --input FILE (one text per line, - for stdin)")
     empty = sum(not t.strip() for t in texts)
     if empty:
         logger.warning("skipping %d empty lines", empty)
-        texts = [t for t in texts if t.strip()]
-    model, tokenizer = load_for_inference(recipe, adapter)
+    return [t for t in texts if t.strip()]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fintrl.data import PromptBuilder
+    from fintrl.scoring import LabelScorer
+    from fintrl.targets import load_for_inference, resolve_target
+
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise RunFolderError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another file")
+    texts = _read_texts(args)
+    target = resolve_target(args.target, recipe_path=args.recipe, overrides=args.overrides,
+                            trust_remote_code=args.trust_remote_code)
+    labels = target.labels or target.recipe.data.labels
+    if labels is None:
+        raise RecipeError("predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe")
+    labels = list(labels.values()) if isinstance(labels, dict) else list(labels)
+    model, tokenizer = load_for_inference(target)
+    recipe = target.recipe
     scorer = LabelScorer(model, tokenizer, PromptBuilder(recipe.prompt, labels), mode=args.mode or recipe.eval.mode,
                          batch_size=recipe.eval.batch_size, max_length=recipe.eval.max_length)
     result = scorer.score(texts)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    with out if args.output else contextlib.nullcontext(out):
-        for text, pred, probs in zip(texts, result.predictions, result.probabilities):
-            out.write(json.dumps({"text": text, "label": labels[pred],
-                                  "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probs)}}, ensure_ascii=False) + "\n")
+    lines = [json.dumps({"text": text, "label": labels[pred],
+                         "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probs)}}, ensure_ascii=False)
+             for text, pred, probs in zip(texts, result.predictions, result.probabilities)]
+    if args.output:
+        write_atomic(Path(args.output), "".join(line + "\n" for line in lines))
+    else:
+        print("\n".join(lines))
     return 0
 
 
@@ -111,9 +127,8 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from fintrl.hub import publish
-    from fintrl.runner import load_run_recipe
 
-    section = load_run_recipe(Path(args.run_dir)).publish  # flags override the recipe's `publish:` section
+    section = RunFolder(Path(args.run_dir)).require_finished("publish").recipe().publish  # flags override the recipe's `publish:` section
     repo_id = args.repo or section.repo_id
     if not repo_id:
         raise RecipeError("publish needs a repo: pass --repo org/name or set publish.repo_id in the recipe")
@@ -148,17 +163,27 @@ def _cell(value: object, column: str) -> str:
     return str(value)[:12] if column == "commit" else str(value)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other fintrl error (exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"fintrl: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fintrl", description="Instruction-tune causal LMs to classify financial text.")
+    parser = _Parser(prog="fintrl", description="Instruction-tune causal LMs to classify financial text.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="train, score and write a run folder from a recipe")
     p.add_argument("recipe")
     _add_overrides(p)
     p.add_argument("--output-dir", help="run folder (overrides the recipe's output_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the output folder")
+    once = p.add_mutually_exclusive_group()
+    once.add_argument("--resume", action="store_true", help="continue an unfinished (or train further a finished) run "
+                      "from its last complete checkpoint; the recipe must match the checkpoint's")
+    once.add_argument("--overwrite", action="store_true", help="replace the run in the output folder, only once the new "
+                      "run has succeeded")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a recipe without loading any model")
@@ -172,13 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (("eval", cmd_eval, "score a run folder, adapter, Hub repo or base model on a dataset split"),
                                  ("predict", cmd_predict, "classify texts (JSONL out, with per-label probabilities)")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("target", help="run folder, adapter folder, Hub repo id, or a base model (zero-shot, needs --recipe)")
+        p.add_argument("target", help="run folder, adapter folder, Hub repo id (org/name or org/name@v1.0.0), or a base "
+                       "model (zero-shot, needs --recipe)")
         p.add_argument("--recipe", help="recipe giving data, labels and prompt (default: the run folder's / repo's)")
         _add_overrides(p)
         p.add_argument("--mode", choices=["auto", "first_token", "trie", "loglik", "generate"])
+        p.add_argument("--trust-remote-code", action="store_true",
+                       help="let the base model run its own Python code (never taken from a downloaded recipe)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output (once the new one is written)")
         p.set_defaults(func=func)
         if name == "eval":
-            p.add_argument("--output-dir", help="where metrics.json, predictions and plots go")
+            p.add_argument("--output-dir", help="where metrics.json, predictions and plots go (never a run folder)")
         else:
             p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
             p.add_argument("--input", help="file with one text per line, or - for stdin")

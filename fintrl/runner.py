@@ -1,6 +1,7 @@
 """One run, end to end: recipe -> data -> model -> training -> scoring -> metrics -> card, all into a run folder.
 
 A run is a folder: `eval`, `card` and `publish` read everything they need from it, so each step can be rerun alone.
+It is built aside and swapped into place only when it has succeeded (`fintrl.run_folder`).
 """
 
 from __future__ import annotations
@@ -14,18 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fintrl import run_folder
 from fintrl.data import LabeledData, PromptBuilder, load_labeled_data
-from fintrl.errors import RecipeError
-from fintrl.recipe import EvalSection, Recipe, check_library_fields, dump_recipe, load_recipe
+from fintrl.recipe import EvalSection, Recipe, check_library_fields
+from fintrl.run_folder import CONFUSION_MATRIX_PNG, PREDICTIONS, RELIABILITY_PNG, RunFolder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
-
-RECIPE_FILE = "recipe.yaml"
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.jsonl"
 
 
 class Timer:
@@ -71,8 +69,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
                 sub["baselines"] = baselines(data.train["text"], data.train["label"], sub_texts, sub_gold, data.labels)
             metrics["per_source"][name] = sub
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    with (out_dir / PREDICTIONS_FILE).open("w") as f:
+    RunFolder(out_dir).write_metrics(metrics)
+    with (out_dir / PREDICTIONS).open("w") as f:
         for i, text in enumerate(texts):
             pred = result.predictions[i]
             row = {"text": text, "gold": data.labels[gold[i]], "prediction": data.labels[pred] if pred != INVALID else None,
@@ -80,29 +78,34 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
             if result.raw_outputs:
                 row["raw_output"] = result.raw_outputs[i]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
-    plot_reliability(result.probabilities, gold, out_dir / "reliability.png")
+    plot_confusion_matrix(metrics, out_dir / CONFUSION_MATRIX_PNG)
+    plot_reliability(result.probabilities, gold, out_dir / RELIABILITY_PNG)
     return metrics
 
 
-def prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> Path:
-    run_dir = Path(recipe.output_dir)
-    finished = (run_dir / METRICS_FILE).exists() or (run_dir / "adapter_config.json").exists()
-    if finished and not (resume or overwrite):
-        raise RecipeError(f"{run_dir} already holds a run; pass --output-dir DIR, --resume or --overwrite")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_recipe(recipe, run_dir / RECIPE_FILE)
-    return run_dir
-
-
 def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """The whole loop. Returns the metrics written to `<output_dir>/metrics.json`."""
+    """The whole loop, as one transaction on the run folder (see `fintrl.run_folder`). Returns the report."""
+    check_library_fields(recipe)
+    final = Path(recipe.output_dir)
+    with run_folder.locked(final):
+        work = run_folder.prepare(final, recipe, resume=resume, overwrite=overwrite)
+        metrics = _run_in(work, recipe, resume)
+        run_folder.commit(work, final)
+    logger.info("run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s", final, metrics["accuracy"],
+                metrics["f1_macro"], metrics["timings"])
+    if recipe.publish.repo_id:
+        from fintrl.hub import publish
+
+        publish(final, recipe.publish.repo_id, version=recipe.publish.version, private=recipe.publish.private)
+    return metrics
+
+
+def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> dict[str, Any]:
+    """Data, model, training, scoring, report and card, all written into `run_dir` (the work folder)."""
     from fintrl.hub import write_card
     from fintrl.models import load_model, load_tokenizer
     from fintrl.train import TRAIN_DEFAULTS, LearningCurve, build_trainer, train
 
-    check_library_fields(recipe)
-    run_dir = prepare_run_dir(recipe, resume, overwrite)
     timer = Timer()
     with timer.stage("data"):
         data = load_labeled_data(recipe.data)
@@ -129,63 +132,9 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[s
     shown = {*TRAIN_DEFAULTS, *recipe.train, "bf16", "use_cpu"}  # what the card lists: fintrl's defaults + the recipe's
     metrics["train_args"] = {k: v for k, v in trainer.args.to_dict().items() if k in shown}
     metrics["timings"] = timer.seconds
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    RunFolder(run_dir).write_metrics(metrics)
     with timer.stage("card"):
         write_card(run_dir)
-    if recipe.publish.repo_id:
-        from fintrl.hub import publish
-
-        with timer.stage("publish"):
-            publish(run_dir, recipe.publish.repo_id, version=recipe.publish.version, private=recipe.publish.private)
-    logger.info("run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s", run_dir, metrics["accuracy"],
-                metrics["f1_macro"], timer.seconds)
     return metrics
 
 
-def load_run_recipe(run_dir: Path) -> Recipe:
-    path = run_dir / RECIPE_FILE
-    if not path.is_file():
-        raise RecipeError(f"{run_dir} is not a fintrl run folder (no {RECIPE_FILE})")
-    return load_recipe(path)
-
-
-def resolve_target(target: str, recipe_path: str | None, overrides: list[str]) -> tuple[Recipe, str | None]:
-    """What `eval`/`predict` score: a run folder or published repo (its recipe.yaml says how), an adapter, or a
-    base model zero-shot (then a recipe gives the data and prompt). Returns the recipe and the adapter location."""
-    local = Path(target)
-    if recipe_path is None:
-        if (local / RECIPE_FILE).is_file():
-            return load_recipe(local / RECIPE_FILE, overrides), str(local)
-        if not local.exists() and target.count("/") == 1:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(target, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.yaml", "*.txt"]))
-            if (folder / RECIPE_FILE).is_file():
-                return load_recipe(folder / RECIPE_FILE, overrides), str(folder)
-        raise RecipeError(f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the data and prompt")
-    recipe = load_recipe(recipe_path, overrides)
-    on_hub = not local.exists() and target.count("/") == 1
-    adapter = target if (local / "adapter_config.json").is_file() or on_hub and _is_adapter_repo(target) else None
-    if adapter is None:
-        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"name_or_path": target})})
-    return recipe, adapter
-
-
-def _is_adapter_repo(repo_id: str) -> bool:
-    from huggingface_hub import file_exists
-
-    return file_exists(repo_id, "adapter_config.json")
-
-
-def load_for_inference(recipe: Recipe, adapter: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Base model (quantized as the recipe says) + the adapter, with the adapter's own tokenizer and chat template."""
-    from fintrl.models import load_model, load_tokenizer
-
-    model = load_model(recipe.model, recipe.quantization)
-    if adapter is None:
-        return model, load_tokenizer(recipe.model, recipe.prompt.system)
-    from peft import PeftModel
-
-    tokenizer = load_tokenizer(recipe.model.model_copy(update={"chat_template": None, "revision": None}),
-                               recipe.prompt.system, path=adapter)
-    return PeftModel.from_pretrained(model, adapter), tokenizer

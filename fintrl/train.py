@@ -16,6 +16,7 @@ from fintrl.errors import RecipeError
 from fintrl.metrics import classification_metrics, plot_training_curve
 from fintrl.models import has_cuda, lora_config, trainable_4bit
 from fintrl.recipe import Recipe
+from fintrl.run_folder import CHECKPOINTS, TRAIN_LOG, TRAINING_CURVE_PNG, last_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from fintrl.recipe import EvalSection
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"
 
 # fintrl's defaults under the recipe's `train:` values, each measured in benchmarks/README.md. Classification prompts
 # are short and answers a few tokens: length-grouped batches cut padding from 27 % to 3 %; no activation (gradient)
@@ -71,13 +70,6 @@ def sft_config(recipe: Recipe, run_dir: Path) -> SFTConfig:
         return SFTConfig(output_dir=str(run_dir / CHECKPOINTS), seed=recipe.seed, **fields)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"train: {err}") from None
-
-
-def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = run_dir / CHECKPOINTS
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> int:
@@ -203,8 +195,8 @@ def train(trainer: SFTTrainer, run_dir: Path, resume: bool) -> dict[str, Any]:
         result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.model.save_pretrained(run_dir)
     trainer.processing_class.save_pretrained(run_dir)
-    with (run_dir / "train_log.jsonl").open("w") as f:
+    with (run_dir / TRAIN_LOG).open("w") as f:
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
-    plot_training_curve(trainer.state.log_history, run_dir / "training_loss.png")
+    plot_training_curve(trainer.state.log_history, run_dir / TRAINING_CURVE_PNG)
     return {"resumed_from": checkpoint, **result.metrics}

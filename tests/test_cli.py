@@ -37,7 +37,7 @@ def test_eval_run_folder_in_every_mode(run_dir: Path, tmp_path: Path, capsys: py
 
 def test_eval_refuses_a_different_label_set(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["eval", str(run_dir), "--set", "data.labels=[negative, neutral, positive, mixed]", "--output-dir", str(tmp_path)])
-    assert code == 2 and "label sets differ" in capsys.readouterr().err
+    assert code == 3 and "label sets differ" in capsys.readouterr().err
 
 
 def test_predict_texts_and_stdin(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fintrl.data import PromptBuilder, load_labeled_data
+from fintrl.errors import RunFolderError
 from fintrl.models import load_model, load_tokenizer
 from fintrl.recipe import recipe_from_dict
 from fintrl.runner import run
@@ -63,7 +64,7 @@ def test_run_folder_contents(tmp_path: Path) -> None:
     assert len(predictions) == 12 and all(p["prediction"] in ("negative", "neutral", "positive") for p in predictions)
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    with pytest.raises(Exception, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a finished run"):
         run(recipe_from_dict(tiny_recipe_dict(out)))
 
 

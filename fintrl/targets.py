@@ -1,0 +1,139 @@
+"""What `eval` and `predict` score, and how it loads: a run folder, an adapter folder, a Hub repo at a version, or a
+base model zero-shot.
+
+Nothing downloaded decides what code runs: `trust_remote_code` comes only from the user's own command line
+(`--trust-remote-code`) or their own `--recipe`, never from a recipe found in the target, and the base model of a Hub
+adapter is the one its `adapter_config.json` names (said on stderr before it loads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fintrl.errors import HubError, RecipeError
+from fintrl.recipe import Recipe, load_recipe
+from fintrl.run_folder import ADAPTER_CONFIG, RECIPE, RunFolder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+# What a Hub adapter repo needs for inference: config, weights, tokenizer, template, recipe and report.
+_INFERENCE_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.yaml", "*.txt"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved target: the recipe that says how to prompt and score, and where the adapter (if any) lives."""
+
+    recipe: Recipe
+    adapter: str | None  # a local folder
+    labels: list[str] | None  # the label set the adapter was trained and scored on, when known
+    name: str  # for reports: the repo id, folder or base model as the user gave it
+
+
+def split_revision(target: str) -> tuple[str, str | None]:
+    """`org/name@v1.0.0` -> ("org/name", "v1.0.0"); a local path keeps any `@` in its name."""
+    if "@" in target and not Path(target).exists():
+        name, _, revision = target.rpartition("@")
+        if not revision:
+            raise RecipeError(f"{target}: nothing after '@'; give a version, branch or commit (org/name@v1.0.0)")
+        return name, revision
+    return target, None
+
+
+def looks_like_hub_id(name: str) -> bool:
+    return not Path(name).expanduser().exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def resolve_target(target: str, *, recipe_path: str | None = None, overrides: list[str] = (),
+                   trust_remote_code: bool = False) -> Target:
+    """The recipe and adapter for `target`.
+
+    >>> resolve_target("runs/quickstart").adapter
+    'runs/quickstart'
+    >>> resolve_target("your-org/fin-sentiment@v1.0.0").recipe.model.name_or_path  # the base its adapter names
+    """
+    name, revision = split_revision(target)
+    local = Path(name)
+    folder: Path | None = local if local.is_dir() else None
+    if folder is None and looks_like_hub_id(name):
+        folder = _download(name, revision)
+    elif revision is not None:
+        raise RecipeError(f"{target}: '@revision' applies to Hub repos only, and {name} is not one")
+    if recipe_path is not None:  # the user's own recipe: its trust_remote_code stands
+        recipe = load_recipe(recipe_path, overrides)
+        if trust_remote_code:
+            recipe = _with_model(recipe, trust_remote_code=True)
+        if folder is not None and (folder / ADAPTER_CONFIG).is_file():
+            return Target(recipe, str(folder), RunFolder(folder).labels(), target)
+        if folder is not None and not (folder / "config.json").is_file():
+            raise RecipeError(f"{target} holds neither an adapter ({ADAPTER_CONFIG}) nor a model (config.json)")
+        return Target(_with_model(recipe, name_or_path=str(folder or name), revision=revision), None, None, target)
+    if folder is None or not (folder / RECIPE).is_file():
+        raise RecipeError(f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the "
+                          "data and prompt")
+    recipe = _with_model(load_recipe(folder / RECIPE, overrides), trust_remote_code=trust_remote_code)
+    if folder is not local:  # downloaded: the base is the one the adapter config names
+        recipe = _with_model(recipe, **_adapter_base(folder))
+    run = RunFolder(folder)
+    if (folder / ADAPTER_CONFIG).is_file():
+        return Target(recipe, str(folder), run.labels(), target)
+    if (folder / "config.json").is_file():  # a fully fine-tuned run: the folder is the model
+        return Target(_with_model(recipe, name_or_path=str(folder), revision=None), None, run.labels(), target)
+    raise RecipeError(f"{target} holds no adapter or model weights; finish the run with `fintrl run --resume`")
+
+
+def _with_model(recipe: Recipe, **updates: object) -> Recipe:
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update=updates)})
+
+
+def _adapter_base(folder: Path) -> dict[str, object]:
+    config = json.loads((folder / ADAPTER_CONFIG).read_text()) if (folder / ADAPTER_CONFIG).is_file() else {}
+    base = config.get("base_model_name_or_path")
+    return {"name_or_path": base, "revision": config.get("revision")} if base else {}
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import validate_repo_id
+
+    from fintrl.errors import translate
+
+    try:
+        validate_repo_id(repo_id)
+    except Exception as err:  # noqa: BLE001 - HFValidationError, imported lazily
+        raise HubError(f"{repo_id}: not a local folder, and not a valid Hub repo id ({err})") from None
+    logger.info("downloading %s%s from the Hub", repo_id, f"@{revision}" if revision else "")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_INFERENCE_FILES))
+    except Exception as err:
+        mapped = translate(err)
+        if mapped is None:
+            raise
+        raise type(mapped)(f"{repo_id}{'@' + revision if revision else ''}: {mapped}") from None
+
+
+def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Base model (quantized as the recipe says) + the adapter, with the adapter's own tokenizer and chat template."""
+    from fintrl.models import load_model, load_tokenizer
+
+    model_section = target.recipe.model
+    print(f"fintrl: loading base model {model_section.name_or_path}"
+          + (f" @ {model_section.revision}" if model_section.revision else "")
+          + (" (trusting its remote code)" if model_section.trust_remote_code else "")
+          + (f" with adapter {target.name}" if target.adapter else ""), file=sys.stderr)
+    model = load_model(model_section, target.recipe.quantization)
+    if target.adapter is None:
+        return model, load_tokenizer(model_section, target.recipe.prompt.system)
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(model_section.model_copy(update={"chat_template": None, "revision": None}),
+                               target.recipe.prompt.system, path=target.adapter)
+    return PeftModel.from_pretrained(model, target.adapter), tokenizer
