@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fintrl.errors import RecipeError
+from fintrl import data_checks
+from fintrl.errors import DataError, FintrlError, RecipeError
 from fintrl.recipe import DataSection, MixtureSource, PromptSection
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class LabeledData:
     eval_split: str
     dropped: dict[str, int] = field(default_factory=dict)
     mixture: list[dict[str, Any]] = field(default_factory=list)  # per-source provenance of a `data.mixture`
+    checks: dict[str, int] = field(default_factory=dict)  # duplicate / overlap counts (`data_checks.text_checks`)
 
     def eval_groups(self) -> dict[str, list[int]]:
         """Eval row indices per source (a mixture's eval carries a `source` column); empty for a single source."""
@@ -95,6 +97,7 @@ class LabeledData:
             "n_eval": len(self.eval),
             "label_counts": {s: {self.labels[i]: c[i] for i in range(len(self.labels))} for s, c in counts.items()},
             "dropped": self.dropped,
+            "checks": self.checks,
             "license": self.license,
         }
         if self.mixture:
@@ -126,29 +129,46 @@ def resolve_data(section: DataSection) -> tuple[DataSection, Preset | None]:
     return section.model_copy(update=updates), preset
 
 
-def _load_raw(section: DataSection) -> DatasetDict:
+def _load_raw(section: DataSection) -> tuple[DatasetDict, dict[str, Path]]:
+    """The splits, and for local data the file each split was read from (each file checked before it is read)."""
     from datasets import DatasetDict, load_dataset
 
     location = section.path or section.source
     assert location is not None
     local = Path(location).expanduser()
     if local.is_dir():
-        files = {p.stem: str(p) for p in sorted(local.iterdir()) if p.suffix in SPLIT_SUFFIXES}
+        files = {p.stem: p for p in sorted(local.iterdir()) if p.suffix in SPLIT_SUFFIXES}
         if not files:
-            raise RecipeError(f"data: {local} holds no {'/'.join(SPLIT_SUFFIXES)} split files (e.g. train.csv, validation.csv)")
-        suffixes = {Path(f).suffix for f in files.values()}
+            raise DataError(f"data.path: {local} holds no {'/'.join(SPLIT_SUFFIXES)} split files (e.g. train.csv, validation.csv)")
+        suffixes = {f.suffix for f in files.values()}
         if len(suffixes) > 1:
-            raise RecipeError(f"data: {local} mixes file types {sorted(suffixes)}; keep one per folder")
-        builder = _BUILDERS[suffixes.pop()]
-        return load_dataset(builder, data_files=files, keep_default_na=False) if builder == "csv" else load_dataset(builder, data_files=files)
-    if local.is_file():
+            raise DataError(f"data.path: {local} mixes file types {sorted(suffixes)}; keep one per folder")
+        if section.train_split not in files:
+            raise DataError(f"data.train_split: no {section.train_split}{suffixes.pop()} in {local}; it has the splits {sorted(files)}")
+        files = {split: files[split] for split in (section.train_split, section.eval_split) if split in files}
+    elif local.is_file():
         if local.suffix not in SPLIT_SUFFIXES:
-            raise RecipeError(f"data: {local} is not a {'/'.join(SPLIT_SUFFIXES)} file")
-        kwargs = {"keep_default_na": False} if local.suffix == ".csv" else {}
-        return DatasetDict({section.train_split: load_dataset(_BUILDERS[local.suffix], data_files=str(local), split="train", **kwargs)})
-    if section.path is not None:
-        raise RecipeError(f"data.path: {location} does not exist")
-    return load_dataset(location, section.config_name)
+            raise DataError(f"data.path: {local} is not a {'/'.join(SPLIT_SUFFIXES)} file")
+        files = {section.train_split: local}
+    elif section.path is not None:
+        raise DataError(f"data.path: {location} does not exist")
+    else:
+        return load_dataset(location, section.config_name), {}
+    return DatasetDict({split: _read_file(path, section) for split, path in files.items()}), files
+
+
+def _read_file(path: Path, section: DataSection) -> Dataset:
+    from datasets import load_dataset
+
+    data_checks.sniff_file(path, section.text_column, section.label_column)
+    kwargs = {"keep_default_na": False} if path.suffix == ".csv" else {}
+    try:
+        return load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train", **kwargs)
+    except Exception as err:
+        found = data_checks.explain_load_error(err, path, section.text_column)
+        if found is None:
+            raise
+        raise found from err
 
 
 def _to_label_ids(values: list[Any], labels: list[str], id_map: dict[int, str] | None, preset: Preset | None, where: str) -> list[int]:
@@ -159,12 +179,12 @@ def _to_label_ids(values: list[Any], labels: list[str], id_map: dict[int, str] |
     out, unknown = [], Counter()
     for v in values:
         name = (id_map or dict(enumerate(labels))).get(v) if isinstance(v, int) and not isinstance(v, bool) else v
-        if name in index:
+        if isinstance(name, str) and name in index:
             out.append(index[name])
         else:
-            unknown[v] += 1
+            unknown[v if isinstance(v, (str, int, float, type(None))) else repr(v)] += 1
     if unknown:
-        raise RecipeError(
+        raise DataError(
             f"{where}: {sum(unknown.values())} rows have labels outside the label set {labels}: "
             f"{dict(unknown.most_common(5))}. Fix data.labels (names, or an id -> name map) or the data."
         )
@@ -195,57 +215,73 @@ def balance_classes(train: Dataset, balance: float, seed: int) -> Dataset:
     return train.select(rows).shuffle(seed=seed)
 
 
-def _load_source(section: DataSection) -> LabeledData:
+def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
+    """One source; `in_mixture`: class-coverage problems and duplicates are the mixture's to raise and warn about."""
     from datasets import ClassLabel, Dataset, Features, Value
 
     section, preset = resolve_data(section)
-    raw = _load_raw(section)
+    raw, files = _load_raw(section)
+    source = section.path or section.source or ""
     if section.train_split not in raw:
-        raise RecipeError(f"data.train_split: split {section.train_split!r} not found; the source has {sorted(raw)}")
-    first = raw[section.train_split]
-    for key in ("text_column", "label_column"):
-        column = getattr(section, key)
-        if column not in first.column_names:
-            raise RecipeError(f"data.{key}: column {column!r} not found; the data has {first.column_names}")
+        raise DataError(f"data.train_split: split {section.train_split!r} not found; {source} has {sorted(raw)}")
 
+    def file(split: str) -> str:
+        return str(files[split]) if split in files else f"{source} ({split} split)"
+
+    def columns(split: str) -> Dataset:
+        ds = raw[split]
+        for key in ("text_column", "label_column"):
+            column = getattr(section, key)
+            if column not in ds.column_names:
+                raise DataError(f"data.{key}: column {column!r} not found in {file(split)}; it has {ds.column_names}"
+                                + data_checks.delimiter_hint(ds.column_names))
+        return ds
+
+    first = columns(section.train_split)
     id_map = section.labels if isinstance(section.labels, dict) else None
     labels = list(id_map.values()) if id_map else list(section.labels or [])
     if not labels:
         values = first[section.label_column]
-        if any(not isinstance(v, str) for v in values):
+        if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise RecipeError("data.labels: integer labels need names (data.labels: {0: negative, 1: ...})")
-        labels = sorted(set(values))
+        labels = sorted({v for v in values if isinstance(v, str) and v.strip()})
         logger.warning("data.labels not given: using the %d names found in the train split: %s", len(labels), labels)
 
     features = Features({"text": Value("string"), "label": ClassLabel(names=labels)})
     dropped: dict[str, int] = {}
 
     def convert(split: str) -> Dataset:
-        ds = raw[split]
-        texts = [t if isinstance(t, str) else "" for t in ds[section.text_column]]
-        ids = _to_label_ids(ds[section.label_column], labels, id_map, preset, f"data ({split} split)")
+        ds = columns(split)
+        texts = data_checks.texts(ds[section.text_column], f"data.text_column ({file(split)})")
         keep = [i for i, t in enumerate(texts) if t.strip()]
         if len(keep) < len(texts):
             dropped[f"{split}_empty_text"] = len(texts) - len(keep)
-            logger.warning("%s split: dropped %d rows with empty text", split, len(texts) - len(keep))
-        return Dataset.from_dict({"text": [texts[i] for i in keep], "label": [ids[i] for i in keep]}, features=features)
+            logger.warning("%s: dropped %d rows with empty text", file(split), len(texts) - len(keep))
+        values = ds[section.label_column]
+        ids = _to_label_ids([values[i] for i in keep], labels, id_map, preset, f"data.label_column ({file(split)})")
+        return Dataset.from_dict({"text": [texts[i] for i in keep], "label": ids}, features=features)
 
     train = convert(section.train_split)
     if section.eval_split in raw:
         eval_ds, eval_split = convert(section.eval_split), section.eval_split
     else:
+        data_checks.check_classes(train["label"], None, labels, f"data ({file(section.train_split)})", strict=not in_mixture)
+        data_checks.check_carve(train["label"], labels, section.validation_fraction, f"data.validation_fraction ({source})")
         parts = train.train_test_split(test_size=section.validation_fraction, seed=section.seed, stratify_by_column="label")
         train, eval_ds = parts["train"], parts["test"]
         eval_split = f"{section.train_split} (held-out {section.validation_fraction:.0%}, seed {section.seed})"
         logger.info("no %r split: carved %d validation rows from train", section.eval_split, len(eval_ds))
+    fixes = data_checks.fixes(section, carved=section.eval_split not in raw, eval_cut=len(eval_ds) > (section.max_eval_samples or len(eval_ds)))
     if section.max_train_samples:
         train = train.shuffle(seed=section.seed).select(range(min(section.max_train_samples, len(train))))
     if section.max_eval_samples:
         eval_ds = eval_ds.shuffle(seed=section.seed).select(range(min(section.max_eval_samples, len(eval_ds))))
+    data_checks.check_classes(train["label"], eval_ds["label"], labels, f"data ({source})", *fixes, strict=not in_mixture)
     return LabeledData(
-        train=train, eval=eval_ds, labels=labels, source=section.path or section.source or "",
+        train=train, eval=eval_ds, labels=labels, source=source,
         task=preset.task if preset else "class", license=preset.license if preset else None,
         eval_split=eval_split, dropped=dropped,
+        checks=data_checks.text_checks(train["text"], eval_ds["text"], f"data ({source})", warn=not in_mixture),
     )
 
 
@@ -277,9 +313,9 @@ def load_mixture(section: DataSection) -> LabeledData:
         where = f"data.mixture.{i} ({entry.display_name})"
         try:
             own = {k: v for k, v in entry.model_dump(include=_PER_SOURCE_FIELDS & entry.model_fields_set).items() if v is not None}
-            one = load_labeled_data(DataSection(**own, **shared))
-        except RecipeError as err:
-            raise RecipeError(f"{where}: {err}") from None
+            one = _load_source(DataSection(**own, **shared), in_mixture=True)
+        except FintrlError as err:
+            raise type(err)(f"{where}: {err}") from err
         label_map = entry.label_map or {}
         unknown = sorted(set(label_map) - set(one.labels))
         if unknown:
@@ -316,14 +352,16 @@ def load_mixture(section: DataSection) -> LabeledData:
         dropped |= {f"{name}/{k}": v for k, v in one.dropped.items()}
         provenance.append({"name": name, "source": one.source, "license": one.license, "task": one.task,
                            "weight": entry.weight, "label_map": entry.label_map or {}, "n_train_source": len(one.train),
-                           "n_train": len(rows), "n_eval": len(one.eval), "eval_split": one.eval_split})
+                           "n_train": len(rows), "n_eval": len(one.eval), "eval_split": one.eval_split, "checks": one.checks})
     train = concatenate_datasets(trains).shuffle(seed=section.seed)
     if section.max_train_samples:
         train = train.select(range(min(section.max_train_samples, len(train))))
     eval_ds = concatenate_datasets(evals)
-    overlap = len(set(train["text"]) & set(eval_ds["text"]))
-    if overlap:
-        logger.warning("mixture: %d eval texts also occur in the mixed train rows (do the sources overlap?)", overlap)
+    carved = any(one.eval_split != section.eval_split for _, one, _ in parts)
+    fixes = data_checks.fixes(section, carved, eval_cut=bool(section.max_eval_samples), per_source=True)
+    data_checks.check_classes(train["label"], eval_ds["label"], labels, "data.mixture", *fixes)
+    # duplicates and overlap across the sources' train rows, each row once (before weights and max_train_samples)
+    checks = data_checks.text_checks([t for _, one, _ in parts for t in one.train["text"]], eval_ds["text"], "data.mixture")
     tasks = {one.task for _, one, _ in parts}
     licenses = {one.license for _, one, _ in parts}
     splits = {one.eval_split for _, one, _ in parts}
@@ -333,7 +371,7 @@ def load_mixture(section: DataSection) -> LabeledData:
         train=train, eval=eval_ds, labels=labels,
         source="mixture(" + ", ".join(f"{p['name']}*{p['weight']:g}" for p in provenance) + ")",
         task=tasks.pop() if len(tasks) == 1 else "class", license=licenses.pop() if len(licenses) == 1 else "other",
-        eval_split=splits.pop() if len(splits) == 1 else "per source", dropped=dropped, mixture=provenance,
+        eval_split=splits.pop() if len(splits) == 1 else "per source", dropped=dropped, mixture=provenance, checks=checks,
     )
 
 

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from fintrl.data import PRESETS, TFN_TOPICS, PromptBuilder, load_labeled_data
+from fintrl.errors import DataError
 from fintrl.recipe import DataSection, PromptSection, RecipeError
 from tests.conftest import SHARED_DATA, shared_data
 
@@ -62,14 +63,14 @@ def test_integer_labels_with_id_map_and_empty_texts_counted(tmp_path: Path) -> N
 
 def test_unknown_labels_are_an_error(tmp_path: Path) -> None:
     _csv(tmp_path / "train.csv", [("a", "positive"), ("b", "Positive"), ("c", "negative")])
-    with pytest.raises(RecipeError, match="outside the label set"):
+    with pytest.raises(DataError, match="outside the label set"):
         load_labeled_data(DataSection(path=str(tmp_path / "train.csv"), labels=["negative", "positive"]))
 
 
 def test_missing_column_and_path() -> None:
-    with pytest.raises(RecipeError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         load_labeled_data(DataSection(path="/nonexistent/folder"))
-    with pytest.raises(RecipeError, match="column 'sentence' not found"):
+    with pytest.raises(DataError, match="column 'sentence' not found in .*train.csv"):
         load_labeled_data(DataSection(preset="quickstart", text_column="sentence"))
 
 

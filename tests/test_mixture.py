@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from fintrl.data import load_labeled_data, weighted_indices
+from fintrl.errors import DataError
 from fintrl.recipe import DataSection, RecipeError, load_recipe, recipe_from_dict
 from tests.conftest import tiny_recipe_dict
 from tests.test_data import _csv
@@ -87,7 +88,7 @@ def test_caps_and_per_source_load_errors(sources: dict[str, Path], tmp_path: Pat
     data = load_labeled_data(_mixture(sources, max_train_samples=7, max_eval_samples=2))
     assert len(data.train) == 7  # the mixed train rows
     assert {k: len(v) for k, v in data.eval_groups().items()} == {"a": 2, "b": 2, "t": 2}  # per source
-    with pytest.raises(RecipeError, match=r"data.mixture.1 \(nowhere\): data.path: .* does not exist"):
+    with pytest.raises(DataError, match=r"data.mixture.1 \(nowhere\): data.path: .* does not exist"):
         load_labeled_data(DataSection(mixture=[{"path": str(sources["a"])}, {"path": str(tmp_path / "nowhere")}]))
 
 
