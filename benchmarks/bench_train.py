@@ -127,9 +127,10 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
 
     from _shared import instrument, trl_default_trainer
 
+    from fintrl.checks import check_library_fields
     from fintrl.data import PromptBuilder, load_labeled_data
     from fintrl.models import load_model, load_tokenizer
-    from fintrl.recipe import check_library_fields, load_recipe
+    from fintrl.recipe import load_recipe
     from fintrl.train import TRAIN_DEFAULTS, build_trainer
 
     overrides = [f"model.name_or_path={spec['model']}", f"train.max_steps={spec['steps']}"]

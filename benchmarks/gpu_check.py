@@ -113,9 +113,10 @@ def environment() -> dict[str, Any]:
 
 def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """Recipe (with the check's overrides), tokenizer, labelled data and prompt builder, all through fintrl."""
+    from fintrl.checks import check_library_fields
     from fintrl.data import PromptBuilder, load_labeled_data
     from fintrl.models import has_cuda, load_tokenizer
-    from fintrl.recipe import check_library_fields, load_recipe
+    from fintrl.recipe import load_recipe
 
     overrides = [f"model.name_or_path={spec['tokenizer']}", f"train.max_steps={spec['steps']}"]
     overrides += [f"data.path={spec['data_path']}"] if spec["data_path"] else ["data.preset=quickstart"]

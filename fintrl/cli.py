@@ -23,11 +23,10 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
-    if args.full:
-        from fintrl.recipe import check_library_fields
+    from fintrl.checks import check_recipe
 
-        check_library_fields(recipe)
+    recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
+    check_recipe(recipe)  # everything short of weights and network; imports TRL, PEFT, transformers (a few seconds)
     data = recipe.data
     sources = [m.display_name for m in data.mixture] if data.mixture else [data.preset or data.path or data.source]
     print(f"{args.recipe}: ok (model {recipe.model.name_or_path}, data {' + '.join(map(str, sources))}, output {recipe.output_dir})")
@@ -186,12 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "run has succeeded")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a recipe without loading any model")
+    p = sub.add_parser("validate", help="check a recipe without loading weights or data, or using the network")
     p.add_argument("recipe")
     _add_overrides(p)
     p.add_argument("--output-dir")
-    p.add_argument("--full", action="store_true", help="also check train/lora/quantization fields against TRL, PEFT and "
-                   "transformers (imports them: a few seconds)")
+    p.add_argument("--full", action="store_true", help="accepted for old scripts: every check is now the default")
     p.set_defaults(func=cmd_validate)
 
     for name, func, helptext in (("eval", cmd_eval, "score a run folder, adapter, Hub repo or base model on a dataset split"),
@@ -237,7 +235,7 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if not verbose:
-        for name in ("httpx", "httpcore", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        for name in ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "datasets", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 

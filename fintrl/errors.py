@@ -132,6 +132,9 @@ def _translate_hub(exc: BaseException) -> FintrlError | None:
     if isinstance(exc, hf.RevisionNotFoundError):
         return HubError("no such revision (version, branch or commit) in that Hub repo: `fintrl versions ORG/NAME` lists them")
     if isinstance(exc, hf.LocalEntryNotFoundError):
+        cause = _translate_hub(exc.__cause__) if exc.__cause__ is not None else None
+        if cause is not None:  # the Hub's own failure (a 500, a dropped connection) says more than "offline?"
+            return cause
         return HubError("cannot reach the Hub and the file is not in the local cache (offline?): "
                         "connect, or point at a local folder instead")
     if isinstance(exc, hf.EntryNotFoundError):
@@ -145,7 +148,7 @@ def _translate_hub(exc: BaseException) -> FintrlError | None:
         if status is not None and status >= 500:
             return HubError(f"the Hub failed ({status}) after retries; try again later (published versions are never half-made)")
         return HubError(f"the Hub answered {status}: {first_line(exc)}")
-    httpx = sys.modules.get("httpx")
-    if httpx is not None and isinstance(exc, httpx.TransportError):
+    transport = tuple(m.TransportError for m in map(sys.modules.get, ("httpx2", "httpx")) if m is not None)
+    if transport and isinstance(exc, transport):  # huggingface_hub 2.x speaks httpx2
         return HubError(f"cannot reach the Hub ({type(exc).__name__}: {first_line(exc)}); check the network or HF_ENDPOINT")
     return None

@@ -2,23 +2,36 @@
 
 A published version is one commit holding the whole run folder (minus `checkpoints/`) plus a `vX.Y.Z` tag on it.
 Tags are never moved, so `revision="v1.1.0"` always loads the same adapter, card, recipe and metrics.
+
+Publishing is safe to rerun and shares the repo with people:
+- repo ids are checked before any request (`check_repo_id`);
+- transient Hub failures (5xx answers, dropped or timed-out connections) are retried with exponential backoff
+  (`_with_retries`: `RETRY_ATTEMPTS` tries, `RETRY_BASE_DELAY` doubling); 4xx answers never are;
+- the commit deletes only files fintrl itself wrote in the last version (listed in that commit's description,
+  `fintrl files:`), never `.gitattributes` or `.eval_results/**`; files others added are kept (and named);
+- the tag comes after the commit: if tagging fails, rerunning the same publish finds fintrl's untagged commit of that
+  version (same title, same files) at the branch head and only creates the tag.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import shutil
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from fintrl.errors import RecipeError
+from fintrl.errors import FintrlError, HubError, RecipeError, RunFolderError, first_line
 from fintrl.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -29,6 +42,12 @@ logger = logging.getLogger(__name__)
 CARD_TEMPLATE = "fintrl_adapter.md"
 HUB_BASE_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # offline name -> Hub id
 VERSION_TAG = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
+RETRY_ATTEMPTS = 4  # tries per Hub call, the first included
+RETRY_BASE_DELAY = 1.0  # seconds before the second try; doubles each time (1, 2, 4): tests shrink it
+RETRY_MAX_DELAY = 30.0
+MANIFEST_HEADER = "fintrl files:"  # in each commit's description, followed by the files fintrl wrote, one a line
+NEVER_DELETED = (".gitattributes", ".eval_results/")  # a path equal to, or under, one of these
+T = TypeVar("T")
 
 
 def template_path() -> Path:
@@ -41,15 +60,10 @@ def template_path() -> Path:
 
 
 def _read_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    from fintrl.runner import METRICS_FILE, load_run_recipe
+    from fintrl.run_folder import RunFolder
 
-    if not run_dir.is_dir():
-        raise RecipeError(f"{run_dir}: no such run folder")
-    recipe = load_run_recipe(run_dir)
-    metrics_path = run_dir / METRICS_FILE
-    if not metrics_path.is_file():
-        raise RecipeError(f"{run_dir} has no {METRICS_FILE}: run `fintrl run` (or `fintrl eval`) first")
-    return recipe, json.loads(metrics_path.read_text())
+    run = RunFolder(run_dir).require_finished("card")
+    return run.recipe(), run.metrics()
 
 
 def base_model_id(name_or_path: str) -> str:
@@ -126,6 +140,8 @@ class Published:
     version: str
     commit: str
     url: str
+    kept: tuple[str, ...] = ()  # files others put in the repo, left in place
+    deleted: tuple[str, ...] = ()  # files fintrl wrote in the previous version and not in this one
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -145,29 +161,95 @@ def next_version(taken: list[str]) -> str:
     return f"v{major}.{minor + 1}.0"
 
 
+def check_repo_id(repo_id: str) -> str:
+    """`namespace/name` as the Hub spells it, checked before any request (huggingface_hub's own rules)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    shown = repr(repo_id if not isinstance(repo_id, str) or len(repo_id) <= 60 else repo_id[:57] + "...")
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise HubError(f"invalid repo id {shown}: use namespace/name, e.g. my-org/fin-sentiment")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise HubError(f"invalid repo id {shown}: namespace and name use letters, digits, '-', '_' and '.', neither "
+                       "starts nor ends with '-' or '.', no '--' or '..', at most 96 characters in all") from None
+    return repo_id
+
+
+def _is_transient(exc: BaseException | None) -> bool:
+    """A 5xx answer or a dropped / timed-out connection, also when huggingface_hub wrapped it (a download that could
+    not reach the Hub raises LocalEntryNotFoundError *from* the original error). 4xx answers never are."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    transport = tuple(m.TransportError for m in map(sys.modules.get, ("httpx2", "httpx")) if m is not None)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None:
+            return exc.response.status_code >= 500
+        if transport and isinstance(exc, transport):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if response is not None and hasattr(response, "status_code"):
+        return f"HTTP {response.status_code}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _with_retries(fn: Callable[[], T], *, what: str, attempts: int | None = None,
+                  base_delay: float | None = None) -> T:
+    """`fn()`, tried again after a transient Hub failure (see `_is_transient`), waiting `base_delay` seconds (default
+    `RETRY_BASE_DELAY`), then twice as long each time; the last failure, or any other error, propagates."""
+    attempts = attempts or RETRY_ATTEMPTS
+    delay = RETRY_BASE_DELAY if base_delay is None else base_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as err:
+            if attempt >= attempts or not _is_transient(err):
+                raise
+            logger.warning("the Hub failed on %s (%s); try %d of %d in %.1fs", what, _reason(err), attempt + 1,
+                           attempts, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+    raise AssertionError("unreachable")
+
+
 def _version_tags(api: HfApi, repo_id: str) -> dict[str, str]:
     """`vX.Y.Z` tag -> commit sha; other tags are not fintrl versions and are left alone."""
-    return {t.name: t.target_commit for t in api.list_repo_refs(repo_id).tags if VERSION_TAG.fullmatch(t.name)}
+    refs = _with_retries(lambda: api.list_repo_refs(repo_id), what="list_repo_refs")
+    return {t.name: t.target_commit for t in refs.tags if VERSION_TAG.fullmatch(t.name)}
 
 
 def _file_at(repo_id: str, filename: str, commit: str) -> str | None:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=commit)).read_text()
-    except EntryNotFoundError:
-        return None
+    def download() -> str | None:
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=commit)).read_text()
+        except EntryNotFoundError as err:
+            if isinstance(err, LocalEntryNotFoundError):  # the Hub did not answer: the file may well exist
+                raise
+            return None
+
+    return _with_retries(download, what=f"downloading {filename}")
 
 
 def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str, Any]:
     """What a version is, read from the files at its tag (not from a side index that could drift)."""
-    from fintrl.runner import METRICS_FILE, RECIPE_FILE
+    from fintrl.run_folder import METRICS as METRICS_FILE
+    from fintrl.run_folder import RECIPE as RECIPE_FILE
 
     metrics = json.loads(_file_at(repo_id, METRICS_FILE, commit) or "{}")
     adapter = json.loads(_file_at(repo_id, "adapter_config.json", commit) or "{}")
     data = (yaml.safe_load(_file_at(repo_id, RECIPE_FILE, commit) or "{}") or {}).get("data", {})
-    date = api.list_repo_commits(repo_id, revision=commit)[0].created_at
+    date = _with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
     return {"version": tag, "date": date.strftime("%Y-%m-%d"), "commit": commit,
             "base_model": adapter.get("base_model_name_or_path"),
             "data": data.get("preset") or data.get("source") or data.get("path"),
@@ -180,11 +262,12 @@ def list_versions(repo_id: str) -> list[dict[str, Any]]:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    check_repo_id(repo_id)
     api = HfApi()
     try:
         tags = _version_tags(api, repo_id)
     except RepositoryNotFoundError:
-        raise RecipeError(f"{repo_id}: no such repo on {api.endpoint} (or the token cannot see it)") from None
+        raise HubError(f"{repo_id}: no such repo on {api.endpoint} (or the token cannot see it)") from None
     ordered = sorted(tags, key=parse_version, reverse=True)
     return [_version_record(api, repo_id, tag, tags[tag]) for tag in ordered]
 
@@ -214,46 +297,198 @@ def _stage(run_dir: Path, staging: Path, recipe: Recipe, card: str) -> None:
     (staging / "README.md").write_text(card)
 
 
+@dataclass
+class _Head:
+    """A branch head: its history (newest first) and its files (path -> RepoFile)."""
+
+    sha: str
+    commits: list[Any]
+    files: dict[str, Any]
+
+
+def _read_head(api: HfApi, repo_id: str, sha: str, retry: bool = True) -> _Head:
+    from huggingface_hub.hf_api import RepoFile
+
+    def call(fn: Callable[[], T], what: str) -> T:
+        return _with_retries(fn, what=what) if retry else fn()
+
+    commits = call(lambda: api.list_repo_commits(repo_id, revision=sha), "list_repo_commits")
+    tree = call(lambda: list(api.list_repo_tree(repo_id, revision=sha, recursive=True)), "list_repo_tree")
+    return _Head(sha, commits, {entry.path: entry for entry in tree if isinstance(entry, RepoFile)})
+
+
+def _staged_files(staging: Path) -> dict[str, Path]:
+    return {p.relative_to(staging).as_posix(): p for p in sorted(staging.rglob("*")) if p.is_file()}
+
+
+def _manifest(message: str | None) -> list[str] | None:
+    """The files a fintrl commit wrote, from its description; None for commits without one."""
+    lines = [line.strip() for line in (message or "").splitlines()]
+    if MANIFEST_HEADER not in lines:
+        return None
+    return [line for line in lines[lines.index(MANIFEST_HEADER) + 1:] if line]
+
+
+def _same_content(entry: Any, path: Path) -> bool:
+    """A file in the repo (RepoFile) holds exactly this local file: LFS files by sha256, others by git blob id."""
+    if entry is None:
+        return False
+    data = path.read_bytes()
+    if entry.lfs is not None:
+        return entry.lfs.sha256 == hashlib.sha256(data).hexdigest()
+    return entry.blob_id == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _is_fintrl_commit(head: _Head, version: str, staged: dict[str, Path], tagged: set[str]) -> bool:
+    """The head is fintrl's untagged commit of `version` holding exactly these files (the card, which names the
+    publish date, aside): a publish whose commit landed and whose tag did not."""
+    if head.sha in tagged or not head.commits or not head.commits[0].title.startswith(f"fintrl {version}:"):
+        return False
+    manifest = _manifest(head.commits[0].message)
+    if manifest is not None and set(manifest) != set(staged):
+        return False
+    return all(name == "README.md" or _same_content(head.files.get(name), path) for name, path in staged.items())
+
+
+def _never_deleted(path: str) -> bool:
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in NEVER_DELETED)
+
+
+def _plan(api: HfApi, repo_id: str, head: _Head, staged: dict[str, Path], tagged: set[str]) -> tuple[list, list]:
+    """(delete, keep) among the head's files that this version does not write. Deleted: files fintrl wrote in its
+    newest commit on this branch, a tagged version or a commit whose tag failed (the manifest in its description; a
+    tagged commit made before manifests replaced the whole tree, so every file in it). Kept: everything else, and
+    never `.gitattributes` or `.eval_results/**`."""
+    last = next((c for c in head.commits if c.commit_id in tagged
+                 or (c.title.startswith("fintrl v") and _manifest(c.message) is not None)), None)
+    ours: set[str] = set()
+    if last is not None:
+        manifest = _manifest(last.message)
+        ours = set(manifest) if manifest is not None else set(
+            _with_retries(lambda: api.list_repo_files(repo_id, revision=last.commit_id), what="list_repo_files"))
+    leftovers = sorted(path for path in head.files if path not in staged and path != ".gitattributes")
+    delete = [path for path in leftovers if path in ours and not _never_deleted(path)]
+    return delete, [path for path in leftovers if path not in delete]
+
+
+def _commit(api: HfApi, repo_id: str, staged: dict[str, Path], delete: list[str], message: str, version: str,
+            parent: str | None, tagged: set[str]) -> str:
+    """One commit (retried); before a retry, a commit that landed while its answer was lost is recognised."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    description = "\n".join([MANIFEST_HEADER, *staged])
+    tries = 0
+
+    def once() -> str:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
+            sha = api.model_info(repo_id).sha
+            if sha != parent and _is_fintrl_commit(_read_head(api, repo_id, sha, retry=False), version, staged, tagged):
+                logger.info("the earlier try's commit %s landed", sha)
+                return sha
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in staged.items()]
+        operations += [CommitOperationDelete(path_in_repo=path) for path in delete]
+        try:
+            return api.create_commit(repo_id, operations, commit_message=message, commit_description=description,
+                                     parent_commit=parent).oid
+        except ValueError as err:  # HfApi._validate_yaml: the Hub's 400 on the card's metadata
+            if not str(err).startswith("Invalid metadata in README.md"):
+                raise
+            problems = " ".join(line.strip(" -") for line in str(err).splitlines()[1:]) or first_line(err)
+            raise HubError(f"the Hub rejected the model card's metadata: {problems}") from None
+
+    return _with_retries(once, what="create_commit")
+
+
+def _tag(api: HfApi, repo_id: str, version: str, commit: str, summary: str) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def once() -> None:
+        try:
+            api.create_tag(repo_id, tag=version, revision=commit, tag_message=summary)
+        except HfHubHTTPError as err:  # 409: an earlier try made it while its answer was lost?
+            if err.response.status_code != 409 or _version_tags(api, repo_id).get(version) != commit:
+                raise
+
+    _with_retries(once, what=f"create_tag {version}")
+
+
 def publish(run_dir: Path, repo_id: str, version: str | None = None, private: bool = False) -> Published:
     """Upload a run folder as one commit and tag it `version` (default: the next minor version).
 
-    Everything that can refuse (run folder, token, version) is checked before anything is uploaded; the tag is
-    created only after the commit succeeded, so a failed upload leaves no version behind.
+    Everything that can refuse (repo id, run folder, token, version) is checked before anything is uploaded; the tag
+    is created only after the commit succeeded, so a failed upload leaves no version behind. A commit whose tag
+    failed is finished by running the same publish again (tag only, no second commit).
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    check_repo_id(repo_id)
     run_dir = Path(run_dir)
     recipe, metrics = _read_run(run_dir)
     if not (run_dir / "adapter_config.json").is_file():
-        raise RecipeError(f"{run_dir} holds no adapter (adapter_config.json): only LoRA runs can be published")
+        raise RunFolderError(f"{run_dir} holds no adapter (adapter_config.json): only LoRA runs can be published")
     if get_token() is None:
-        raise RecipeError("publishing needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
+        raise HubError("publishing needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = HfApi()
-    try:
-        head = api.model_info(repo_id)
-    except RepositoryNotFoundError:
-        head = None
-    if head is not None and private and not head.private:
-        raise RecipeError(f"{repo_id} exists and is public: --private cannot hide it; change its visibility on the Hub")
-    history = list_versions(repo_id) if head is not None else []
+
+    def model_info() -> Any:
+        try:
+            return api.model_info(repo_id)
+        except RepositoryNotFoundError:
+            return None
+
+    info = _with_retries(model_info, what="model_info")
+    if info is not None and private and not info.private:
+        raise HubError(f"{repo_id} exists and is public: --private cannot hide it; change its visibility on the Hub")
+    history = list_versions(repo_id) if info is not None else []
     taken = [v["version"] for v in history]
     version = "v{}.{}.{}".format(*parse_version(version)) if version else next_version(taken)
     if version in taken:
-        raise RecipeError(f"{repo_id} already has {version} and published versions are immutable: "
+        raise HubError(f"{repo_id} already has {version} and published versions are immutable: "
                           f"publish as {next_version(taken)} (--version) instead")
     current = {"version": version, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}
     versions = sorted([current, *history], key=lambda v: parse_version(v["version"]), reverse=True)
     card = render_card(run_dir, repo_id, versions, version)
     summary = f"{version}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}"
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    tagged = {v["commit"] for v in history}
+    delete: list[str] = []
+    kept: list[str] = []
+    reused = False
     with tempfile.TemporaryDirectory(prefix="fintrl-publish-") as tmp:
         _stage(run_dir, Path(tmp), recipe, card)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=f"fintrl {summary}",
-                                   delete_patterns="*",  # the commit holds exactly this version's files
-                                   parent_commit=head.sha if head is not None else None)
-    api.create_tag(repo_id, tag=version, revision=commit.oid, tag_message=summary)
+        staged = _staged_files(Path(tmp))
+        head = _read_head(api, repo_id, info.sha) if info is not None else None
+        if head is not None and _is_fintrl_commit(head, version, staged, tagged):
+            commit, reused = head.sha, True
+            logger.info("%s: the head is fintrl's untagged commit %s of %s; creating only its tag",
+                        repo_id, commit, version)
+        else:
+            if head is not None:
+                delete, kept = _plan(api, repo_id, head, staged, tagged)
+            _with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), what="create_repo")
+            commit = _commit(api, repo_id, staged, delete, f"fintrl {summary}", version,
+                             head.sha if head is not None else None, tagged)
+    if delete:
+        logger.info("removed %d file(s) an earlier version wrote and %s does not: %s", len(delete), version,
+                    ", ".join(delete))
+    if kept:
+        logger.info("kept %d file(s) not written by fintrl: %s", len(kept), ", ".join(kept))
+    try:
+        _tag(api, repo_id, version, commit, summary)
+    except FintrlError:
+        raise
+    except Exception as err:
+        raise HubError(f"{repo_id}: the commit {commit[:12]} of {version} landed but creating its tag failed "
+                       f"({_reason(err)}); rerun the same `fintrl publish` to finish the tag") from err
+    if reused:  # the run keeps the card as it was published (the one rendered now may differ in its date)
+        try:
+            card = _file_at(repo_id, "README.md", commit) or card
+        except Exception as err:
+            logger.warning("could not read the published card back (%s); the run gets the one rendered now",
+                           _reason(err))
     (run_dir / "README.md").write_text(card)
-    logger.info("published %s %s (commit %s)", repo_id, version, commit.oid)
-    return Published(repo_id, version, commit.oid, f"{api.endpoint}/{repo_id}/tree/{version}")
+    logger.info("published %s %s (commit %s)", repo_id, version, commit)
+    return Published(repo_id, version, commit, f"{api.endpoint}/{repo_id}/tree/{version}", tuple(kept), tuple(delete))

@@ -130,8 +130,11 @@ def load_tokenizer(section: ModelSection, system_prompt: str | None = None, path
     """Tokenizer with a usable chat template and pad token; never a hidden default system prompt."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path or resolve_model_path(section.name_or_path), revision=section.revision,
-                                              trust_remote_code=section.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path or resolve_model_path(section.name_or_path),
+                                                  revision=section.revision, trust_remote_code=section.trust_remote_code)
+    except ValueError as err:
+        raise _model_error(section, err) from None
     if section.chat_template:
         template = Path(section.chat_template)
         tokenizer.chat_template = template.read_text() if template.is_file() else section.chat_template
@@ -147,6 +150,18 @@ def load_tokenizer(section: ModelSection, system_prompt: str | None = None, path
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
+
+
+def _model_error(section: ModelSection, err: ValueError) -> Exception:
+    """transformers' ValueErrors that a user can act on, as one line; anything else stays a bug report."""
+    message = " ".join(str(err).split())
+    if "custom code" in message or "trust_remote_code" in message:
+        return ModelError(f"{section.name_or_path} needs its own Python code to load; fintrl runs it only when you pass "
+                          "--trust-remote-code (or set model.trust_remote_code: true in your own recipe), so only if "
+                          "you trust its author")
+    if "Unrecognized" in message or "does not recognize" in message:
+        return ModelError(f"{section.name_or_path}: not a causal language model transformers can load ({message[:160]})")
+    return err
 
 
 def bnb_config(quantization: dict[str, Any] | None, dtype: torch.dtype) -> BitsAndBytesConfig | None:
@@ -178,7 +193,11 @@ def load_model(section: ModelSection, quantization: dict[str, Any] | None, path:
         kwargs["quantization_config"] = quant
     if has_cuda():
         kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(path or resolve_model_path(section.name_or_path), **kwargs)
+    location = path or resolve_model_path(section.name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except ValueError as err:
+        raise _model_error(section, err) from None
     if quant is not None:
         honour_compute_dtype(model)
     return model

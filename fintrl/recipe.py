@@ -2,8 +2,9 @@
 
 Our own sections are pydantic models (fast, key paths in errors). The `train`, `lora` and `quantization`
 sections pass through untouched to TRL's `SFTConfig`, PEFT's `LoraConfig` and transformers'
-`BitsAndBytesConfig`, so users read those libraries' docs for the fields; their keys are checked against the
-real classes by `check_library_fields` (which imports them, hence kept out of `load_recipe`).
+`BitsAndBytesConfig`, so users read those libraries' docs for the fields; their keys, types and ranges are checked
+against the real classes by `fintrl.checks.check_recipe` (which imports them, hence kept out of `load_recipe`), with
+everything else that needs no weights: presets, paths, the model, placeholders (`fintrl validate` runs it).
 """
 
 from __future__ import annotations
@@ -279,12 +280,51 @@ def _fix_yaml_floats(node: Any) -> Any:
     return node
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping key given twice (PyYAML silently keeps the last one)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        problems: list[str] = []
+        _duplicate_keys(node, "", problems, set())
+        if problems:
+            raise RecipeError("; ".join(problems))
+        return super().construct_document(node)
+
+
+def _duplicate_keys(node: yaml.Node, path: str, problems: list[str], seen_nodes: set[int]) -> None:
+    if id(node) in seen_nodes:  # an alias: checked where its anchor is
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, f"{path}.{i}" if path else str(i), problems, seen_nodes)
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges, and keys of its own override those legitimately
+            key, line = key_node.value, key_node.start_mark.line + 1
+            where = f"{path}.{key}" if path else key
+            if key in lines:
+                problems.append(f"{where}: duplicate key (lines {lines[key]} and {line}); keep one")
+            else:
+                lines[key] = line
+            _duplicate_keys(value_node, where, problems, seen_nodes)
+
+
 def load_recipe(path: str | Path, overrides: list[str] = (), output_dir: str | None = None) -> Recipe:
     """Read a YAML recipe, apply `--set` overrides, validate. Imports nothing heavy."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path} is not UTF-8 text; a recipe is a UTF-8 YAML file") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: YAML syntax error: {' '.join(str(err).split())}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (model, data, train, ...)")
     for item in overrides:
@@ -299,35 +339,6 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(f"{source}: invalid recipe: {_format_validation_error(err)}") from None
-
-
-def check_library_fields(recipe: Recipe) -> None:
-    """Check the pass-through sections against the real library classes (imports them: seconds, not minutes)."""
-    import dataclasses
-    import inspect
-
-    from peft import LoraConfig
-    from transformers import BitsAndBytesConfig
-    from trl import SFTConfig
-
-    sections: list[tuple[str, dict[str, Any] | None, set[str]]] = [
-        ("train", recipe.train, {f.name for f in dataclasses.fields(SFTConfig)}),
-        ("lora", recipe.lora, {f.name for f in dataclasses.fields(LoraConfig)}),
-        ("quantization", recipe.quantization, set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}),
-    ]
-    problems = []
-    for name, values, known in sections:
-        for key in values or {}:
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                problems.append(f"{name}.{key}: unknown field" + (f" (did you mean `{hint[0]}`?)" if hint else ""))
-    if problems:
-        raise RecipeError("invalid recipe: " + "; ".join(problems))
-    if recipe.lora is not None:
-        try:
-            LoraConfig(**recipe.lora)
-        except (TypeError, ValueError) as err:
-            raise RecipeError(f"lora: {err}") from None
 
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:

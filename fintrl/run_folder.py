@@ -262,6 +262,15 @@ def commit(work: Path, final: Path) -> None:
         work.rename(final)
 
 
+def keep_if_resumable(work: Path, final: Path) -> None:
+    """After a failed attempt: keep the work folder when a checkpoint makes it resumable (and say so), else remove it."""
+    if last_checkpoint(work) is None:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        logger.error("the unfinished run is kept in %s; `fintrl run RECIPE --output-dir %s --resume` continues it from "
+                     "its last checkpoint, --overwrite discards it", work, final)
+
+
 def checkpoint_problem(folder: Path) -> str | None:
     """Why a Trainer checkpoint cannot be resumed from (a full disk or a kill mid-save), or None when it is whole.
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fintrl import run_folder
+from fintrl.checks import check_recipe
 from fintrl.data import LabeledData, PromptBuilder, load_labeled_data
-from fintrl.recipe import EvalSection, Recipe, check_library_fields
+from fintrl.recipe import EvalSection, Recipe
 from fintrl.run_folder import CONFUSION_MATRIX_PNG, PREDICTIONS, RELIABILITY_PNG, RunFolder
 
 if TYPE_CHECKING:
@@ -85,11 +86,15 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
 
 def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """The whole loop, as one transaction on the run folder (see `fintrl.run_folder`). Returns the report."""
-    check_library_fields(recipe)
+    check_recipe(recipe)
     final = Path(recipe.output_dir)
     with run_folder.locked(final):
         work = run_folder.prepare(final, recipe, resume=resume, overwrite=overwrite)
-        metrics = _run_in(work, recipe, resume)
+        try:
+            metrics = _run_in(work, recipe, resume)
+        except BaseException:
+            run_folder.keep_if_resumable(work, final)
+            raise
         run_folder.commit(work, final)
     logger.info("run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s", final, metrics["accuracy"],
                 metrics["f1_macro"], metrics["timings"])

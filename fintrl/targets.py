@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fintrl.errors import HubError, RecipeError
+from fintrl.errors import HubError, ModelError, RecipeError
 from fintrl.recipe import Recipe, load_recipe
 from fintrl.run_folder import ADAPTER_CONFIG, RECIPE, RunFolder
 
@@ -136,4 +136,10 @@ def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedToken
 
     tokenizer = load_tokenizer(model_section.model_copy(update={"chat_template": None, "revision": None}),
                                target.recipe.prompt.system, path=target.adapter)
-    return PeftModel.from_pretrained(model, target.adapter), tokenizer
+    try:
+        return PeftModel.from_pretrained(model, target.adapter), tokenizer
+    except RuntimeError as err:
+        if "size mismatch" not in str(err) and "state_dict" not in str(err):
+            raise
+        raise ModelError(f"adapter {target.name} does not fit base model {model_section.name_or_path} (its weight shapes "
+                         "differ): it was trained on another base") from None

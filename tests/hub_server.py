@@ -13,7 +13,30 @@ Scope, deliberately small and standard-library only:
   base64 inside the commit payload and neither Git-LFS nor Xet is involved;
 * repo ids are ``namespace/name``; no pull requests, no pagination, no Range;
 * bounded: loopback only, a body-size cap, a socket timeout per request,
-  daemon threads, and ``shutdown()`` when the context manager exits.
+  daemon threads, and ``shutdown()`` when the context manager exits;
+* ``POST /api/validate-yaml`` checks a card's metadata with huggingface_hub's
+  own parser (``yaml.safe_load``, then ``ModelCard``/``DatasetCard`` with
+  ``ignore_metadata_errors=False``, which parses ``model-index``) and answers
+  400 with ``{"errors": [{"message": ...}]}`` like the real Hub, so the
+  client's upload fails with ``ValueError("Invalid metadata in README.md...")``.
+
+Fault injection, for retry tests::
+
+    hub.inject(method="POST", path_contains="/commit/", fault="500", times=2)
+
+The next ``times`` requests (1..1000) whose method is ``method`` (any method
+when ``None``) and whose raw path contains ``path_contains`` get ``fault``:
+
+* ``"500"``, ``"502"``, ``"503"``: a JSON error answer with that status;
+* ``"drop"``: the request body is read, then the connection is closed without
+  an answer (the client sees ``httpx.RemoteProtocolError``, a TransportError);
+* ``"slow"``: the answer comes after ``delay`` seconds (0 < delay <= 5).
+
+With ``after=True`` the request is handled first (a commit lands, a tag is
+made) and only its answer is replaced: the "it worked but the client never
+heard" case.  Faults are consumed in the order they were injected; each
+returned :class:`Fault` counts its ``hits``; faulted requests are still
+recorded in ``hub.requests``.  ``hub.clear_faults()`` drops the rest.
 """
 
 from __future__ import annotations
@@ -25,6 +48,7 @@ import json
 import secrets
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +59,9 @@ import pytest
 MAX_BODY_BYTES = 64 * 1024 * 1024  # tests upload tiny files; refuse anything big
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+FAULTS = ("500", "502", "503", "drop", "slow")
+MAX_FAULT_DELAY = 5.0  # seconds: a "slow" answer never holds a test longer than this
+MAX_FAULT_TIMES = 1000
 
 
 class HubError(Exception):
@@ -86,6 +113,26 @@ class Repo:
 
 
 @dataclass
+class Fault:
+    """One injected fault (see the module docstring); ``hits`` counts the requests it answered."""
+
+    method: str | None
+    path_contains: str
+    fault: str
+    times: int
+    delay: float = 0.0
+    after: bool = False
+    hits: int = 0
+
+    @property
+    def status(self) -> int:
+        return int(self.fault)
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.hits < self.times and self.method in (None, method) and self.path_contains in path
+
+
+@dataclass
 class File:
     """A raw file answer (``resolve``), as opposed to a JSON one."""
 
@@ -106,6 +153,7 @@ class LocalHub:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.seen_tokens: list[str] = []
         self.requests: list[tuple[str, str]] = []
+        self.faults: list[Fault] = []
         self.lock = threading.Lock()  # one request at a time: simple and race-free
         self._ids = itertools.count()
         self._server: ThreadingHTTPServer | None = None
@@ -129,6 +177,34 @@ class LocalHub:
             self._server.server_close()
             self._server = None
 
+    # -- fault injection -----------------------------------------------------
+    def inject(self, *, method: str | None = None, path_contains: str = "", fault: str | int = "500",
+               times: int = 1, delay: float = 0.0, after: bool = False) -> Fault:
+        """Make the next ``times`` matching requests fail with ``fault`` (see the module docstring)."""
+        fault = str(fault)
+        if fault not in FAULTS:
+            raise ValueError(f"fault must be one of {FAULTS}, not {fault!r}")
+        if not 1 <= times <= MAX_FAULT_TIMES:
+            raise ValueError(f"times must be 1..{MAX_FAULT_TIMES}")
+        if fault == "slow" and not 0 < delay <= MAX_FAULT_DELAY:
+            raise ValueError(f"a slow answer needs 0 < delay <= {MAX_FAULT_DELAY} seconds")
+        injected = Fault(method.upper() if method else None, path_contains, fault, times, float(delay), after)
+        with self.lock:
+            self.faults.append(injected)
+        return injected
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        """The first injected fault that still applies to this request, counted as hit (caller holds the lock)."""
+        for fault in self.faults:
+            if fault.matches(method, path):
+                fault.hits += 1
+                return fault
+        return None
+
     # -- routing -------------------------------------------------------------
     def handle(self, method: str, raw_path: str, authorization: str, body: bytes) -> object:
         """Answer one request: JSON-able payload or :class:`File`; errors raise :class:`HubError`."""
@@ -142,13 +218,13 @@ class LocalHub:
             if token != self.token:
                 raise HubError(401, "Invalid credentials in Authorization header")
         authed = token is not None
+        if method == "POST" and parts == ["api", "validate-yaml"]:  # ModelCard.validate() sends no token
+            return _validate_yaml(json.loads(body or b"{}"))
         if method in ("POST", "DELETE") and not authed:
             raise HubError(401, "Write access needs a token")
 
         if method == "POST" and parts == ["api", "repos", "create"]:
             return self._create_repo(json.loads(body or b"{}"))
-        if method == "POST" and parts == ["api", "validate-yaml"]:
-            return {"errors": [], "warnings": []}  # no YAML parser in the stdlib: accept
         if len(parts) >= 4 and parts[0] == "api" and parts[1] in API_TYPES:
             repo = self._repo(API_TYPES[parts[1]], f"{parts[2]}/{parts[3]}", authed)
             action, args = (parts[4] if len(parts) > 4 else ""), parts[5:]
@@ -343,6 +419,21 @@ class LocalHub:
         return File(data, {"X-Repo-Commit": commit.sha, "ETag": f'"{git_blob_sha(data)}"'})
 
 
+def _validate_yaml(payload: dict) -> dict:
+    """The card's metadata through huggingface_hub's own parser; the real Hub answers 400 + ``errors`` when invalid
+    (``HfApi._validate_yaml`` then raises ``ValueError``), 200 + ``warnings`` otherwise."""
+    import yaml
+    from huggingface_hub import DatasetCard, ModelCard, SpaceCard
+
+    card_class = {"dataset": DatasetCard, "space": SpaceCard}.get(payload.get("repoType") or "model", ModelCard)
+    try:
+        card_class(payload.get("content") or "", ignore_metadata_errors=False)
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as err:
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        raise HubError(400, f"Invalid metadata: {message}", errors=[{"message": message}], warnings=[]) from None
+    return {"errors": [], "warnings": []}
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Thin HTTP shell around :meth:`LocalHub.handle`; HTTP/1.0, one request per connection."""
 
@@ -354,6 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         hub: LocalHub = self.server.hub  # type: ignore[attr-defined]
         headers: dict = {}
+        fault: Fault | None = None
         try:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
@@ -361,6 +453,15 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(length)
             with hub.lock:
                 hub.requests.append((self.command, self.path))
+                fault = hub._take_fault(self.command, self.path)
+            if fault is not None and not fault.after:
+                if fault.fault == "drop":
+                    return self._drop()
+                if fault.fault == "slow":
+                    time.sleep(fault.delay)  # outside the lock: other requests go on
+                else:
+                    raise HubError(fault.status, f"LocalHub injected fault {fault.fault}")
+            with hub.lock:
                 answer = hub.handle(self.command, self.path, self.headers.get("Authorization", ""), body)
             status = 200
         except HubError as err:
@@ -371,18 +472,32 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as err:  # a server bug must be a 500, not a hung client
             print(f"LocalHub failed on {self.command} {self.path}: {err!r}", file=sys.stderr)
             status, answer = 500, {"error": f"LocalHub internal error: {err!r}"}
+        if fault is not None and fault.after:  # handled (state changed); only the answer is lost
+            if fault.fault == "drop":
+                return self._drop()
+            if fault.fault == "slow":
+                time.sleep(fault.delay)
+            else:
+                status, answer, headers = fault.status, {"error": f"LocalHub injected fault {fault.fault}"}, {}
         if isinstance(answer, File):
             data, headers, content_type = answer.data, answer.headers, "application/octet-stream"
         else:
             data, content_type = json.dumps(answer).encode(), "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        except OSError:  # the client gave up (e.g. timed out on a slow answer): nothing left to tell it
+            self.close_connection = True
+
+    def _drop(self) -> None:
+        """No answer at all: the server closes the connection (HTTP/1.0, so nothing else is pending on it)."""
+        self.close_connection = True
 
     do_HEAD = do_POST = do_DELETE = do_GET
 

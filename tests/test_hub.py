@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -15,46 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from fintrl import hub
 from fintrl.cli import main
-from fintrl.recipe import RecipeError, recipe_from_dict
-from tests.conftest import tiny_recipe_dict
-
-REPO = "fintrl-test/fin-sentiment"
-LABELS = ["negative", "neutral", "positive"]
+from fintrl.errors import HubError, RecipeError, RunFolderError
+from tests.helpers import LABELS, REPO, copy_run, lora_weights, python_blocks, trained  # noqa: F401  (fixture)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> dict:
-    """One tiny run for the whole file, trained hard enough (lr 1e-2, 12 steps; unquantized is faster on CPU) that
-    greedy generation answers a label and stops. Its recipe has a `publish:` section: the call `fintrl run` makes at
-    the end is recorded."""
-    from fintrl.runner import run
-
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    raw = tiny_recipe_dict(run_dir)
-    raw["train"].update(learning_rate=1e-2, num_train_epochs=2, save_steps=1000)  # one checkpoint: they are slow
-    raw["quantization"] = None
-    raw["publish"] = {"repo_id": REPO}
-    calls: list = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hub, "publish", lambda *args, **kwargs: calls.append((args, kwargs)))
-        run(recipe_from_dict(raw))
-    assert (run_dir / "checkpoints" / "checkpoint-12").is_dir()  # saved at the end: --resume's, never published
-    return {"dir": run_dir, "publish_calls": calls}
-
-
-def copy_run(run_dir: Path, dest: Path) -> Path:
-    return Path(shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoints")))
-
-
-def python_blocks(markdown: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
-
-
-def lora_weights(model) -> dict:
-    return {name.replace(".default", ""): t for name, t in model.state_dict().items() if "lora_" in name}
-
-
-def test_run_publishes_from_the_recipe_section(trained):
+def test_run_publishes_from_the_recipe_section(trained):  # noqa: F811
     assert trained["publish_calls"] == [((trained["dir"], REPO), {"version": None, "private": False})]
 
 
@@ -176,11 +140,11 @@ def test_existing_version_is_refused_before_upload(trained, local_hub, capsys): 
     hub.publish(run_dir, REPO, version="v2.0.0")
     commits = len(HfApi().list_repo_commits(REPO))
     posts = sum(method == "POST" for method, _ in local_hub.requests)
-    with pytest.raises(RecipeError, match=r"already has v2\.0\.0 .*immutable.*publish as v2\.1\.0"):
+    with pytest.raises(HubError, match=r"already has v2\.0\.0 .*immutable.*publish as v2\.1\.0"):
         hub.publish(run_dir, REPO, version="2.0.0")
-    assert main(["publish", str(run_dir), "--repo", REPO, "--version", "v2.0.0"]) == 2
+    assert main(["publish", str(run_dir), "--repo", REPO, "--version", "v2.0.0"]) == 6
     assert "already has v2.0.0" in capsys.readouterr().err
-    with pytest.raises(RecipeError, match="exists and is public"):
+    with pytest.raises(HubError, match="exists and is public"):
         hub.publish(run_dir, REPO, private=True)
     assert sum(method == "POST" for method, _ in local_hub.requests) == posts  # no repo, commit or tag call
     assert len(HfApi().list_repo_commits(REPO)) == commits
@@ -201,7 +165,7 @@ def test_failed_upload_leaves_no_tag(trained, local_hub, monkeypatch, tmp_path):
         raise ConnectionError("connection reset while uploading")
 
     with monkeypatch.context() as mp:  # not monkeypatch.undo(): that would also undo local_hub's patches
-        mp.setattr(HfApi, "upload_folder", broken)
+        mp.setattr(HfApi, "create_commit", broken)
         with pytest.raises(ConnectionError):
             hub.publish(run_dir, REPO)
     assert HfApi().list_repo_refs(REPO).tags == []
@@ -234,7 +198,7 @@ def test_token_never_leaks(trained, local_hub, tmp_path, monkeypatch, capsys, ca
 
 def test_publish_without_token_is_refused(trained, local_hub, monkeypatch):  # noqa: F811
     monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(RecipeError, match="needs a Hugging Face token"):
+    with pytest.raises(HubError, match="needs a Hugging Face token"):
         hub.publish(trained["dir"], REPO)
     assert local_hub.requests == []
 
@@ -244,18 +208,18 @@ def test_not_a_run_folder(trained, local_hub, tmp_path, capsys):  # noqa: F811
     (tmp_path / "no_metrics").mkdir()
     shutil.copy(trained["dir"] / "recipe.yaml", tmp_path / "no_metrics")
     for folder, message in (("missing", "no such run folder"), ("empty", "not a fintrl run folder"),
-                            ("no_metrics", "has no metrics.json")):
-        with pytest.raises(RecipeError, match=message):
+                            ("no_metrics", "no finished run")):
+        with pytest.raises(RunFolderError, match=message):
             hub.publish(tmp_path / folder, REPO)
-    assert main(["publish", str(tmp_path / "empty"), "--repo", REPO]) == 2
+    assert main(["publish", str(tmp_path / "empty"), "--repo", REPO]) == 5
     assert "not a fintrl run folder" in capsys.readouterr().err
-    assert main(["publish", str(tmp_path / "empty")]) == 2  # no --repo: the recipe would have said
-    assert main(["versions", "fintrl-test/nothing-here"]) == 2
+    assert main(["publish", str(tmp_path / "empty")]) == 5  # no --repo: the recipe would have said
+    assert main(["versions", "fintrl-test/nothing-here"]) == 6
     assert "no such repo" in capsys.readouterr().err
     assert local_hub.repos == {}
 
 
-def test_card_metadata_parses(trained, tmp_path):
+def test_card_metadata_parses(trained, tmp_path):  # noqa: F811
     """A run on an offline model with a Hub base and a Hub dataset: the card's YAML is what the Hub expects."""
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())

@@ -196,3 +196,104 @@ def test_wrong_token_is_refused_and_recorded(local_hub):  # noqa: F811
         HfApi(token="hf_not_the_right_one").create_repo(REPO)
     assert err.value.response.status_code == 401
     assert local_hub.seen_tokens == ["hf_not_the_right_one"]
+
+
+# -- validate-yaml: the card's metadata goes through huggingface_hub's own parser, as on the real Hub ---------------
+GOOD_CARD = "---\nlicense: apache-2.0\ntags:\n- fintrl\n---\n# Tiny model\n"
+BAD_CARDS = {
+    "yaml syntax": "---\ntags: [fintrl\nlicense: apache-2.0\n---\n# Tiny\n",
+    "not a mapping": "---\n- just\n- a list\n---\n# Tiny\n",
+    "model-index": "---\nmodel-index:\n- name: tiny\n  results:\n  - metrics: 3\n---\n# Tiny\n",
+}
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_CARDS))
+def test_validate_yaml_rejects_bad_metadata(local_hub, tmp_path, problem):  # noqa: F811
+    from huggingface_hub.utils import get_session
+
+    api = HfApi()
+    api.create_repo(REPO)
+    folder = write_model_folder(tmp_path / "model", 8)
+    (folder / "README.md").write_text(BAD_CARDS[problem])
+    with pytest.raises(ValueError, match=r"Invalid metadata in README\.md\.\n- \w+"):
+        api.upload_folder(folder_path=folder, repo_id=REPO)
+    assert [c.title for c in api.list_repo_commits(REPO)] == ["initial commit"]  # refused before any upload
+    assert not any("/preupload/" in path for _, path in local_hub.requests)
+    answer = get_session().post(f"{local_hub.endpoint}/api/validate-yaml",
+                                json={"content": BAD_CARDS[problem], "repoType": "model"})
+    assert answer.status_code == 400 and answer.json()["errors"][0]["message"]  # the real Hub's shape
+
+
+def test_validate_yaml_accepts_good_metadata(local_hub):  # noqa: F811
+    from huggingface_hub import DatasetCard, ModelCard
+
+    ModelCard(GOOD_CARD).validate()
+    ModelCard("# no metadata at all\n").validate()
+    DatasetCard("---\nlicense: mit\n---\n# data\n").validate()
+    assert sum(path == "/api/validate-yaml" for _, path in local_hub.requests) == 3
+
+
+# -- fault injection -------------------------------------------------------------------------------------------------
+def test_injected_errors_hit_the_next_matching_requests(published, local_hub):  # noqa: F811
+    api, info = published
+    fault = local_hub.inject(method="GET", path_contains=f"/api/models/{REPO}", fault="503", times=2)
+    for _ in range(2):
+        with pytest.raises(HfHubHTTPError) as err:
+            api.model_info(REPO)
+        assert err.value.response.status_code == 503
+    api.list_repo_refs(REPO)  # counted once it is used up: not hit
+    assert api.model_info(REPO).sha == info.oid and fault.hits == 2
+    local_hub.inject(method="POST", path_contains="/tag/", fault=502)  # other methods and paths are not hit
+    assert api.model_info(REPO).sha == info.oid
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_tag(REPO, tag="v2")
+    assert err.value.response.status_code == 502 and api.list_repo_refs(REPO).tags[0].name == "v1"
+
+
+def test_dropped_connection_is_a_transport_error(published, local_hub):  # noqa: F811
+    import httpx2
+
+    api, info = published
+    fault = local_hub.inject(path_contains="/refs", fault="drop")
+    with pytest.raises(httpx2.TransportError, match="disconnected"):
+        api.list_repo_refs(REPO)
+    assert fault.hits == 1 and [t.name for t in api.list_repo_refs(REPO).tags] == ["v1"]
+    assert [p for _, p in local_hub.requests].count(f"/api/models/{REPO}/refs") == 2  # both requests arrived
+
+
+def test_fault_after_handling_loses_only_the_answer(published, local_hub):  # noqa: F811
+    api, info = published
+    local_hub.inject(method="POST", path_contains="/tag/", fault="500", after=True)
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_tag(REPO, tag="v2")
+    assert err.value.response.status_code == 500
+    assert {t.name for t in api.list_repo_refs(REPO).tags} == {"v1", "v2"}  # the tag was made all the same
+
+
+def test_slow_answer_and_client_timeout(published, local_hub):  # noqa: F811
+    import time
+
+    import httpx2
+    from huggingface_hub.utils import get_session
+
+    api, info = published
+    local_hub.inject(method="GET", path_contains=f"/api/models/{REPO}", fault="slow", delay=0.3)
+    start = time.monotonic()
+    assert api.model_info(REPO).sha == info.oid
+    assert time.monotonic() - start >= 0.3
+    local_hub.inject(method="GET", path_contains=f"/api/models/{REPO}", fault="slow", delay=1)
+    with pytest.raises(httpx2.TimeoutException):
+        get_session().get(f"{local_hub.endpoint}/api/models/{REPO}", timeout=0.2)
+    assert api.model_info(REPO).sha == info.oid  # the server lives on
+
+
+def test_faults_are_bounded(local_hub):  # noqa: F811
+    from tests.hub_server import MAX_FAULT_DELAY
+
+    for bad in ({"fault": "418"}, {"fault": "slow", "delay": MAX_FAULT_DELAY + 1}, {"fault": "slow"},
+                {"times": 0}, {"times": 10**6}):
+        with pytest.raises(ValueError):
+            local_hub.inject(**bad)
+    local_hub.inject(fault="500", times=3)
+    local_hub.clear_faults()
+    assert local_hub.faults == []

@@ -3,15 +3,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fintrl.recipe import RecipeError, check_library_fields, load_recipe, parse_override, recipe_from_dict
+from fintrl.checks import check_library_fields, check_recipe
+from fintrl.recipe import RecipeError, load_recipe, parse_override, recipe_from_dict
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_validate(path: Path) -> None:
-    recipe = load_recipe(path)
-    check_library_fields(recipe)
+    check_recipe(load_recipe(path))  # offline aliases and Hub ids; presets' Hub data need not be here
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:
