@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = "fintrl_adapter.md"
-HUB_BASE_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # offline name -> Hub id
 VERSION_TAG = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
 RETRY_ATTEMPTS = 4  # tries per Hub call, the first included
 RETRY_BASE_DELAY = 1.0  # seconds before the second try; doubles each time (1, 2, 4): tests shrink it
@@ -67,7 +66,9 @@ def _read_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def base_model_id(name_or_path: str) -> str:
-    return HUB_BASE_IDS.get(name_or_path, name_or_path)
+    from fintrl.models import hub_id
+
+    return hub_id(name_or_path)
 
 
 def is_hub_id(name: str) -> bool:
@@ -275,8 +276,10 @@ def list_versions(repo_id: str) -> list[dict[str, Any]]:
 def published_base(recipe_base: str, saved_base: str) -> str:
     """The base named in the uploaded adapter_config.json: offline names become their Hub ids; Hub ids and local
     folders stay as PEFT saved them (a folder only loads on this machine, hence the warning)."""
-    if recipe_base in HUB_BASE_IDS:
-        return HUB_BASE_IDS[recipe_base]
+    from fintrl.models import OFFLINE_MODELS, hub_id
+
+    if recipe_base in OFFLINE_MODELS and hub_id(recipe_base) != recipe_base:
+        return hub_id(recipe_base)
     if not is_hub_id(saved_base):
         logger.warning("base model %s is a local folder: the published adapter loads only where that folder exists",
                        saved_base)

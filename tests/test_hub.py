@@ -104,7 +104,9 @@ def test_hub_base_is_named_and_snippets_load_it(trained, local_hub, tmp_path, mo
                                      num_attention_heads=2, num_key_value_heads=1)).save_pretrained(base_dir)
     HfApi().create_repo(base_id)
     HfApi().upload_folder(repo_id=base_id, folder_path=base_dir)
-    monkeypatch.setitem(hub.HUB_BASE_IDS, "tiny-base", base_id)
+    from fintrl.models import OFFLINE_MODELS, OfflineModel
+
+    monkeypatch.setitem(OFFLINE_MODELS, "tiny-base", OfflineModel(lambda folder: None, base_id, "nowhere"))
     published = {}
     for seed, version in enumerate(("v1.0.0", "v1.1.0")):
         run_dir = copy_run(trained["dir"], tmp_path / version)
