@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from fintrl import run_folder
@@ -230,13 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Loggers whose INFO/WARNING lines carry no action for a fintrl user: each HTTP request, file locks, and
+# bitsandbytes' "Failed to load CPU gemm_4bit_forward" (it falls back by itself). `-v` shows them all.
+_CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "datasets", "huggingface_hub", "bitsandbytes")
+
+
 def _configure_logging(verbose: bool) -> None:
-    """fintrl's own progress at INFO; libraries' request logs and chatter only with -v."""
+    """fintrl's own progress at INFO; libraries' request logs, deprecation and future warnings only with -v."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    if not verbose:
-        for name in ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "datasets", "huggingface_hub"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    if verbose:
+        return
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
 
 
 def main(argv: list[str] | None = None) -> int:

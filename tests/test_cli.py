@@ -62,3 +62,37 @@ def test_zero_shot_base_model_needs_a_recipe(tmp_path: Path, capsys: pytest.Capt
     assert main(["eval", "tiny-mistral", "--recipe", str(recipe), "--set", "data.max_eval_samples=6",
                  "--set", "eval.baselines=false", "--output-dir", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 6
+
+
+def test_quiet_by_default_and_verbose_on_request(local_hub, tmp_path: Path) -> None:
+    """A real process, as a user runs it: no HTTP request log or library chatter unless -v asks for it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_ENDPOINT": local_hub.endpoint, "HF_TOKEN": local_hub.token, "HF_HOME": str(tmp_path),
+           "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+    def fintrl(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fintrl.cli", *argv], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    quiet = fintrl("versions", "fintrl-test/none")
+    assert quiet.returncode == 6 and quiet.stderr.strip().splitlines() == [
+        "fintrl: error: fintrl-test/none: no such repo on " + local_hub.endpoint + " (or the token cannot see it)"]
+    loud = fintrl("-v", "versions", "fintrl-test/none")
+    assert loud.returncode == 6 and "HTTP Request" in loud.stderr and "Traceback" in loud.stderr
+
+
+def test_no_library_chatter_around_a_prediction(run_dir: Path) -> None:
+    """bitsandbytes' 'Failed to load CPU gemm_4bit_forward' and deprecation warnings carry no action: not shown."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fintrl.cli", "predict", str(run_dir), "--text", "Profit rose."],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["label"] in LABELS
+    for noise in ("gemm_4bit_forward", "DeprecationWarning", "FutureWarning", "HTTP Request"):
+        assert noise not in done.stderr, done.stderr
+    assert f"loading base model tiny-mistral with adapter {run_dir}" in done.stderr
