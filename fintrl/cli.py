@@ -64,6 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model, tokenizer = load_for_inference(target)
         builder = PromptBuilder(recipe.prompt, data.labels, data.task)
         metrics = evaluate(model, tokenizer, builder, data, recipe.eval, work, target.name)
+        RunFolder(work).write_metrics(metrics)
     print(json.dumps({"output_dir": str(out_dir), **{k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")},
                       "invalid_rate": metrics["invalid_rate"], "baselines": metrics.get("baselines", {})}, indent=2))
     return 0

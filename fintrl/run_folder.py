@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from fintrl.errors import RecipeError, RunFolderError, StorageError
 
@@ -43,6 +43,36 @@ CHECKPOINTS = "checkpoints"
 # Sections that shape the weights and the data a checkpoint was trained on: `--resume` refuses a recipe that
 # changes them. `train`, `eval`, `publish` and `output_dir` may change between attempts.
 RESUME_FIXED = ("model", "quantization", "lora", "data", "prompt", "seed")
+
+
+class Report(TypedDict, total=False):
+    """`metrics.json`: what a run or an eval measured. Written once, by the run (or `fintrl eval`) that owns it.
+
+    Headline metrics sit at the top level; `fintrl.metrics.classification_metrics` fills those, `runner.evaluate` the
+    scoring and data parts, and a run adds training. Every reader (card, publish, versions, CLI) goes through here.
+    """
+
+    n: int
+    accuracy: float
+    f1_macro: float
+    f1_weighted: float
+    f1_micro: float
+    precision_macro: float
+    recall_macro: float
+    mcc: float
+    ece: float
+    invalid_rate: float
+    per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
+    confusion_matrix: dict[str, list[Any]]  # labels, matrix (rows gold, columns predicted)
+    scoring: dict[str, Any]  # mode, max_length, n_truncated, n_invalid, examples_per_second
+    model: str
+    data: dict[str, Any]  # LabeledData.describe(): source, labels, splits, counts, checks
+    baselines: dict[str, dict[str, float]]  # majority, tfidf_logreg -> headline metrics
+    per_source: dict[str, dict[str, Any]]  # a mixture: each source's metrics
+    train: dict[str, Any]  # the Trainer's metrics, resumed_from, learning_curve_seconds
+    learning_curve: list[dict[str, Any]]
+    train_args: dict[str, Any]  # the SFTConfig values the card lists
+    timings: dict[str, float]  # seconds per stage
 
 
 @dataclass(frozen=True)
@@ -86,7 +116,7 @@ class RunFolder:
             raise RunFolderError(f"{self.path} is not a fintrl run folder (no {RECIPE})")
         return load_recipe(self.file(RECIPE))
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> Report:
         try:
             return json.loads(self.file(METRICS).read_text())
         except FileNotFoundError:
@@ -98,7 +128,7 @@ class RunFolder:
         """The label set the run was scored on, or None for a folder without a report (a bare adapter)."""
         return self.metrics()["data"]["labels"] if self.file(METRICS).is_file() else None
 
-    def write_metrics(self, metrics: dict[str, Any]) -> None:
+    def write_metrics(self, metrics: Report) -> None:
         write_atomic(self.file(METRICS), json.dumps(metrics, indent=2))
 
     def write_recipe(self, recipe: Recipe) -> None:

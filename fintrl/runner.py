@@ -13,13 +13,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fintrl import run_folder
 from fintrl.checks import check_recipe
 from fintrl.data import LabeledData, PromptBuilder, load_labeled_data
 from fintrl.recipe import EvalSection, Recipe
-from fintrl.run_folder import CONFUSION_MATRIX_PNG, PREDICTIONS, RELIABILITY_PNG, RunFolder
+from fintrl.run_folder import CONFUSION_MATRIX_PNG, PREDICTIONS, RELIABILITY_PNG, Report, RunFolder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -43,8 +43,10 @@ class Timer:
 
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, data: LabeledData,
-             section: EvalSection, out_dir: Path, model_id: str = "") -> dict[str, Any]:
-    """Score the eval split, compute metrics (+ baselines), write metrics.json, predictions and plots."""
+             section: EvalSection, out_dir: Path, model_id: str = "") -> Report:
+    """Score the eval split and compute the report (+ baselines); write predictions and plots into `out_dir`.
+
+    The report is returned, not written: its owner (a run, or `fintrl eval`) adds what it knows and writes it once."""
     from fintrl.metrics import baselines, classification_metrics, plot_confusion_matrix, plot_reliability
     from fintrl.scoring import INVALID, LabelScorer
 
@@ -70,7 +72,6 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
                 sub["baselines"] = baselines(data.train["text"], data.train["label"], sub_texts, sub_gold, data.labels)
             metrics["per_source"][name] = sub
     out_dir.mkdir(parents=True, exist_ok=True)
-    RunFolder(out_dir).write_metrics(metrics)
     with (out_dir / PREDICTIONS).open("w") as f:
         for i, text in enumerate(texts):
             pred = result.predictions[i]
@@ -84,7 +85,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
     return metrics
 
 
-def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Report:
     """The whole loop, as one transaction on the run folder (see `fintrl.run_folder`). Returns the report."""
     check_recipe(recipe)
     final = Path(recipe.output_dir)
@@ -105,7 +106,7 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict[s
     return metrics
 
 
-def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> dict[str, Any]:
+def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     """Data, model, training, scoring, report and card, all written into `run_dir` (the work folder)."""
     from fintrl.hub import write_card
     from fintrl.models import load_model, load_tokenizer
