@@ -85,8 +85,13 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
     return metrics
 
 
-def run(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Report:
-    """The whole loop, as one transaction on the run folder (see `fintrl.run_folder`). Returns the report."""
+def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Report:
+    """The whole loop, as one transaction on the run folder (see `fintrl.run_folder`). Returns the report.
+
+    >>> from fintrl import load_recipe, run
+    >>> report = run(load_recipe("recipes/quickstart.yaml", overrides=["train.max_steps=10"]))
+    >>> round(report["accuracy"], 3)
+    """
     check_recipe(recipe)
     final = Path(recipe.output_dir)
     with run_folder.locked(final):

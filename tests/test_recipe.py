@@ -77,3 +77,15 @@ def test_validate_cli_is_fast_and_clear(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["validate", str(RECIPES / "quickstart.yaml")]) == 0
     assert main(["validate", str(RECIPES / "quickstart.yaml"), "--set", "data.labls=3"]) == 2
     assert "data.labls: unknown key (did you mean `labels`?)" in capsys.readouterr().err
+
+
+def test_public_api_is_lazy_and_complete() -> None:
+    import subprocess
+    import sys
+
+    import fintrl
+
+    assert set(fintrl.__all__) == {"__version__", *fintrl._EXPORTS} and fintrl.__version__
+    assert all(getattr(fintrl, name) is not None for name in fintrl._EXPORTS)
+    code = "import sys, fintrl; print(any(m in sys.modules for m in ('torch', 'transformers', 'trl')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
