@@ -23,6 +23,7 @@ import numpy as np
 
 from fintrl.data import PromptBuilder
 from fintrl.errors import ScoringError
+from fintrl.prefix import expand_cache, run_prefix
 
 if TYPE_CHECKING:
     import torch
@@ -163,7 +164,6 @@ class LabelScorer:
     def _shared_prefix(self, encoded: list[list[int]]) -> tuple[int, DynamicCache | None]:
         """The token prefix every prompt shares (template + instruction), run through the model once."""
         import torch
-        from transformers import DynamicCache
 
         shortest = min(map(len, encoded))
         length = 0
@@ -171,19 +171,8 @@ class LabelScorer:
             length += 1
         if length < 4 or len(encoded) <= 1:
             return 0, None
-        cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=torch.tensor([encoded[0][:length]], device=self.model.device), cache=cache, use_cache=True,
-                   logits_to_keep=1)
-        return length, cache
-
-    def _batch_cache(self, prefix: DynamicCache | None, batch: int) -> DynamicCache:
-        """A fresh cache for one batch holding the shared prefix (expanded views: appending copies them)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        for i, layer in enumerate(prefix.layers if prefix is not None else []):
-            cache.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), i)
-        return cache
+        ids = torch.tensor([encoded[0][:length]], device=self.model.device)
+        return length, run_prefix(self.model, ids, self.model.config, logits_to_keep=1)
 
     def _score_batch(self, rows: list[list[int]], prefix_len: int = 0, prefix: DynamicCache | None = None,
                      ) -> tuple[list[int], np.ndarray]:
@@ -194,7 +183,7 @@ class LabelScorer:
         batch = len(rows)
         mask = torch.cat([own_mask.new_ones(batch, prefix_len), own_mask], dim=-1)
         positions = prefix_len + (own_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self._batch_cache(prefix, batch)
+        cache = expand_cache(prefix, batch, self.model.config)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]

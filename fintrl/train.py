@@ -15,6 +15,7 @@ from trl import SFTTrainer
 from fintrl.errors import RecipeError
 from fintrl.metrics import classification_metrics, plot_training_curve
 from fintrl.models import has_cuda, lora_config, trainable_4bit
+from fintrl.prefix import expand_cache, run_prefix
 from fintrl.recipe import Recipe
 from fintrl.run_folder import CHECKPOINTS, TRAIN_LOG, TRAINING_CURVE_PNG, last_checkpoint
 
@@ -93,7 +94,6 @@ class FintrlSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         import torch
-        from transformers import DynamicCache
 
         if return_outputs or self.args.gradient_checkpointing or "attention_mask" not in inputs or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -103,11 +103,8 @@ class FintrlSFTTrainer(SFTTrainer):
         prefix = shared_prefix_length(ids, mask, labels) if len(ids) > 1 else 0
         cache = None
         if prefix >= 2:
-            shared = DynamicCache(config=causal_lm.config)
-            backbone(input_ids=ids[:1, :prefix], cache=shared, use_cache=True)
-            cache = DynamicCache(config=causal_lm.config)
-            for i, layer in enumerate(shared.layers):
-                cache.update(layer.keys.expand(len(ids), -1, -1, -1), layer.values.expand(len(ids), -1, -1, -1), i)
+            shared = run_prefix(backbone, ids[:1, :prefix], causal_lm.config)
+            cache = expand_cache(shared, len(ids), causal_lm.config)
         else:
             prefix = 0
         positions = torch.arange(prefix, ids.shape[1], device=ids.device).expand(len(ids), -1)
