@@ -10,10 +10,11 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from typing import get_args
 
 from fintrl import run_folder
 from fintrl.errors import DataError, RecipeError, RunFolderError, first_line, translate
-from fintrl.recipe import load_recipe
+from fintrl.recipe import ScoringMode, label_names, load_recipe
 from fintrl.run_folder import RunFolder, write_atomic
 
 logger = logging.getLogger("fintrl")
@@ -104,7 +105,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     labels = target.labels or target.recipe.data.labels
     if labels is None:
         raise RecipeError("predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe")
-    labels = list(labels.values()) if isinstance(labels, dict) else list(labels)
+    labels = label_names(labels)
     model, tokenizer = load_for_inference(target)
     recipe = target.recipe
     scorer = LabelScorer(model, tokenizer, PromptBuilder(recipe.prompt, labels), mode=args.mode or recipe.eval.mode,
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "model (zero-shot, needs --recipe)")
         p.add_argument("--recipe", help="recipe giving data, labels and prompt (default: the run folder's / repo's)")
         _add_overrides(p)
-        p.add_argument("--mode", choices=["auto", "first_token", "trie", "loglik", "generate"])
+        p.add_argument("--mode", choices=get_args(ScoringMode), help="scoring mode (default: the recipe's eval.mode)")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="let the base model run its own Python code (never taken from a downloaded recipe)")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output (once the new one is written)")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fintrl import data_checks
 from fintrl.errors import DataError, FintrlError, RecipeError
-from fintrl.recipe import DataSection, MixtureSource, PromptSection
+from fintrl.recipe import SOURCE_FIELDS, DataSection, MixtureSource, PromptSection, label_names
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -239,7 +239,7 @@ def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
 
     first = columns(section.train_split)
     id_map = section.labels if isinstance(section.labels, dict) else None
-    labels = list(id_map.values()) if id_map else list(section.labels or [])
+    labels = section.label_names or []
     if not labels:
         values = first[section.label_column]
         if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -286,7 +286,7 @@ def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
 
 
 SOURCE_COLUMN = "source"
-_PER_SOURCE_FIELDS = {"preset", "source", "path", "config_name", "text_column", "label_column", "labels"}
+_PER_SOURCE_FIELDS = {*SOURCE_FIELDS, "labels"}
 
 
 def weighted_indices(n: int, weight: float, seed: int) -> list[int]:
@@ -324,7 +324,7 @@ def load_mixture(section: DataSection) -> LabeledData:
 
     given = section.labels
     if given is not None:
-        labels = list(given.values()) if isinstance(given, dict) else list(given)
+        labels = label_names(given)
         for i, (entry, _, mapped) in enumerate(parts):
             missing = sorted(set(mapped) - set(labels))
             if missing:

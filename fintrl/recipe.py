@@ -32,8 +32,19 @@ class ModelSection(_Section):
     attn_implementation: str | None = None
 
 
-def _check_labels(v: list[str] | dict[int, str] | None) -> list[str] | dict[int, str] | None:
-    names = list(v.values()) if isinstance(v, dict) else v
+Labels = list[str] | dict[int, str]  # label names, or an id -> name map for integer labels
+ScoringMode = Literal["auto", "first_token", "loglik", "trie", "generate"]
+# Where one data source lives and how its columns read: set per entry in a `data.mixture`.
+SOURCE_FIELDS = ("preset", "source", "path", "config_name", "text_column", "label_column")
+
+
+def label_names(labels: Labels | None) -> list[str] | None:
+    """The label names in order, from a list or an id -> name map."""
+    return None if labels is None else list(labels.values()) if isinstance(labels, dict) else list(labels)
+
+
+def _check_labels(v: Labels | None) -> Labels | None:
+    names = label_names(v)
     if names is not None:
         if len(names) < 2:
             raise ValueError("needs at least two labels")
@@ -111,11 +122,14 @@ class DataSection(_Section):
     def _unique_nonempty(cls, v: list[str] | dict[int, str] | None) -> list[str] | dict[int, str] | None:
         return _check_labels(v)
 
+    @property
+    def label_names(self) -> list[str] | None:
+        return label_names(self.labels)
+
     @model_validator(mode="after")
     def _has_source(self) -> DataSection:
         if self.mixture is not None:
-            per_source = [k for k in ("preset", "source", "path", "config_name", "text_column", "label_column")
-                          if getattr(self, k) != type(self).model_fields[k].default]  # by value: dumped recipes list defaults
+            per_source = [k for k in SOURCE_FIELDS if getattr(self, k) != type(self).model_fields[k].default]  # by value: dumped recipes list defaults
             if per_source:
                 raise ValueError(f"`mixture` replaces {sorted(per_source)}: set them in each mixture entry")
             if not self.mixture:
@@ -148,7 +162,7 @@ class PromptSection(_Section):
 
 
 class EvalSection(_Section):
-    mode: Literal["auto", "first_token", "loglik", "trie", "generate"] = "auto"
+    mode: ScoringMode = "auto"
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(512, gt=8, description="Prompt tokens kept; longer texts are truncated (and counted).")
     baselines: bool = True

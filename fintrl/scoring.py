@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
 from fintrl.data import PromptBuilder
 from fintrl.errors import ScoringError
 from fintrl.prefix import expand_cache, run_prefix
+from fintrl.recipe import ScoringMode
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "first_token", "trie", "loglik", "generate")
+MODES = get_args(ScoringMode)
 INVALID = -1
 
 
