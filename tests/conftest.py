@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_server import local_hub  # noqa: F401  (fixture)
+pytest_plugins = ["tests.hub_server"]  # the local Hub and its `local_hub` fixture
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
