@@ -11,12 +11,13 @@ validation, every method on the same rows:
 Accuracy, macro-F1 and weighted-F1, with training time and examples/second. Results go to `--out` (JSON) and a bar
 chart beside it (`.png`: accuracy and macro-F1 per dataset and method); `--compare OLD.json` prints the deltas against
 an earlier run, and for each model row the validation rows that flipped either way, with McNemar's exact p-value.
+From the repository root:
 
-    python benchmarks/bench_quality.py --quick --datasets fpb_allagree          # smoke, tiny random model: seconds
-    python benchmarks/bench_quality.py --quick --model smollm2-135m-instruct    # smoke with a real model: minutes
-    python benchmarks/bench_quality.py                                          # full: the recipes as they are (hours on CPU)
-    python benchmarks/bench_quality.py --datasets fiqa --set train.num_train_epochs=2 --compare runs/bench/quality.json \\
-        --out runs/bench/quality_fiqa_2ep.json
+    python -m benchmarks.bench_quality --quick --datasets fpb_allagree          # smoke, tiny random model: seconds
+    python -m benchmarks.bench_quality --quick --model smollm2-135m-instruct    # smoke with a real model: minutes
+    python -m benchmarks.bench_quality                                          # full: the recipes as they are (hours)
+    python -m benchmarks.bench_quality --datasets fiqa --set train.num_train_epochs=2 \\
+        --compare runs/bench/quality.json --out runs/bench/quality_fiqa_2ep.json
 """
 
 from __future__ import annotations
@@ -25,16 +26,14 @@ import argparse
 import contextlib
 import gc
 import json
-import os
-import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from benchmarks.harness import REPO, SHARED_DATA, environment, loadavg, setup_torch, stopwatch, write_report
+
 DATASETS = ("fpb_allagree", "fpb_50agree", "tfns", "tfn_topic", "fiqa")
 MIXTURE = "mixture"
 METHODS = ("majority", "tfidf_logreg", "zero_shot", "fine_tuned", "fine_tuned_mixture")
@@ -45,7 +44,7 @@ METRICS = ("accuracy", "f1_macro", "f1_weighted")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help=f"smoke run: --model {QUICK_MODEL} (unless --model is given) and "
                    + " ".join(f"--set {o}" for o in QUICK))
     p.add_argument("--datasets", nargs="+", default=[*DATASETS, MIXTURE], choices=[*DATASETS, MIXTURE], metavar="NAME",
@@ -192,7 +191,7 @@ def _num(value: Any, fmt: str) -> str:
 def print_table(report: dict[str, Any]) -> None:
     meta = report["meta"]
     print(f"\nbench_quality ({'quick' if meta['quick'] else 'full'}): model {meta['model']}, overrides {meta['overrides'] or '-'}; "
-          f"{meta['environment'].get('device', '?')}, load average {meta['loadavg_start_end'][0][0]:.1f} -> "
+          f"{describe_device(meta['environment'])}, load average {meta['loadavg_start_end'][0][0]:.1f} -> "
           f"{meta['loadavg_start_end'][1][0]:.1f}\n")
     print("| dataset      | method             | train rows | eval rows | accuracy | macro-F1 | weighted-F1 | train s | train ex/s | score ex/s |")
     print("|--------------|--------------------|-----------:|----------:|---------:|---------:|------------:|--------:|-----------:|-----------:|")
@@ -296,14 +295,10 @@ def plot_results(report: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def environment() -> dict[str, Any]:
-    import torch
-    import transformers
-    import trl
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{os.cpu_count()} ({torch.get_num_threads()} threads)"
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "device": device, "machine": platform.machine()}
+def describe_device(env: dict[str, Any]) -> str:
+    """The GPU's name, or "CPU xN (T threads)" (results written before the shared environment() hold it as is)."""
+    device = env.get("device", "?")
+    return f"CPU x{env['cpu_count']} ({env['torch_threads']} threads)" if device == "cpu" else device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,13 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import logging
 
-    import torch
-    import transformers
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    transformers.logging.set_verbosity_error()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_torch(args.threads)
     try:
         import datasets
 
@@ -336,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
 
-    load_at_start = list(os.getloadavg())
+    load_at_start = loadavg()
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for name in [d for d in (*DATASETS, MIXTURE) if d in args.datasets]:
@@ -346,24 +336,22 @@ def main(argv: list[str] | None = None) -> int:
             skipped[name] = f"no train.csv in {', '.join(absent)}"
             print(f"bench_quality: skipping {name}: {skipped[name]}", file=sys.stderr)
             continue
-        start = time.perf_counter()
-        try:  # the trainer prints its log lines to stdout: keep stdout for the table
-            with contextlib.redirect_stdout(sys.stderr):
-                rows += bench_mixture(recipe, args) if name == MIXTURE else bench_dataset(name, recipe, args)
-        except Exception as err:  # one dataset failing should not lose the others' numbers
-            traceback.print_exc()
-            rows.append({"dataset": name, "method": "-", "error": f"{type(err).__name__}: {err}"})
-        print(f"bench_quality: {name} done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        with stopwatch() as clock:
+            try:  # the trainer prints its log lines to stdout: keep stdout for the table
+                with contextlib.redirect_stdout(sys.stderr):
+                    rows += bench_mixture(recipe, args) if name == MIXTURE else bench_dataset(name, recipe, args)
+            except Exception as err:  # one dataset failing should not lose the others' numbers
+                traceback.print_exc()
+                rows.append({"dataset": name, "method": "-", "error": f"{type(err).__name__}: {err}"})
+        print(f"bench_quality: {name} done in {clock.seconds:.0f} s", file=sys.stderr)
 
     model = args.model or ", ".join(sorted({recipe_for(n, args).model.name_or_path for n in args.datasets}))
     report = {"meta": {"quick": args.quick, "model": model, "overrides": args.overrides, "datasets": args.datasets,
                        "skip_zero_shot": args.skip_zero_shot, "data_dir": str(Path(args.data_dir).resolve()),
                        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
-                       "loadavg_start_end": [load_at_start, list(os.getloadavg())]},
+                       "loadavg_start_end": [load_at_start, loadavg()]},
               "rows": rows, "skipped": skipped}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_report(args.out, report)
     print_table(report)
     if args.compare:
         print_compare(report, json.loads(Path(args.compare).read_text()), args.compare)

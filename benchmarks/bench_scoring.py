@@ -9,33 +9,40 @@ Everything in one run, on one model, one machine and the same texts:
 - the cost of 20 labels (fintrl.data.TFN_TOPICS, task "topic") against 3 (negative/neutral/positive), same texts.
 
 The base model is used zero-shot (no adapter): fine for speed; accuracies are reported only as a sanity check.
+Timing and the environment record are `benchmarks.harness`'s. From the repository root:
 
-    python benchmarks/bench_scoring.py --quick --model tiny-mistral
-    python benchmarks/bench_scoring.py --model smollm2-135m-instruct      # full: 200 examples, 2 repeats
+    python -m benchmarks.bench_scoring --quick --model tiny-mistral
+    python -m benchmarks.bench_scoring --model smollm2-135m-instruct      # full: 200 examples, 2 repeats
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from benchmarks.harness import (
+    REPO,
+    SHARED_DATA,
+    environment,
+    loadavg,
+    round_robin,
+    setup_torch,
+    stopwatch,
+    warn_if_loaded,
+    write_report,
+)
+
 PACKAGED_SAMPLE = REPO / "fintrl" / "resources" / "quickstart" / "validation.csv"
 SENTIMENT = ["negative", "neutral", "positive"]
 SCORER_MODES = ("first_token", "trie", "loglik", "generate")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_scoring", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-mistral", help="offline name (tiny-mistral, smollm2-135m-instruct), folder or Hub id")
     p.add_argument("--quick", action="store_true", help="smoke run: --n 48, 1 repeat")
     p.add_argument("--n", type=int, default=None, help="examples (default 200; quick 48)")
@@ -67,27 +74,6 @@ def load_texts(path: str | None, n: int) -> tuple[Path, list[str], list[str]]:
         rows = (rows * (n // len(rows) + 1))
     rows = rows[:n]
     return source, [t for t, _ in rows], [lbl for _, lbl in rows]
-
-
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def best_time(fn: Callable[[], Any], repeats: int, warmup: Callable[[], Any] | None = None) -> tuple[float, Any]:
-    """Best wall time over `repeats` calls (after one untimed warm-up call on a small input) and the last result."""
-    if warmup is not None:
-        warmup()
-    times, result = [], None
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def accuracy(predictions: list[int], gold: list[int] | None) -> float | None:
@@ -125,25 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_torch(args.threads)
 
     from fintrl.data import TFN_TOPICS, PromptBuilder
+    from fintrl.errors import ScoringError
     from fintrl.models import load_model, load_tokenizer
     from fintrl.recipe import ModelSection, PromptSection
     from fintrl.scoring import INVALID, LabelScorer, parse_answer
 
-    load_at_start = list(os.getloadavg())
+    load_at_start = loadavg()
     source, texts, gold_names = load_texts(args.data, args.n)
     gold = [SENTIMENT.index(g) for g in gold_names] if all(g in SENTIMENT for g in gold_names) else None
     section = ModelSection(name_or_path=args.model)
-    t0 = time.perf_counter()
-    model = load_model(section, None)
-    tokenizer = load_tokenizer(section)
-    model.eval()
-    load_s = time.perf_counter() - t0
+    with stopwatch() as load:
+        model = load_model(section, None)
+        tokenizer = load_tokenizer(section)
+        model.eval()
+    load_s = load.seconds
     bs, reps = args.batch_size, args.repeats
     warm_texts = texts[: min(bs, len(texts))]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -160,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"labels": {}}
     for n_labels, builder in builders.items():
         ref = LabelScorer(model, tokenizer, builder, mode="trie", batch_size=bs)
-        start = time.perf_counter()
-        encoded, n_trunc = ref.encode(texts)
-        encode_s = time.perf_counter() - start
+        with stopwatch() as encoding:
+            encoded, n_trunc = ref.encode(texts)
+        encode_s = encoding.seconds
         results["labels"][str(n_labels)] = {
             "answers": builder.answers,
             "label_tokens": [len(s) for s in ref.label_ids],
@@ -180,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             try:
                 scorer = LabelScorer(model, tokenizer, builder, mode=mode, batch_size=bs)
-            except ValueError as err:  # first_token needs labels with distinct first tokens
+            except ScoringError as err:  # first_token needs labels with distinct first tokens
                 results["labels"][str(n_labels)]["modes"][mode] = {"skipped": str(err)}
                 continue
             tasks[(n_labels, mode)] = (lambda sc=scorer: sc.score(texts, progress=False),
@@ -207,18 +191,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks[(3, "pipeline")] = (lambda: run_pipeline(chats), lambda: run_pipeline(chats[:bs]))
 
-    times: dict[tuple[int, str], list[float]] = {key: [] for key in tasks}
-    outputs: dict[tuple[int, str], Any] = {}
     for _, warmup in tasks.values():
         warmup()
-    for rep in range(reps):
-        for key, (fn, _) in tasks.items():
-            sync()
-            start = time.perf_counter()
-            outputs[key] = fn()
-            sync()
-            times[key].append(time.perf_counter() - start)
-            print(f"repeat {rep + 1}/{reps} {key[0]} labels {key[1]}: {times[key][-1]:.2f} s", file=sys.stderr)
+    times, outputs = round_robin({key: fn for key, (fn, _) in tasks.items()}, reps, on_time=lambda rep, key, s: print(
+        f"repeat {rep + 1}/{reps} {key[0]} labels {key[1]}: {s:.2f} s", file=sys.stderr))
 
     for (n_labels, name), ts in times.items():
         entry = results["labels"][str(n_labels)]
@@ -250,29 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(source),
         "n": len(texts),
         "load_model_s": load_s,
-        "environment": environment(model),
-        "loadavg_start_end": [load_at_start, list(os.getloadavg())],
+        "environment": environment(dtype=str(model.dtype)),
+        "loadavg_start_end": [load_at_start, loadavg()],
         **results,
     }
     print_tables(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nresults: {out}")
+    print(f"\nresults: {write_report(args.out, report)}")
     return 0
-
-
-def environment(model: Any) -> dict[str, Any]:
-    import peft
-    import torch
-    import transformers
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "device": str(model.device), "dtype": str(model.dtype),
-           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine()}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -306,9 +266,7 @@ def print_tables(report: dict[str, Any]) -> None:
     print("x pipeline = throughput / pipeline throughput; x forward = scorer time / one forward pass "
           "(logits_to_keep=1) over the same full prompts\n(below 1 when the scorer skips work the plain forward does, "
           "e.g. the shared prompt prefix computed once)")
-    if max(load[0][0], load[1][0]) > (report["environment"]["cpu_count"] or 1):
-        print(f"warning: load average above the {report['environment']['cpu_count']} CPUs: other work shared the "
-              "machine, ratios are noisy (use --repeats)")
+    warn_if_loaded(load, report["environment"]["cpu_count"])
 
     twenty = report["labels"].get("20")
     if not twenty:

@@ -10,28 +10,34 @@ steps, each in its own subprocess (so peak memory does not mix), in one run on o
 
 Tokens are the non-padding tokens (attention_mask sum) of the batches the trainer actually consumed, counted by
 wrapping its data collator; tokens/s = real tokens / train time. Peak memory: process peak RSS on CPU
-(getrusage), peak allocated VRAM (torch.cuda.max_memory_allocated) on GPU.
+(getrusage), peak allocated VRAM (torch.cuda.max_memory_allocated) on GPU. The baseline trainer, the counting and
+the worker processes are `benchmarks.harness`'s. From the repository root:
 
-    python benchmarks/bench_train.py --quick --model tiny-mistral
-    python benchmarks/bench_train.py --model smollm2-135m-instruct --data-path ../shared/data/fpb_allagree \\
+    python -m benchmarks.bench_train --quick --model tiny-mistral
+    python -m benchmarks.bench_train --model smollm2-135m-instruct --data-path ../shared/data/fpb_allagree \\
         --variant group_by_length=false --variant gradient_checkpointing=true
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import (
+    REPO,
+    build_bench_trainer,
+    environment,
+    loadavg,
+    measure_training,
+    run_worker,
+    stopwatch,
+    warn_if_loaded,
+    write_report,
+)
+
 SECTIONS = ("model", "quantization", "lora", "data", "prompt", "train", "eval", "seed")
 ALIASES = {  # shorthand -> recipe override (values parsed as YAML, as `fintrl run --set`)
     "group_by_length": lambda v: f"train.train_sampling_strategy={'group_by_length' if _truthy(v) else 'random'}",
@@ -46,7 +52,7 @@ def _truthy(value: str) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-mistral", help="offline name (tiny-mistral, smollm2-135m-instruct), folder or Hub id")
     p.add_argument("--quick", action="store_true", help="smoke run: --steps 6")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 30; quick 6)")
@@ -61,8 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each worker (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=1, help="runs per variant, interleaved; the fastest is kept")
     p.add_argument("--out", default="runs/bench/bench_train.json", help="results JSON (worker logs next to it)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: JSON spec of one variant
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.steps = args.steps or (6 if args.quick else 30)
     return args
@@ -100,38 +104,15 @@ def variant_overrides(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# worker: one variant, in its own process
+# worker: one variant, in its own process (harness.run_worker)
 # ---------------------------------------------------------------------------------------------------------------
-def rss_mb() -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return None
-
-
-def run_worker(spec: dict[str, Any], result_path: str) -> None:
+def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-
-    from _shared import instrument, trl_default_trainer
 
     from fintrl.checks import check_library_fields
     from fintrl.data import PromptBuilder, load_labeled_data
     from fintrl.models import load_model, load_tokenizer
     from fintrl.recipe import load_recipe
-    from fintrl.train import TRAIN_DEFAULTS, build_trainer
 
     overrides = [f"model.name_or_path={spec['model']}", f"train.max_steps={spec['steps']}"]
     if spec.get("data_path"):
@@ -142,77 +123,27 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
     overrides += [o for o in spec.get("overrides", []) if not o.startswith(TRL_LOSS)]
     recipe = load_recipe(spec["recipe"], overrides)
     check_library_fields(recipe)
-    batch_size = {**TRAIN_DEFAULTS, **recipe.train}["per_device_train_batch_size"]
 
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
     builder = PromptBuilder(recipe.prompt, data.labels, data.task)
     dataset = builder.sft_dataset(data.train)
-    start = time.perf_counter()
-    model = load_model(recipe.model, recipe.quantization)
-    load_s = time.perf_counter() - start
+    with stopwatch() as load:
+        model = load_model(recipe.model, recipe.quantization)
 
     with tempfile.TemporaryDirectory(prefix="fintrl-bench-") as tmp:
-        if spec["kind"] == "trl_default":
-            trainer = trl_default_trainer(model, tokenizer, dataset, recipe.lora, batch_size, spec["steps"], tmp)
-        else:
-            trainer = build_trainer(recipe, model, tokenizer, dataset, Path(tmp))
-            if trl_loss:
-                from trl import SFTTrainer
+        trainer = build_bench_trainer(spec["kind"], recipe, model, tokenizer, dataset, tmp)
+        if trl_loss:
+            from trl import SFTTrainer
 
-                trainer.compute_loss = SFTTrainer.compute_loss.__get__(trainer)
+            trainer.compute_loss = SFTTrainer.compute_loss.__get__(trainer)
+        measured = measure_training(trainer, warmup_steps=1)  # steady: steps 2..N, without the first's one-off costs
 
-        batches, step_ends = instrument(trainer)
-        trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-        settings = {
-            "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
-            "train_sampling_strategy": str(getattr(trainer.args, "train_sampling_strategy", "")),
-            "bf16": bool(trainer.args.bf16),
-            "per_device_train_batch_size": trainer.args.per_device_train_batch_size,
-            "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-            "max_length": getattr(trainer.args, "max_length", None),
-            "padding_free": bool(getattr(trainer.args, "padding_free", False)),
-            "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in trainable}),
-            "trainable_params": sum(p.numel() for p in trainable),
-        }
-        rss_before = rss_mb()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = start_wall = time.perf_counter()
-        output = trainer.train()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        train_s = time.perf_counter() - start
-        steps = trainer.state.global_step
-
-    # The dataloader may collate one batch ahead; keep the batches the optimizer steps consumed.
-    used = batches[: steps * settings["gradient_accumulation_steps"]]
-    tokens = sum(b["tokens"] for b in used)
-    examples = sum(b["examples"] for b in used)
-    padded = sum(b["padded_tokens"] for b in used)
-    ga = settings["gradient_accumulation_steps"]
-    steady = None
-    if len(step_ends) >= 2:  # steps 2..N: without the first step's one-off costs
-        steady_s = step_ends[-1] - step_ends[0]
-        steady_tokens = sum(b["tokens"] for b in used[ga:])
-        steady = {"seconds": steady_s, "tokens_per_second": steady_tokens / steady_s,
-                  "examples_per_second": sum(b["examples"] for b in used[ga:]) / steady_s}
-    result = {
-        "kind": spec["kind"], "overrides": spec.get("overrides", []), "settings": settings,
-        "steps": steps, "examples": examples, "tokens": tokens, "padded_tokens": padded,
-        "padding_fraction": 1 - tokens / padded if padded else 0.0,
-        "loss_tokens": sum(b["loss_tokens"] for b in used),
-        "train_seconds": train_s, "tokens_per_second": tokens / train_s, "examples_per_second": examples / train_s,
-        "steady": steady, "step_seconds": [b - a for a, b in zip([start_wall, *step_ends], step_ends)],
-        "train_loss": output.training_loss, "load_model_s": load_s,
-        "rss_before_train_mb": rss_before,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        "peak_vram_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-        "n_train_rows": len(dataset), "torch_threads": torch.get_num_threads(),
-    }
-    Path(result_path).write_text(json.dumps(result))
+    steady, peak_vram = measured.pop("after_warmup"), measured["peak_vram_bytes"]
+    return {"kind": spec["kind"], "overrides": spec.get("overrides", []), **measured, "steady": steady,
+            "load_model_s": load.seconds,
+            "peak_vram_mb": peak_vram / 2**20 if peak_vram is not None else None,
+            "n_train_rows": len(dataset), "torch_threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,50 +151,15 @@ def run_worker(spec: dict[str, Any], result_path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def run_variant(name: str, spec: dict[str, Any], log_dir: Path, tag: str) -> dict[str, Any]:
     log = log_dir / f"{tag}.log"
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        result_path = f.name
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec), "--result", result_path]
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                              env={**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"})
-    wall = time.perf_counter() - start
-    try:
-        if proc.returncode != 0:
-            tail = "\n".join(log.read_text().splitlines()[-25:])
-            print(f"variant {name} failed (exit {proc.returncode}); log {log}:\n{tail}", file=sys.stderr)
-            return {"name": name, "error": f"exit {proc.returncode}", "log": str(log)}
-        result = json.loads(Path(result_path).read_text())
-    finally:
-        Path(result_path).unlink(missing_ok=True)
-    print(f"{name}: {result['train_seconds']:.1f} s training, {wall:.0f} s with start-up", file=sys.stderr)
-    return {"name": name, "log": str(log), "process_seconds": wall, **result}
-
-
-def environment() -> dict[str, Any]:
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "trl": trl.__version__, "peft": peft.__version__, "cpu_count": os.cpu_count(), "machine": platform.machine()}
-    try:
-        import bitsandbytes
-
-        env["bitsandbytes"] = bitsandbytes.__version__
-    except ImportError:
-        pass
-    env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return env
+    result = run_worker("benchmarks.bench_train:train_variant", spec, log=log, name=f"variant {name}", tail_lines=25)
+    if "error" not in result:
+        print(f"{name}: {result['train_seconds']:.1f} s training, {result['process_seconds']:.0f} s with start-up",
+              file=sys.stderr)
+    return {"name": name, "log": str(log), **result}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        run_worker(json.loads(args.worker), args.result)
-        return 0
-
     data_path = str(Path(args.data_path).resolve()) if args.data_path else None
     if data_path and not Path(data_path).exists():
         raise SystemExit(f"--data-path {args.data_path}: does not exist")
@@ -279,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     log_dir = out.with_suffix("").with_name(out.stem + "_logs")
     log_dir.mkdir(parents=True, exist_ok=True)
-    load_at_start = list(os.getloadavg())
+    load_at_start = loadavg()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
     for rep in range(args.repeats):  # interleaved, so outside load hits every variant alike
         for i, (name, spec) in enumerate(variants):
@@ -290,13 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         best[name] = max(ok, key=lambda r: r["tokens_per_second"]) if ok else rs[-1]
         best[name]["all_tokens_per_second"] = [r.get("tokens_per_second") for r in rs]
 
-    report = {"benchmark": "bench_train", "args": {k: v for k, v in vars(args).items() if k not in ("worker", "result")},
-              "model": args.model, "data": data_path or "preset quickstart (packaged sample)",
-              "environment": environment(), "loadavg_start_end": [load_at_start, list(os.getloadavg())],
-              "variants": best}
+    report = {"benchmark": "bench_train", "args": vars(args), "model": args.model,
+              "data": data_path or "preset quickstart (packaged sample)", "environment": environment(),
+              "loadavg_start_end": [load_at_start, loadavg()], "variants": best}
     print_table(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(out, report)
     print(f"\nresults: {out} (worker logs in {log_dir})")
     return 0 if all("error" not in r for r in best.values()) else 1
 
@@ -331,9 +225,7 @@ def print_table(report: dict[str, Any]) -> None:
               f"{settings} |")
     print("tok/s = non-padding tokens fed / train time (all steps); steady = steps 2..N; pad % = padding share of the "
           "batches; x = tok/s ratio")
-    if max(load[0][0], load[1][0]) > (report["environment"]["cpu_count"] or 1):
-        print(f"warning: load average above the {report['environment']['cpu_count']} CPUs: other work shared the "
-              "machine, ratios are noisy (use --repeats)")
+    warn_if_loaded(load, report["environment"]["cpu_count"])
 
 
 if __name__ == "__main__":

@@ -18,39 +18,34 @@ Parts, each in its own subprocess (peak memory never mixes), under one time budg
 - `fintrl_nogc`: fintrl with gradient checkpointing off (FintrlSFTTrainer's own loss path), run last, if time is left.
 Training tokens/s = non-padding tokens of the batches consumed after `--warmup-steps` steps / their time; peak VRAM =
 `torch.cuda.max_memory_allocated()` over `trainer.train()` (model weights included; reset after loading).
+The parts are `benchmarks/gpu_check_workers.py`'s, run by `benchmarks.harness.run_worker`. From the repository root:
 
     bash benchmarks/gpu_check.sh                      # on the GPU box (installs the carried wheels first)
-    python benchmarks/gpu_check.py --tiny             # CPU logic check: 4-layer model, 3 steps, 32 prompts
+    python -m benchmarks.gpu_check --tiny             # CPU logic check: 4-layer model, 3 steps, 32 prompts
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
-import platform
-import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPO, SHARED_DATA, run_worker, write_report
+
 VRAM_TARGET_GB = 6.0  # the issue's target for 7B QLoRA at the recipe's settings (GB = 1e9 bytes)
-TINY_CONFIG = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=2048)
 PARTS = ("trl_default", "fintrl", "scoring", "fintrl_nogc")
 LABELS = {"trl_default": "trl_default", "fintrl": "fintrl (recipe)", "fintrl_nogc": "fintrl[gc=off]"}
 MIN_SECONDS = {"trl_default": 75, "fintrl": 75, "scoring": 60, "fintrl_nogc": 75}  # don't start a part with less left
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="CPU logic check: 4-layer model, 3 steps, 32 prompts")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per training variant (default 12; tiny 3)")
     p.add_argument("--warmup-steps", type=int, default=None, help="steps left out of tokens/s (default 2; tiny 1)")
@@ -68,8 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                   "fit are skipped, a running one is stopped")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in workers (tiny default 1)")
     p.add_argument("--out", default=None, help="results JSON (default $OUT/gpu_check.json, else runs/bench/gpu_check[_tiny].json)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.steps = args.steps or (3 if args.tiny else 12)
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.tiny else 2)
@@ -85,277 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# worker side
-# ---------------------------------------------------------------------------------------------------------------
-def environment() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    import torch
-
-    env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
-    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "tokenizers", "pyarrow"):
-        try:
-            env[name] = md.version(name)
-        except md.PackageNotFoundError:
-            env[name] = None
-    env["torch_threads"] = torch.get_num_threads()
-    env["paths"] = {name: str(Path(sys.modules[name].__file__).parent.parent)  # carried (/tmp/gpu_check_site) or not
-                    for name in ("transformers", "trl", "bitsandbytes", "datasets", "peft") if name in sys.modules}
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                   capability=f"{props.major}.{props.minor}")
-    else:
-        env["gpu"] = None
-    return env
-
-
-def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-    """Recipe (with the check's overrides), tokenizer, labelled data and prompt builder, all through fintrl."""
-    from fintrl.checks import check_library_fields
-    from fintrl.data import PromptBuilder, load_labeled_data
-    from fintrl.models import has_cuda, load_tokenizer
-    from fintrl.recipe import load_recipe
-
-    overrides = [f"model.name_or_path={spec['tokenizer']}", f"train.max_steps={spec['steps']}"]
-    overrides += [f"data.path={spec['data_path']}"] if spec["data_path"] else ["data.preset=quickstart"]
-    if spec.get("batch_size"):
-        overrides.append(f"train.per_device_train_batch_size={spec['batch_size']}")
-    if not has_cuda():  # CPU logic check: fp32 (bf16 is slow on CPU and TRL's bf16 default is off there anyway)
-        overrides += ["model.dtype=auto", "quantization.bnb_4bit_compute_dtype=auto"]
-    overrides += spec.get("overrides", [])
-    recipe = load_recipe(spec["recipe"], overrides)
-    check_library_fields(recipe)
-    data = load_labeled_data(recipe.data)
-    tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
-    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
-    return recipe, tokenizer, data, builder
-
-
-def build_model(recipe: Any, tiny: bool) -> tuple[Any, dict[str, Any]]:
-    """Mistral-7B-shaped (or tiny) model, random weights, quantized as the recipe says while it loads."""
-    import gc
-
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
-    from fintrl.models import bnb_config, has_cuda, torch_dtype
-
-    start = time.perf_counter()
-    config = MistralConfig(**TINY_CONFIG) if tiny else MistralConfig()
-    dtype = torch_dtype(recipe.model.dtype)
-    device = "cuda" if has_cuda() else "cpu"
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in MistralForCausalLM(config).state_dict().items()}
-    gen = torch.Generator(device=device).manual_seed(0)
-    state = {}
-    for key, shape in shapes.items():
-        if key.endswith("norm.weight"):
-            state[key] = torch.ones(shape, dtype=dtype, device=device)
-        else:
-            state[key] = torch.randn(shape, generator=gen, dtype=dtype, device=device).mul_(config.initializer_range)
-    n_params = sum(t.numel() for t in state.values())
-    kwargs: dict[str, Any] = {"config": config, "state_dict": state, "dtype": dtype}
-    quant = bnb_config(recipe.quantization, dtype)
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-    if has_cuda():
-        kwargs["device_map"] = {"": 0}
-    model = MistralForCausalLM.from_pretrained(None, **kwargs)
-    del state, kwargs
-    gc.collect()
-    if has_cuda():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-    info = {
-        "config": {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                   "num_attention_heads", "num_key_value_heads", "vocab_size")},
-        "parameters": n_params, "dtype": str(dtype).replace("torch.", ""),
-        "quantization": recipe.quantization, "build_seconds": time.perf_counter() - start,
-        "linear_class": type(model.model.layers[0].self_attn.q_proj).__module__ + "." +
-                        type(model.model.layers[0].self_attn.q_proj).__name__,
-        "memory_footprint_bytes": model.get_memory_footprint(),
-    }
-    if has_cuda():
-        info["vram_after_build_bytes"] = torch.cuda.memory_allocated()
-        info["peak_vram_during_build_bytes"] = torch.cuda.max_memory_allocated()
-    return model, info
-
-
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from _shared import instrument, trl_default_trainer
-
-    from fintrl.train import TRAIN_DEFAULTS, build_trainer
-
-    recipe, tokenizer, data, builder = load_setup(spec)
-    dataset = builder.sft_dataset(data.train)
-    batch_size = {**TRAIN_DEFAULTS, **recipe.train}["per_device_train_batch_size"]
-    model, model_info = build_model(recipe, spec["tiny"])
-
-    with tempfile.TemporaryDirectory(prefix="fintrl-gpu-check-") as tmp:
-        setup_start = time.perf_counter()
-        if spec["part"] == "trl_default":
-            trainer = trl_default_trainer(model, tokenizer, dataset, recipe.lora, batch_size, spec["steps"], tmp)
-        else:
-            trainer = build_trainer(recipe, model, tokenizer, dataset, Path(tmp))
-        setup_s = time.perf_counter() - setup_start
-
-        batches, step_ends = instrument(trainer)
-        trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-        args = trainer.args
-        settings = {
-            "trainer": type(trainer).__name__, "gradient_checkpointing": bool(args.gradient_checkpointing),
-            "train_sampling_strategy": str(getattr(args, "train_sampling_strategy", "")), "bf16": bool(args.bf16),
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
-            "max_length": getattr(args, "max_length", None), "padding_free": bool(getattr(args, "padding_free", False)),
-            "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in trainable}),
-            "trainable_params": sum(p.numel() for p in trainable),
-        }
-        import gc
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        vram_before = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
-        sync()
-        start = time.perf_counter()
-        output = trainer.train()
-        sync()
-        train_s = time.perf_counter() - start
-        steps = trainer.state.global_step
-
-    ga = settings["gradient_accumulation_steps"]
-    used = batches[: steps * ga]  # the dataloader may collate ahead
-    warm = spec["warmup_steps"]
-    timed = used[warm * ga:]
-    timed_s = step_ends[-1] - step_ends[warm - 1] if warm >= 1 and len(step_ends) > warm else None
-    tokens = sum(b["tokens"] for b in used)
-    padded = sum(b["padded_tokens"] for b in used)
-    result = {
-        "part": spec["part"], "overrides": spec.get("overrides", []), "settings": settings, "model": model_info,
-        "steps": steps, "warmup_steps": warm, "examples": sum(b["examples"] for b in used), "tokens": tokens,
-        "padded_tokens": padded, "padding_fraction": 1 - tokens / padded if padded else 0.0,
-        "loss_tokens": sum(b["loss_tokens"] for b in used),
-        "train_seconds": train_s, "trainer_setup_seconds": setup_s,
-        "all_steps": {"tokens_per_second": tokens / train_s, "examples_per_second": sum(b["examples"] for b in used) / train_s},
-        "timed": None if timed_s is None else {
-            "steps": steps - warm, "seconds": timed_s, "tokens": sum(b["tokens"] for b in timed),
-            "tokens_per_second": sum(b["tokens"] for b in timed) / timed_s,
-            "examples_per_second": sum(b["examples"] for b in timed) / timed_s,
-        },
-        "step_seconds": [b - a for a, b in zip([start, *step_ends], step_ends)],
-        "train_loss": output.training_loss,
-        "vram_before_train_bytes": vram_before,
-        "peak_vram_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-        "peak_vram_reserved_bytes": torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "n_train_rows": len(dataset),
-    }
-    return result
-
-
-def score_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from peft import get_peft_model
-
-    from fintrl.data import TFN_TOPICS, PromptBuilder
-    from fintrl.models import has_cuda, lora_config
-    from fintrl.recipe import PromptSection
-    from fintrl.scoring import LabelScorer
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_scoring import forward_only  # the same plain-forward reference as bench_scoring.py
-
-    recipe, tokenizer, data, builder = load_setup(spec)
-    model, model_info = build_model(recipe, spec["tiny"])
-    if recipe.lora is not None:  # fintrl scores the trained PeftModel; B=0 adapters cost the same compute
-        model = get_peft_model(model, lora_config(recipe.lora))
-        if has_cuda():  # as TRL leaves QLoRA adapters
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.data = p.data.to(torch.bfloat16)
-    model.eval()
-    texts = list(data.eval["text"])
-    texts = (texts * (spec["n_score"] // len(texts) + 1))[: spec["n_score"]]
-    bs = spec["score_batch"] or recipe.eval.batch_size
-    builders = {"3": builder, "20": PromptBuilder(PromptSection(), list(TFN_TOPICS), "topic")}
-    runs: list[tuple[str, str, Any, Any]] = []  # (labels, mode, full run, warm-up run)
-    labels_info: dict[str, Any] = {}
-    for n_labels, b in builders.items():
-        ref = LabelScorer(model, tokenizer, b, mode="trie", batch_size=bs, max_length=recipe.eval.max_length)
-        encoded, _ = ref.encode(texts)
-        labels_info[n_labels] = {"answers": b.answers, "label_tokens": [len(s) for s in ref.label_ids],
-                                 "distinct_first_tokens": len({s[0] for s in ref.label_ids}) == len(ref.label_ids),
-                                 "prompt_tokens_mean": sum(map(len, encoded)) / len(encoded)}
-        runs.append((n_labels, "forward", lambda e=encoded: forward_only(model, tokenizer, e, bs),
-                     lambda e=encoded: forward_only(model, tokenizer, e[:bs], bs)))
-        for mode in (("first_token", "trie") if n_labels == "3" else ("trie",)):
-            try:
-                scorer = LabelScorer(model, tokenizer, b, mode=mode, batch_size=bs, max_length=recipe.eval.max_length)
-            except ValueError as err:
-                labels_info[n_labels][f"{mode}_skipped"] = str(err)
-                continue
-            runs.append((n_labels, mode, lambda s=scorer: s.score(texts, progress=False),
-                         lambda s=scorer: s.score(texts[:bs], progress=False)))
-    for *_, warmup in runs:
-        warmup()
-    sync()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    vram_before = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
-    times: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, *_ in runs}
-    for _ in range(spec["repeats"]):  # round-robin, best kept
-        for n_labels, mode, fn, _warm in runs:
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[(n_labels, mode)].append(time.perf_counter() - start)
-    rows = {}
-    for (n_labels, mode), ts in times.items():
-        best = min(ts)
-        fwd = min(times[(n_labels, "forward")])
-        rows[f"{n_labels}:{mode}"] = {"labels": int(n_labels), "mode": mode, "seconds": best, "all_seconds": ts,
-                                      "examples_per_second": len(texts) / best, "x_forward": best / fwd}
-    return {
-        "part": "scoring", "model": model_info, "n": len(texts), "batch_size": bs, "repeats": spec["repeats"],
-        "with_lora_adapters": recipe.lora is not None, "labels": labels_info, "rows": rows,
-        "vram_before_bytes": vram_before,
-        "peak_vram_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-        "peak_vram_reserved_bytes": torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
-def run_worker(spec: dict[str, Any], result_path: str) -> None:
-    import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    result = score_worker(spec) if spec["part"] == "scoring" else train_worker(spec)
-    result["environment"] = environment()
-    Path(result_path).write_text(json.dumps(result))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# parent side: one subprocess per part, under the deadline
-# ---------------------------------------------------------------------------------------------------------------
+# -- one subprocess per part (gpu_check_workers.py), under the deadline --------------------------------------------
 def resolve_inputs(args: argparse.Namespace, tmp: Path) -> tuple[str, str | None]:
     carry = Path(args.carry)
     tok = Path(args.tokenizer) if args.tokenizer else carry / "tokenizer"
@@ -374,43 +97,13 @@ def resolve_inputs(args: argparse.Namespace, tmp: Path) -> tuple[str, str | None
     if args.data_path:
         data = str(Path(args.data_path).resolve())
     else:
-        candidates = [carry / "data" / "fpb_allagree", REPO.parent / "shared" / "data" / "fpb_allagree"]
+        candidates = [carry / "data" / "fpb_allagree", SHARED_DATA / "fpb_allagree"]
         data = next((str(c.resolve()) for c in candidates if (c / "train.csv").is_file()), None)
     return tokenizer, data
 
 
-def run_part(part: str, spec: dict[str, Any], timeout: float, log: Path) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        result_path = f.name
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec), "--result", result_path]
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                env={**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"})
-        try:
-            code = proc.wait(timeout=max(timeout, 1))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker's own process group (it may have children)
-            proc.wait()
-            code = None
-    wall = time.perf_counter() - start
-    try:
-        if code != 0:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-            why = f"stopped at the time budget after {wall:.0f} s" if code is None else f"exit {code}"
-            print(f"[{part}] failed ({why}); last lines of its log:\n{tail}", file=sys.stderr)
-            return {"part": part, "error": why, "process_seconds": wall}
-        result = json.loads(Path(result_path).read_text())
-    finally:
-        Path(result_path).unlink(missing_ok=True)
-    return {**result, "process_seconds": wall}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        run_worker(json.loads(args.worker), args.result)
-        return 0
     start = time.monotonic()
     deadline = start + args.deadline_s
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -420,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     worker_log = out.with_name(out.stem + "_workers.log")
-    report: dict[str, Any] = {
-        "check": "gpu_check", "tiny": args.tiny,
-        "args": {k: v for k, v in vars(args).items() if k not in ("worker", "result")},
-        "parts": {}, "skipped": {},
-    }
+    report: dict[str, Any] = {"check": "gpu_check", "tiny": args.tiny, "args": vars(args), "parts": {}, "skipped": {}}
     with tempfile.TemporaryDirectory(prefix="fintrl-gpu-check-") as tmp_name:
         tmp = Path(tmp_name)
         tokenizer, data = resolve_inputs(args, tmp)
@@ -449,20 +138,22 @@ def main(argv: list[str] | None = None) -> int:
                 spec["overrides"] = ["train.activation_checkpointing=false"]
             log = tmp / f"{part}.log"
             print(f"[{part}] starting ({left:.0f} s left)", file=sys.stderr)
-            report["parts"][part] = run_part(part, spec, left - 2, log)
+            worker = "score" if part == "scoring" else "train"
+            report["parts"][part] = {"part": part, **run_worker(f"benchmarks.gpu_check_workers:{worker}", spec, log=log,
+                                                                 timeout=left - 2, name=f"[{part}]")}
             logs.append((part, log))
             r = report["parts"][part]
             if "error" not in r:
                 print(f"[{part}] done in {r['process_seconds']:.0f} s", file=sys.stderr)
             report["total_seconds"] = time.monotonic() - start
             finish(report)
-            out.write_text(json.dumps(report, indent=2))  # after every part: a stopped run still leaves results
+            write_report(out, report)  # after every part: a stopped run still leaves results
         with worker_log.open("w") as f:
             for part, log in logs:
                 f.write(f"===== {part} =====\n{log.read_text(errors='replace')}\n")
     report["total_seconds"] = time.monotonic() - start
     finish(report)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(out, report)
     print_report(report)
     print(f"\nresults: {out}; worker logs: {worker_log}; {report['total_seconds']:.0f} s in all")
     failed = [p for p, r in report["parts"].items() if "error" in r]

@@ -11,9 +11,9 @@
 #         data/       ../shared/data/fpb_allagree (the recipe's dataset), when present here
 #       and prints the total that will travel (limit 64 MiB, working tree included).
 #
-#   on the box (repo root; $OUT collects the results):  bash benchmarks/gpu_check.sh [gpu_check.py options]
+#   on the box (repo root; $OUT collects the results):  bash benchmarks/gpu_check.sh [benchmarks.gpu_check options]
 #       installs the wheels into /tmp/gpu_check_site (no index, no deps), puts it and the repo on PYTHONPATH
-#       (fintrl is not pip-installed there) and runs benchmarks/gpu_check.py under a time budget
+#       (fintrl is not pip-installed there) and runs `python3 -m benchmarks.gpu_check` under a time budget
 #       (GPU_CHECK_BUDGET_S, default 450 s for everything, install included), writing
 #       $OUT/gpu_check.json and $OUT/gpu_check.log.
 set -euo pipefail
@@ -123,7 +123,7 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 export FINTRL_HOME=${FINTRL_HOME:-/tmp/fintrl_home}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 LEFT=$((BUDGET - ($(date +%s) - START)))
-echo "installed in $(( $(date +%s) - START )) s; gpu_check.py gets ${LEFT} s"
+echo "installed in $(( $(date +%s) - START )) s; benchmarks.gpu_check gets ${LEFT} s"
 set -o pipefail
-python3 benchmarks/gpu_check.py --deadline-s "$LEFT" --carry "$CARRY" --out "$OUTDIR/gpu_check.json" "$@" 2>&1 \
+python3 -m benchmarks.gpu_check --deadline-s "$LEFT" --carry "$CARRY" --out "$OUTDIR/gpu_check.json" "$@" 2>&1 \
     | tee "$OUTDIR/gpu_check.log"

@@ -1,16 +1,40 @@
-"""The quality benchmark's own logic: the FPB agreement breakdown, and a --quick run end to end on the tiny model."""
+"""The benchmarks' harness (workers in fresh processes) and the quality benchmark's own logic: the FPB agreement
+breakdown, paired flips, the chart, and a --quick run end to end on the tiny model (`-m benchmarks.bench_quality`)."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks.bench_quality import FPB_LEVELS, fpb_agreement, paired_flips, plot_results
+from benchmarks.harness import run_worker
 from tests.conftest import REPO, shared_data
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_quality import FPB_LEVELS, fpb_agreement, paired_flips, plot_results  # noqa: E402
+
+def echo_worker(spec: dict) -> dict:  # run by run_worker in a fresh process
+    return {"pid": os.getpid(), "echo": spec["message"]}
+
+
+def sleepy_worker(spec: dict) -> dict:
+    time.sleep(spec["seconds"])
+    return {}
+
+
+def test_run_worker_runs_a_function_in_a_fresh_process_and_stops_it_at_the_timeout(tmp_path: Path) -> None:
+    done = run_worker("tests.test_benchmarks:echo_worker", {"message": "hi", "threads": 1}, log=tmp_path / "echo.log")
+    assert done["echo"] == "hi" and done["pid"] != os.getpid() and done["process_seconds"] > 0
+    assert done["environment"]["torch_threads"] == 1 and done["environment"]["cpu_count"] == os.cpu_count()
+
+    failed = run_worker("tests.test_benchmarks:no_such_worker", {}, log=tmp_path / "failed.log")
+    assert failed["error"] == "exit 1" and "no_such_worker" in (tmp_path / "failed.log").read_text()
+
+    start = time.perf_counter()
+    stopped = run_worker("tests.test_benchmarks:sleepy_worker", {"seconds": 300}, log=tmp_path / "slow.log", timeout=3)
+    assert stopped["error"].startswith("stopped at the time budget") and time.perf_counter() - start < 60
 
 
 def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
@@ -64,7 +88,7 @@ def test_results_chart_is_drawn_from_the_rows_that_ran(tmp_path: Path) -> None:
 def test_bench_quality_quick_runs_end_to_end(tmp_path: Path) -> None:
     shared_data("fpb_allagree")
     out = tmp_path / "quality.json"
-    done = subprocess.run([sys.executable, "benchmarks/bench_quality.py", "--quick", "--datasets", "fpb_allagree",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_quality", "--quick", "--datasets", "fpb_allagree",
                            "--set", "eval.curve_points=2", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,180 @@
+"""gpu_check's workers, each run in its own process by `benchmarks.gpu_check` (through `harness.run_worker`).
+
+`train(spec)` measures one training part (`trl_default`, `fintrl`, `fintrl_nogc`) and `score(spec)` the `scoring`
+part, both on a Mistral-7B-shaped model (or, with `spec["tiny"]`, a 4-layer one) with random weights, quantized to
+4-bit NF4 while it loads, exactly as `fintrl.models.load_model` quantizes a real checkpoint. See gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+from benchmarks.bench_scoring import forward_only  # the same plain-forward reference as bench_scoring
+from benchmarks.harness import (
+    build_bench_trainer,
+    measure_training,
+    peak_memory,
+    reset_peak_memory,
+    round_robin,
+    stopwatch,
+    sync,
+)
+
+TINY_CONFIG = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=2048)
+
+
+def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """Recipe (with the check's overrides), tokenizer, labelled data and prompt builder, all through fintrl."""
+    from fintrl.checks import check_library_fields
+    from fintrl.data import PromptBuilder, load_labeled_data
+    from fintrl.models import has_cuda, load_tokenizer
+    from fintrl.recipe import load_recipe
+
+    overrides = [f"model.name_or_path={spec['tokenizer']}", f"train.max_steps={spec['steps']}"]
+    overrides += [f"data.path={spec['data_path']}"] if spec["data_path"] else ["data.preset=quickstart"]
+    if spec.get("batch_size"):
+        overrides.append(f"train.per_device_train_batch_size={spec['batch_size']}")
+    if not has_cuda():  # CPU logic check: fp32 (bf16 is slow on CPU and TRL's bf16 default is off there anyway)
+        overrides += ["model.dtype=auto", "quantization.bnb_4bit_compute_dtype=auto"]
+    overrides += spec.get("overrides", [])
+    recipe = load_recipe(spec["recipe"], overrides)
+    check_library_fields(recipe)
+    data = load_labeled_data(recipe.data)
+    tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
+    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    return recipe, tokenizer, data, builder
+
+
+def build_model(recipe: Any, tiny: bool) -> tuple[Any, dict[str, Any]]:
+    """Mistral-7B-shaped (or tiny) model, random weights, quantized as the recipe says while it loads."""
+    import gc
+
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from fintrl.models import bnb_config, has_cuda, torch_dtype
+
+    start = time.perf_counter()
+    config = MistralConfig(**TINY_CONFIG) if tiny else MistralConfig()
+    dtype = torch_dtype(recipe.model.dtype)
+    device = "cuda" if has_cuda() else "cpu"
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in MistralForCausalLM(config).state_dict().items()}
+    gen = torch.Generator(device=device).manual_seed(0)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("norm.weight"):
+            state[key] = torch.ones(shape, dtype=dtype, device=device)
+        else:
+            state[key] = torch.randn(shape, generator=gen, dtype=dtype, device=device).mul_(config.initializer_range)
+    n_params = sum(t.numel() for t in state.values())
+    kwargs: dict[str, Any] = {"config": config, "state_dict": state, "dtype": dtype}
+    quant = bnb_config(recipe.quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if has_cuda():
+        kwargs["device_map"] = {"": 0}
+    model = MistralForCausalLM.from_pretrained(None, **kwargs)
+    del state, kwargs
+    gc.collect()
+    if has_cuda():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    info = {
+        "config": {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                   "num_attention_heads", "num_key_value_heads", "vocab_size")},
+        "parameters": n_params, "dtype": str(dtype).replace("torch.", ""),
+        "quantization": recipe.quantization, "build_seconds": time.perf_counter() - start,
+        "linear_class": type(model.model.layers[0].self_attn.q_proj).__module__ + "." +
+                        type(model.model.layers[0].self_attn.q_proj).__name__,
+        "memory_footprint_bytes": model.get_memory_footprint(),
+    }
+    if has_cuda():
+        info["vram_after_build_bytes"] = torch.cuda.memory_allocated()
+        info["peak_vram_during_build_bytes"] = torch.cuda.max_memory_allocated()
+    return model, info
+
+
+def train(spec: dict[str, Any]) -> dict[str, Any]:
+    """One training part (`trl_default`, `fintrl`, `fintrl_nogc`): build the model and trainer, measure training."""
+    import torch
+
+    torch.manual_seed(0)
+    recipe, tokenizer, data, builder = load_setup(spec)
+    dataset = builder.sft_dataset(data.train)
+    model, model_info = build_model(recipe, spec["tiny"])
+
+    with tempfile.TemporaryDirectory(prefix="fintrl-gpu-check-") as tmp:
+        with stopwatch() as setup:
+            trainer = build_bench_trainer(spec["part"], recipe, model, tokenizer, dataset, tmp)
+        measured = measure_training(trainer, warmup_steps=spec["warmup_steps"])
+
+    timed = measured.pop("after_warmup")
+    all_steps = {key: measured.pop(key) for key in ("tokens_per_second", "examples_per_second")}
+    return {"part": spec["part"], "overrides": spec.get("overrides", []), "model": model_info, **measured,
+            "warmup_steps": spec["warmup_steps"], "trainer_setup_seconds": setup.seconds, "all_steps": all_steps,
+            "timed": timed, "n_train_rows": len(dataset)}
+
+
+def score(spec: dict[str, Any]) -> dict[str, Any]:
+    """The `scoring` part: LabelScorer modes on the 4-bit model with LoRA adapters, against one plain forward."""
+    import torch
+    from peft import get_peft_model
+
+    from fintrl.data import TFN_TOPICS, PromptBuilder
+    from fintrl.errors import ScoringError
+    from fintrl.models import has_cuda, lora_config
+    from fintrl.recipe import PromptSection
+    from fintrl.scoring import LabelScorer
+
+    torch.manual_seed(0)
+    recipe, tokenizer, data, builder = load_setup(spec)
+    model, model_info = build_model(recipe, spec["tiny"])
+    if recipe.lora is not None:  # fintrl scores the trained PeftModel; B=0 adapters cost the same compute
+        model = get_peft_model(model, lora_config(recipe.lora))
+        if has_cuda():  # as TRL leaves QLoRA adapters
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.to(torch.bfloat16)
+    model.eval()
+    texts = list(data.eval["text"])
+    texts = (texts * (spec["n_score"] // len(texts) + 1))[: spec["n_score"]]
+    bs = spec["score_batch"] or recipe.eval.batch_size
+    builders = {"3": builder, "20": PromptBuilder(PromptSection(), list(TFN_TOPICS), "topic")}
+    runs: list[tuple[str, str, Any, Any]] = []  # (labels, mode, full run, warm-up run)
+    labels_info: dict[str, Any] = {}
+    for n_labels, b in builders.items():
+        ref = LabelScorer(model, tokenizer, b, mode="trie", batch_size=bs, max_length=recipe.eval.max_length)
+        encoded, _ = ref.encode(texts)
+        labels_info[n_labels] = {"answers": b.answers, "label_tokens": [len(s) for s in ref.label_ids],
+                                 "distinct_first_tokens": len({s[0] for s in ref.label_ids}) == len(ref.label_ids),
+                                 "prompt_tokens_mean": sum(map(len, encoded)) / len(encoded)}
+        runs.append((n_labels, "forward", lambda e=encoded: forward_only(model, tokenizer, e, bs),
+                     lambda e=encoded: forward_only(model, tokenizer, e[:bs], bs)))
+        for mode in (("first_token", "trie") if n_labels == "3" else ("trie",)):
+            try:
+                scorer = LabelScorer(model, tokenizer, b, mode=mode, batch_size=bs, max_length=recipe.eval.max_length)
+            except ScoringError as err:  # first_token needs labels with distinct first tokens
+                labels_info[n_labels][f"{mode}_skipped"] = str(err)
+                continue
+            runs.append((n_labels, mode, lambda s=scorer: s.score(texts, progress=False),
+                         lambda s=scorer: s.score(texts[:bs], progress=False)))
+    for *_, warmup in runs:
+        warmup()
+    sync()
+    vram_before = reset_peak_memory()
+    times, _ = round_robin({(n, m): fn for n, m, fn, _warm in runs}, spec["repeats"])  # best kept
+    rows = {}
+    for (n_labels, mode), ts in times.items():
+        best = min(ts)
+        fwd = min(times[(n_labels, "forward")])
+        rows[f"{n_labels}:{mode}"] = {"labels": int(n_labels), "mode": mode, "seconds": best, "all_seconds": ts,
+                                      "examples_per_second": len(texts) / best, "x_forward": best / fwd}
+    return {
+        "part": "scoring", "model": model_info, "n": len(texts), "batch_size": bs, "repeats": spec["repeats"],
+        "with_lora_adapters": recipe.lora is not None, "labels": labels_info, "rows": rows,
+        "vram_before_bytes": vram_before, **peak_memory(),
+    }

@@ -1,0 +1,336 @@
+"""What every benchmark shares: the environment it ran in, workers in fresh processes, timing and memory, and the
+TRL-defaults baseline trainer with the instrumentation that counts what a trainer consumed.
+
+A measurement that must not share warm caches, allocator state, torch threads or peak-memory counters with the
+others runs in its own Python process:
+
+    result = run_worker("benchmarks.bench_train:train_variant", spec, log=Path("runs/bench/x.log"), timeout=600)
+
+runs `train_variant(spec)` under `python -m benchmarks.harness` (from the repository root) and returns the dict it
+returned, plus `process_seconds` and the worker's `environment()`; or `{"error": ..., "process_seconds": ...}` when it
+failed or ran past `timeout` (its whole process group is killed, as it is when the parent is interrupted).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+LIBRARIES = ("fintrl", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers",
+             "pyarrow")
+K = TypeVar("K")
+
+
+# -- environment ------------------------------------------------------------------------------------------------
+def environment(**extra: Any) -> dict[str, Any]:
+    """Where a benchmark ran: Python and library versions (None when not installed), machine, CPU count and torch
+    threads, `device` (the GPU's name, else "cpu") with the GPU's memory, CUDA version and capability, and `paths`:
+    where each library already imported was loaded from (gpu_check carries its own copies). `extra` adds keys."""
+    import importlib.metadata as md
+
+    import torch
+
+    env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
+                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    for name in LIBRARIES:
+        try:
+            env[name] = md.version(name)
+        except md.PackageNotFoundError:  # e.g. fintrl from a checkout on PYTHONPATH
+            env[name] = getattr(sys.modules.get(name), "__version__", None)
+    env["paths"] = {name: str(Path(sys.modules[name].__file__).parent.parent)
+                    for name in LIBRARIES if getattr(sys.modules.get(name), "__file__", None)}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(device=props.name, gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   cuda=torch.version.cuda, capability=f"{props.major}.{props.minor}")
+    else:
+        env.update(device="cpu", gpu=None)
+    return {**env, **extra}
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages: every report records them at its start and end."""
+    return list(os.getloadavg())
+
+
+def warn_if_loaded(load_start_end: list[list[float]], cpu_count: int | None) -> None:
+    """Say so under a table when the 1-minute load average went above the CPU count during the run."""
+    if max(load_start_end[0][0], load_start_end[1][0]) > (cpu_count or 1):
+        print(f"warning: load average above the {cpu_count} CPUs: other work shared the machine, ratios are noisy "
+              "(use --repeats)")
+
+
+def setup_torch(threads: int | None = None) -> None:
+    """Quiet transformers (errors only, no progress bars) and pin torch's intra-op threads when `threads` is set."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def write_report(path: str | Path, report: dict[str, Any]) -> Path:
+    """The results JSON (folders created as needed)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return out
+
+
+# -- workers: one function, one fresh process -----------------------------------------------------------------------
+def run_worker(target: str, spec: dict[str, Any], *, log: Path, timeout: float | None = None,
+               name: str | None = None, tail_lines: int = 30) -> dict[str, Any]:
+    """Run `target` ("package.module:function", called with `spec`, returning a JSON-able dict) in a fresh Python
+    process from the repository root, its stdout and stderr to `log`. `spec["threads"]` sets torch's threads there.
+
+    Returns the worker's dict with `environment` (the worker's own `environment()`, unless it set one) and
+    `process_seconds`; on failure, `{"error": "exit N" | "stopped at the time budget after S s", "process_seconds"}`,
+    with the log's last lines printed to stderr."""
+    name = name or target
+    with tempfile.TemporaryDirectory(prefix="fintrl-bench-") as tmp:
+        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        cmd = [sys.executable, "-m", "benchmarks.harness", target, str(spec_path), str(result_path)]
+        start = time.perf_counter()
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                                    env={**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"})
+            try:
+                code: int | None = proc.wait(timeout=None if timeout is None else max(timeout, 1))
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:  # past the timeout, or the parent interrupted (Ctrl-C): the worker and its children go too
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        wall = time.perf_counter() - start
+        if code == 0 and result_path.is_file():
+            return {**json.loads(result_path.read_text()), "process_seconds": wall}
+    why = (f"stopped at the time budget after {wall:.0f} s" if code is None
+           else f"exit {code}" if code else "no result written")
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-tail_lines:])
+    print(f"{name} failed ({why}); last lines of its log {log}:\n{tail}", file=sys.stderr)
+    return {"error": why, "process_seconds": wall}
+
+
+def worker_main(argv: list[str]) -> int:
+    """The worker process: `python -m benchmarks.harness package.module:function SPEC.json RESULT.json`."""
+    if len(argv) != 3:
+        raise SystemExit("usage: python -m benchmarks.harness package.module:function SPEC.json RESULT.json "
+                         "(run by harness.run_worker)")
+    target, spec_path, result_path = argv
+    module, _, function = target.partition(":")
+    fn = getattr(importlib.import_module(module), function)
+    spec = json.loads(Path(spec_path).read_text())
+    setup_torch(spec.get("threads"))
+    result = fn(spec)
+    result.setdefault("environment", environment())
+    Path(result_path).write_text(json.dumps(result))
+    return 0
+
+
+# -- timing and memory ----------------------------------------------------------------------------------------------
+def sync() -> None:
+    """Wait for queued CUDA work (a no-op on CPU): GPU timings would otherwise measure only the launches."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Stopwatch:
+    start: float
+    seconds: float = 0.0
+
+
+@contextmanager
+def stopwatch() -> Iterator[Stopwatch]:
+    """`with stopwatch() as clock: ...` then `clock.seconds` (wall time, CUDA synchronised at both ends)."""
+    sync()
+    clock = Stopwatch(time.perf_counter())
+    yield clock
+    sync()
+    clock.seconds = time.perf_counter() - clock.start
+
+
+def round_robin(tasks: dict[K, Callable[[], Any]], repeats: int,
+                on_time: Callable[[int, K, float], None] | None = None) -> tuple[dict[K, list[float]], dict[K, Any]]:
+    """Time every task `repeats` times, round-robin: on a shared machine a burst of outside load then hits every task
+    alike instead of one of them. Warm them up first. Returns each task's times and its last output;
+    `on_time(repeat, key, seconds)` is called after each."""
+    times: dict[K, list[float]] = {key: [] for key in tasks}
+    outputs: dict[K, Any] = {}
+    for rep in range(repeats):
+        for key, fn in tasks.items():
+            with stopwatch() as clock:
+                outputs[key] = fn()
+            times[key].append(clock.seconds)
+            if on_time:
+                on_time(rep, key, clock.seconds)
+    return times, outputs
+
+
+def rss_mb() -> float | None:
+    """The process's resident memory now, in MiB (None where it cannot be read)."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return None
+
+
+def reset_peak_memory() -> int | None:
+    """Collect garbage and restart CUDA's peak counters; returns the VRAM allocated now (None on CPU)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def peak_memory() -> dict[str, Any]:
+    """Process peak RSS (MiB, over the whole process) and peak VRAM allocated / reserved since the last reset."""
+    import resource
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+            "peak_vram_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+            "peak_vram_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None}
+
+
+# -- training: the baseline and the instrumentation ---------------------------------------------------------------
+def trl_default_trainer(recipe: Any, model: Any, tokenizer: Any, dataset: Any, output_dir: str) -> Any:
+    """TRL's `SFTTrainer` as a new user gets it, on the recipe's LoRA config, batch size and `max_steps`: only what
+    running needs (on CPU: `use_cpu`, no bf16), TRL defaults for the rest (gradient checkpointing, random sampler,
+    bf16 adapters for a quantized model)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from fintrl.models import has_cuda, lora_config
+    from fintrl.train import TRAIN_DEFAULTS
+
+    train = {**TRAIN_DEFAULTS, **recipe.train}
+    required: dict[str, Any] = {} if has_cuda() else {"use_cpu": True, "bf16": False}
+    config = SFTConfig(output_dir=output_dir, report_to="none", max_steps=train.get("max_steps", -1),
+                       per_device_train_batch_size=train["per_device_train_batch_size"], **required)
+    return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                      peft_config=lora_config(recipe.lora))
+
+
+def build_bench_trainer(kind: str, recipe: Any, model: Any, tokenizer: Any, dataset: Any, output_dir: str) -> Any:
+    """`kind` "trl_default": `trl_default_trainer`; anything else: fintrl's own `build_trainer` with the recipe."""
+    from fintrl.train import build_trainer
+
+    if kind == "trl_default":
+        return trl_default_trainer(recipe, model, tokenizer, dataset, output_dir)
+    return build_trainer(recipe, model, tokenizer, dataset, Path(output_dir))
+
+
+def instrument(trainer: Any) -> tuple[list[dict[str, int]], list[float]]:
+    """Count the tokens of every batch the trainer consumes (by wrapping its collator) and clock each step's end.
+
+    Returns the live lists: per-batch counts (`tokens` = attention-mask sum, `padded_tokens`, `loss_tokens`) and
+    step end times (`time.perf_counter`, after a CUDA sync)."""
+    from transformers import TrainerCallback
+
+    batches: list[dict[str, int]] = []
+    ends: list[float] = []
+    inner = trainer.data_collator
+
+    def counting_collator(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = inner(features)
+        ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
+        batches.append({"examples": len(features),
+                        "tokens": int(mask.sum()) if mask is not None else int(ids.numel()),  # padding-free: no pads
+                        "padded_tokens": int(ids.numel()),
+                        "loss_tokens": int((labels != -100).sum()) if labels is not None else 0})
+        return batch
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync()
+            ends.append(time.perf_counter())
+
+    trainer.data_collator = counting_collator
+    trainer.add_callback(StepClock())
+    return batches, ends
+
+
+def trainer_settings(trainer: Any) -> dict[str, Any]:
+    """The settings that decide a trainer's speed and memory, as it will run."""
+    args = trainer.args
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    return {"trainer": type(trainer).__name__, "gradient_checkpointing": bool(args.gradient_checkpointing),
+            "train_sampling_strategy": str(getattr(args, "train_sampling_strategy", "")), "bf16": bool(args.bf16),
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
+            "max_length": getattr(args, "max_length", None), "padding_free": bool(getattr(args, "padding_free", False)),
+            "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in trainable}),
+            "trainable_params": sum(p.numel() for p in trainable)}
+
+
+def measure_training(trainer: Any, warmup_steps: int = 1) -> dict[str, Any]:
+    """Train once, instrumented: settings, steps, the non-padding `tokens` (and examples, padded and loss tokens) of
+    the batches the optimizer steps consumed, tokens/s and examples/s over all steps and `after_warmup` (over the
+    steps after `warmup_steps`; None without such steps), per-step seconds, the loss, and memory before and at peak."""
+    batches, step_ends = instrument(trainer)
+    settings = trainer_settings(trainer)
+    rss_before = rss_mb()
+    vram_before = reset_peak_memory()
+    with stopwatch() as clock:
+        output = trainer.train()
+    steps, ga = trainer.state.global_step, settings["gradient_accumulation_steps"]
+    used = batches[: steps * ga]  # the dataloader may collate a batch ahead
+
+    def totals(part: list[dict[str, int]], seconds: float) -> dict[str, Any]:
+        tokens, examples = sum(b["tokens"] for b in part), sum(b["examples"] for b in part)
+        return {"tokens": tokens, "tokens_per_second": tokens / seconds, "examples_per_second": examples / seconds}
+
+    after = None
+    if warmup_steps >= 1 and len(step_ends) > warmup_steps:
+        seconds = step_ends[-1] - step_ends[warmup_steps - 1]
+        after = {"steps": steps - warmup_steps, "seconds": seconds, **totals(used[warmup_steps * ga:], seconds)}
+    padded, tokens = sum(b["padded_tokens"] for b in used), sum(b["tokens"] for b in used)
+    return {"settings": settings, "steps": steps, "examples": sum(b["examples"] for b in used),
+            **totals(used, clock.seconds), "padded_tokens": padded,
+            "padding_fraction": 1 - tokens / padded if padded else 0.0,
+            "loss_tokens": sum(b["loss_tokens"] for b in used), "train_seconds": clock.seconds,
+            "after_warmup": after, "step_seconds": [b - a for a, b in zip([clock.start, *step_ends], step_ends)],
+            "train_loss": output.training_loss, "rss_before_train_mb": rss_before,
+            "vram_before_train_bytes": vram_before, **peak_memory()}
+
+
+if __name__ == "__main__":
+    from benchmarks.harness import worker_main as _worker_main  # the module proper, not this __main__ copy
+
+    sys.exit(_worker_main(sys.argv[1:]))
