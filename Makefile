@@ -1,0 +1,19 @@
+# Two commands on a fresh machine (README: Quickstart). Both set up first (scripts/setup: the right torch build,
+# fintrl, the offline model; skipped when installed) into the active Python environment.
+#   make quickstart   train and score recipes/quickstart.yaml into runs/quickstart/ (CPU: a few minutes)
+#   make test         the test suite, as CI runs it (.ci/run calls this); PYTEST_ARGS='-m "not slow"' to narrow it
+#   make setup        only the set-up
+PYTHON ?= python3
+export PYTHON
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test
+
+setup:
+	@bash scripts/setup
+
+quickstart: setup
+	$(PYTHON) -m fintrl.cli run recipes/quickstart.yaml --overwrite
+
+test: setup
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
