@@ -40,6 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fintrl.runner import run
 
     recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
+    args.work_folder = run_folder.work_folder(Path(recipe.output_dir))  # for the Ctrl-C hint
     metrics = run(recipe, resume=args.resume, overwrite=args.overwrite)
     summary = {k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")}
     print(json.dumps({"output_dir": recipe.output_dir, **summary, "baselines": metrics.get("baselines", {}),
@@ -136,7 +137,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if not repo_id:
         raise RecipeError("publish needs a repo: pass --repo org/name or set publish.repo_id in the recipe")
     result = publish(Path(args.run_dir), repo_id, version=args.version or section.version,
-                     private=args.private or section.private)
+                     private=args.private or section.private, base_model=args.base_model or section.base_model)
     print(json.dumps(vars(result), indent=2))
     return 0
 
@@ -225,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", help="org/name (default: the recipe's publish.repo_id)")
     p.add_argument("--version", help="vMAJOR.MINOR.PATCH (default: v1.0.0, then the next minor version)")
     p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--base-model", metavar="ORG/NAME", help="the base model's Hub id, named in the published adapter and "
+                   "recipe (default: the recipe's publish.base_model, else its model when that is a Hub id or an "
+                   "offline name of one; a local base folder needs it)")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("versions", help="list a repo's published versions with their metrics, highest first")
@@ -252,6 +256,15 @@ def _configure_logging(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    work = getattr(args, "work_folder", None)
+    if work is None:
+        return ""
+    if work.is_dir():
+        return f"; `fintrl run {args.recipe} --resume` continues from the last checkpoint (kept in {work})"
+    return "; no checkpoint was reached, so nothing was kept: rerun the same command"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every expected failure is one line on stderr and its exit code (see `fintrl.errors`)."""
     args = build_parser().parse_args(argv)
@@ -259,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        hint = f"; `fintrl run {args.recipe} --resume` continues from the last checkpoint" if args.command == "run" else ""
-        print(f"fintrl: interrupted{hint}", file=sys.stderr)
+        print(f"fintrl: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as exc:  # the one error boundary
         if args.verbose:
