@@ -81,7 +81,7 @@ def recipe_for(name: str, args: argparse.Namespace) -> Any:
     overrides += QUICK if args.quick else []
     overrides += [f"model.name_or_path={args.model}"] if args.model else []
     overrides += args.overrides
-    return load_recipe(path, overrides, output_dir=str(Path(args.runs_dir) / name))
+    return load_recipe(path, overrides=overrides, output_dir=str(Path(args.runs_dir) / name))
 
 
 def missing_data(recipe: Any) -> list[str]:

@@ -121,7 +121,7 @@ def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
         overrides.append(f"train.per_device_train_batch_size={spec['batch_size']}")
     trl_loss = f"{TRL_LOSS}=True" in spec.get("overrides", [])
     overrides += [o for o in spec.get("overrides", []) if not o.startswith(TRL_LOSS)]
-    recipe = load_recipe(spec["recipe"], overrides)
+    recipe = load_recipe(spec["recipe"], overrides=overrides)
     check_library_fields(recipe)
 
     data = load_labeled_data(recipe.data)

@@ -40,7 +40,7 @@ def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     if not has_cuda():  # CPU logic check: fp32 (bf16 is slow on CPU and TRL's bf16 default is off there anyway)
         overrides += ["model.dtype=auto", "quantization.bnb_4bit_compute_dtype=auto"]
     overrides += spec.get("overrides", [])
-    recipe = load_recipe(spec["recipe"], overrides)
+    recipe = load_recipe(spec["recipe"], overrides=overrides)
     check_library_fields(recipe)
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
@@ -124,9 +124,10 @@ def score(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from peft import get_peft_model
 
-    from fintrl.data import TFN_TOPICS, PromptBuilder
+    from fintrl.data import PromptBuilder
     from fintrl.errors import ScoringError
     from fintrl.models import has_cuda, lora_config
+    from fintrl.presets import TFN_TOPICS
     from fintrl.recipe import PromptSection
     from fintrl.scoring import LabelScorer
 

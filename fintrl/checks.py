@@ -317,7 +317,8 @@ def _data_problems(section: DataSection) -> list[str]:
 
 
 def _source_problems(where: str, preset: str | None, path: str | None, source: str | None) -> list[str]:
-    from fintrl.data import PRESETS, SPLIT_SUFFIXES
+    from fintrl.data import SPLIT_SUFFIXES
+    from fintrl.presets import PRESETS
 
     problems = []
     if preset is not None and preset not in PRESETS:
@@ -367,7 +368,7 @@ def _placeholder_problems(key: str, text: str, allowed: tuple[str, ...]) -> list
 
 def _known_labels(section: DataSection) -> list[str] | None:
     """The label names when the recipe or its preset says them (else the data does, and only a run reads it)."""
-    from fintrl.data import PRESETS
+    from fintrl.presets import PRESETS
 
     if section.labels is not None:
         return [str(n) for n in (section.labels.values() if isinstance(section.labels, dict) else section.labels)]
@@ -382,6 +383,10 @@ def _publish_problems(section: PublishSection) -> list[str]:
         why = hub_id_problem(section.repo_id, "Hub repo id", namespace=True)
         if why:
             problems.append(f"publish.repo_id: {why}; e.g. your-org/fin-sentiment")
+    if section.base_model is not None:
+        why = hub_id_problem(section.base_model, "Hub model id", namespace=True)
+        if why:
+            problems.append(f"publish.base_model: {why}; e.g. mistralai/Mistral-7B-v0.1")
     if section.version is not None and not SEMVER.fullmatch(section.version.strip()):
         problems.append(f"publish.version: {section.version!r} is not a semantic version; use vMAJOR.MINOR.PATCH, e.g. v1.1.0")
     return problems

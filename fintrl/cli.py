@@ -28,7 +28,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from fintrl.checks import check_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
+    recipe = load_recipe(args.recipe, overrides=args.overrides, output_dir=args.output_dir)
     check_recipe(recipe)  # everything short of weights and network; imports TRL, PEFT, transformers (a few seconds)
     data = recipe.data
     sources = [m.display_name for m in data.mixture] if data.mixture else [data.preset or data.path or data.source]
@@ -39,7 +39,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from fintrl.runner import run
 
-    recipe = load_recipe(args.recipe, args.overrides, args.output_dir)
+    recipe = load_recipe(args.recipe, overrides=args.overrides, output_dir=args.output_dir)
     args.work_folder = run_folder.work_folder(Path(recipe.output_dir))  # for the Ctrl-C hint
     metrics = run(recipe, resume=args.resume, overwrite=args.overwrite)
     summary = {k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")}
@@ -123,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from fintrl.hub import write_card
+    from fintrl.card import write_card
 
     print(write_card(Path(args.run_dir), repo_id=args.repo))
     return 0

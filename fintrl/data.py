@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fintrl import data_checks
 from fintrl.errors import DataError, FintrlError, RecipeError
+from fintrl.presets import PRESETS, Preset
 from fintrl.recipe import SOURCE_FIELDS, DataSection, MixtureSource, PromptSection, label_names
 
 if TYPE_CHECKING:
@@ -25,43 +26,6 @@ SPLIT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 _BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named dataset: where it lives on the Hub and how its columns and labels read there."""
-
-    source: str
-    labels: tuple[str, ...]
-    task: str
-    license: str
-    config_name: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    score_thresholds: tuple[float, float] | None = None  # float scores -> negative / neutral / positive
-
-
-_FPB = dict(source="takala/financial_phrasebank", labels=("negative", "neutral", "positive"), task="sentiment",
-            license="cc-by-nc-sa-3.0", text_column="sentence")
-TFN_TOPICS = (
-    "Analyst Update", "Fed | Central Banks", "Company | Product News", "Treasuries | Corporate Debt", "Dividend",
-    "Earnings", "Energy | Oil", "Financials", "Currencies", "General News | Opinion", "Gold | Metals | Materials",
-    "IPO", "Legal | Regulation", "M&A | Investments", "Macro", "Markets", "Politics", "Personnel Change",
-    "Stock Commentary", "Stock Movement",
-)  # id order of the dataset card (LABEL_0 .. LABEL_19)
-
-PRESETS: dict[str, Preset] = {
-    **{f"fpb_{level}": Preset(config_name=f"sentences_{level}", **_FPB) for level in ("allagree", "75agree", "66agree", "50agree")},
-    # Card order: LABEL_0 Bearish, LABEL_1 Bullish, LABEL_2 Neutral (some forks swap 1 and 2).
-    "tfns": Preset(source="zeroshot/twitter-financial-news-sentiment", labels=("bearish", "bullish", "neutral"),
-                   task="sentiment", license="mit"),
-    "tfn_topic": Preset(source="zeroshot/twitter-financial-news-topic", labels=TFN_TOPICS, task="topic", license="mit"),
-    # FiQA-2018 task 1 scores in [-1, 1], binned as in FinGPT's evaluation.
-    "fiqa": Preset(source="pauri32/fiqa-2018", labels=("negative", "neutral", "positive"), task="sentiment",
-                   license="unknown", text_column="sentence", label_column="score", score_thresholds=(-0.1, 0.1)),
-    "quickstart": Preset(source=str(Path(__file__).parent / "resources" / "quickstart"),
-                         labels=("negative", "neutral", "positive"), task="sentiment", license="apache-2.0"),
-}
-
-
 @dataclass
 class LabeledData:
     """Train and eval splits with integer labels into `labels`, plus what a report must say about them."""
@@ -69,13 +33,14 @@ class LabeledData:
     train: Dataset
     eval: Dataset
     labels: list[str]
-    source: str
+    source: str  # portable: the Hub dataset id, else the preset's or the local folder's / file's name (never a path)
     task: str
     license: str | None
     eval_split: str
     dropped: dict[str, int] = field(default_factory=dict)
     mixture: list[dict[str, Any]] = field(default_factory=list)  # per-source provenance of a `data.mixture`
     checks: dict[str, int] = field(default_factory=dict)  # duplicate / overlap counts (`data_checks.text_checks`)
+    config_name: str | None = None  # the Hub dataset's config (a Hub source only)
 
     def eval_groups(self) -> dict[str, list[int]]:
         """Eval row indices per source (a mixture's eval carries a `source` column); empty for a single source."""
@@ -87,19 +52,14 @@ class LabeledData:
         return groups
 
     def describe(self) -> dict[str, Any]:
+        """What the report says about the data: only portable values (no local path leaves the machine in it)."""
         counts = {name: Counter(ds["label"]) for name, ds in (("train", self.train), ("eval", self.eval))}
-        out = {
-            "source": self.source,
-            "task": self.task,
-            "eval_split": self.eval_split,
-            "labels": self.labels,
-            "n_train": len(self.train),
-            "n_eval": len(self.eval),
-            "label_counts": {s: {self.labels[i]: c[i] for i in range(len(self.labels))} for s, c in counts.items()},
-            "dropped": self.dropped,
-            "checks": self.checks,
-            "license": self.license,
-        }
+        out = {"source": self.source, "task": self.task, "eval_split": self.eval_split, "labels": self.labels,
+               "n_train": len(self.train), "n_eval": len(self.eval),
+               "label_counts": {s: {self.labels[i]: c[i] for i in range(len(self.labels))} for s, c in counts.items()},
+               "dropped": self.dropped, "checks": self.checks, "license": self.license}
+        if self.config_name:
+            out["config_name"] = self.config_name
         if self.mixture:
             out["mixture"] = self.mixture
         return out
@@ -277,10 +237,11 @@ def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
     if section.max_eval_samples:
         eval_ds = eval_ds.shuffle(seed=section.seed).select(range(min(section.max_eval_samples, len(eval_ds))))
     data_checks.check_classes(train["label"], eval_ds["label"], labels, f"data ({source})", *fixes, strict=not in_mixture)
+    hub = not files  # read from the Hub: its id is portable; a local folder or file is named, never its path
     return LabeledData(
-        train=train, eval=eval_ds, labels=labels, source=source,
+        train=train, eval=eval_ds, labels=labels, source=source if hub else section.preset or Path(source).name,
         task=preset.task if preset else "class", license=preset.license if preset else None,
-        eval_split=eval_split, dropped=dropped,
+        eval_split=eval_split, dropped=dropped, config_name=section.config_name if hub else None,
         checks=data_checks.text_checks(train["text"], eval_ds["text"], f"data ({source})", warn=not in_mixture),
     )
 
@@ -350,7 +311,7 @@ def load_mixture(section: DataSection) -> LabeledData:
         trains.append(relabel(one.train, mapped, name, rows))
         evals.append(relabel(one.eval, mapped, name))
         dropped |= {f"{name}/{k}": v for k, v in one.dropped.items()}
-        provenance.append({"name": name, "source": one.source, "license": one.license, "task": one.task,
+        provenance.append({"name": name, "source": one.source, "config_name": one.config_name, "license": one.license, "task": one.task,
                            "weight": entry.weight, "label_map": entry.label_map or {}, "n_train_source": len(one.train),
                            "n_train": len(rows), "n_eval": len(one.eval), "eval_split": one.eval_split, "checks": one.checks})
     train = concatenate_datasets(trains).shuffle(seed=section.seed)

@@ -1,7 +1,14 @@
-"""The Hub side: model cards rendered from `model_cards/`, publishing run folders as versioned repos.
+"""The Hub side: publishing run folders as versioned repos, and reading their versions back (the card: `fintrl.card`).
 
 A published version is one commit holding the whole run folder (minus `checkpoints/`) plus a `vX.Y.Z` tag on it.
 Tags are never moved, so `revision="v1.1.0"` always loads the same adapter, card, recipe and metrics.
+
+A published repo works on anyone's machine:
+- its adapter_config.json and recipe.yaml name the base model by its Hub id (an offline name's, or `--base-model`);
+  a base with no Hub id (a local folder) is refused before anything is uploaded;
+- no path of this machine leaves it: the recipe and report are published with portable values, and every staged text
+  file is checked for the run's, data's, model's, home, working and temp folders (`fintrl.card.stage`): one found
+  refuses the publish, naming the file.
 
 Publishing is safe to rerun and shares the repo with people:
 - repo ids are checked before any request (`check_repo_id`);
@@ -19,7 +26,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -31,15 +37,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from fintrl.card import base_model_hub_id, render_card, stage, staged_files
 from fintrl.errors import FintrlError, HubError, RecipeError, RunFolderError, first_line
-from fintrl.recipe import Recipe
+from fintrl.run_folder import ADAPTER_CONFIG, CARD, METRICS, RECIPE, RunFolder
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 logger = logging.getLogger(__name__)
 
-CARD_TEMPLATE = "fintrl_adapter.md"
 VERSION_TAG = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
 RETRY_ATTEMPTS = 4  # tries per Hub call, the first included
 RETRY_BASE_DELAY = 1.0  # seconds before the second try; doubles each time (1, 2, 4): tests shrink it
@@ -47,92 +53,6 @@ RETRY_MAX_DELAY = 30.0
 MANIFEST_HEADER = "fintrl files:"  # in each commit's description, followed by the files fintrl wrote, one a line
 NEVER_DELETED = (".gitattributes", ".eval_results/")  # a path equal to, or under, one of these
 T = TypeVar("T")
-
-
-def template_path() -> Path:
-    """The card template: packaged inside the wheel, or the repo's `model_cards/` in a source checkout."""
-    here = Path(__file__).parent
-    for folder in (here / "model_cards", here.parent / "model_cards"):
-        if (folder / CARD_TEMPLATE).is_file():
-            return folder / CARD_TEMPLATE
-    raise FileNotFoundError(f"{CARD_TEMPLATE} not found next to the fintrl package")
-
-
-def _read_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    from fintrl.run_folder import RunFolder
-
-    run = RunFolder(run_dir).require_finished("card")
-    return run.recipe(), run.metrics()
-
-
-def base_model_id(name_or_path: str) -> str:
-    from fintrl.models import hub_id
-
-    return hub_id(name_or_path)
-
-
-def is_hub_id(name: str) -> bool:
-    return not Path(name).expanduser().exists() and name.count("/") == 1
-
-
-def render_card(run_dir: Path, repo_id: str | None = None, versions: list[dict[str, Any]] | None = None,
-                version: str | None = None) -> str:
-    """The model card of a run folder: Hub metadata (incl. model-index) + usage, prompt, metrics, data, limits.
-    `version` (when publishing) adds the snippet that loads exactly that tag; `versions` fills the history table."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from fintrl.data import PromptBuilder
-
-    recipe, metrics = _read_run(run_dir)
-    data = metrics["data"]
-    labels = data["labels"]
-    builder = PromptBuilder(recipe.prompt, labels, data.get("task"))
-    base = base_model_id(recipe.model.name_or_path)
-    repo_id = repo_id or recipe.publish.repo_id or f"your-org/{run_dir.resolve().name}"
-    dataset_id = data["source"] if is_hub_id(data["source"]) else None
-    license_ = data.get("license") if data.get("license") not in (None, "unknown") else None
-    eval_results = [
-        EvalResult(task_type="text-classification", task_name="Financial text classification",
-                   dataset_type=dataset_id or "custom", dataset_name=recipe.data.preset or Path(data["source"]).name,
-                   dataset_split=data["eval_split"], metric_type=name, metric_name=pretty, metric_value=round(metrics[key], 4))
-        for name, pretty, key in (("accuracy", "Accuracy", "accuracy"), ("f1", "Macro F1", "f1_macro"),
-                                  ("f1", "Weighted F1", "f1_weighted"))
-    ]
-    card_data = ModelCardData(
-        base_model=base if is_hub_id(base) else None,
-        base_model_relation="adapter" if is_hub_id(base) else None,
-        library_name="peft", pipeline_tag="text-generation", license=license_,
-        datasets=[dataset_id] if dataset_id else None, language=["en"],
-        tags=["fintrl", "finance", "text-classification", "lora", "trl", "sft"] + (["qlora"] if recipe.quantization else []),
-        model_name=repo_id, eval_results=eval_results,
-    )
-    train_log = run_dir / "train_log.jsonl"
-    losses = [json.loads(line).get("loss") for line in train_log.read_text().splitlines()] if train_log.exists() else []
-    losses = [x for x in losses if x is not None]
-    versions = versions or [{"version": "unpublished", "date": "-", "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}]
-    card = ModelCard.from_template(
-        card_data, template_path=str(template_path()),
-        title=repo_id.split("/")[-1], repo_id=repo_id, task=builder.task,
-        labels=labels, answers=builder.answers, base_model_display=base,
-        base_model_url=f"https://huggingface.co/{base}" if is_hub_id(base) else base,
-        quantized=bool(recipe.quantization), quantization=recipe.quantization, lora=recipe.lora,
-        train_args=metrics.get("train_args", recipe.train), example_messages=json.dumps(builder.messages("Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."), ensure_ascii=False),
-        version=version, max_new_tokens=max(8, max(len(a) for a in builder.answers) // 2 + 4),
-        user_template=recipe.prompt.template.format(instruction=builder.instruction, text="{text}"),
-        system=recipe.prompt.system, metrics=metrics, baselines=metrics.get("baselines", {}),
-        n_eval=data["n_eval"], n_train=data["n_train"], eval_split=data["eval_split"],
-        scoring_mode=metrics["scoring"]["mode"], max_length=metrics["scoring"]["max_length"],
-        train_seconds=round(metrics.get("train", {}).get("train_runtime", 0)), train_loss=losses[-1] if losses else None,
-        data_source=data["source"], data_license=data.get("license"), train_counts=data["label_counts"]["train"],
-        versions=versions,
-    )
-    return str(card)
-
-
-def write_card(run_dir: Path, repo_id: str | None = None, versions: list[dict[str, Any]] | None = None) -> Path:
-    path = run_dir / "README.md"
-    path.write_text(render_card(run_dir, repo_id, versions))
-    return path
 
 
 @dataclass(frozen=True)
@@ -244,12 +164,9 @@ def _file_at(repo_id: str, filename: str, commit: str) -> str | None:
 
 def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str, Any]:
     """What a version is, read from the files at its tag (not from a side index that could drift)."""
-    from fintrl.run_folder import METRICS as METRICS_FILE
-    from fintrl.run_folder import RECIPE as RECIPE_FILE
-
-    metrics = json.loads(_file_at(repo_id, METRICS_FILE, commit) or "{}")
-    adapter = json.loads(_file_at(repo_id, "adapter_config.json", commit) or "{}")
-    data = (yaml.safe_load(_file_at(repo_id, RECIPE_FILE, commit) or "{}") or {}).get("data", {})
+    metrics = json.loads(_file_at(repo_id, METRICS, commit) or "{}")
+    adapter = json.loads(_file_at(repo_id, ADAPTER_CONFIG, commit) or "{}")
+    data = (yaml.safe_load(_file_at(repo_id, RECIPE, commit) or "{}") or {}).get("data", {})
     date = _with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
     return {"version": tag, "date": date.strftime("%Y-%m-%d"), "commit": commit,
             "base_model": adapter.get("base_model_name_or_path"),
@@ -273,33 +190,6 @@ def list_versions(repo_id: str) -> list[dict[str, Any]]:
     return [_version_record(api, repo_id, tag, tags[tag]) for tag in ordered]
 
 
-def published_base(recipe_base: str, saved_base: str) -> str:
-    """The base named in the uploaded adapter_config.json: offline names become their Hub ids; Hub ids and local
-    folders stay as PEFT saved them (a folder only loads on this machine, hence the warning)."""
-    from fintrl.models import OFFLINE_MODELS, hub_id
-
-    if recipe_base in OFFLINE_MODELS and hub_id(recipe_base) != recipe_base:
-        return hub_id(recipe_base)
-    if not is_hub_id(saved_base):
-        logger.warning("base model %s is a local folder: the published adapter loads only where that folder exists",
-                       saved_base)
-    return saved_base
-
-
-def _stage(run_dir: Path, staging: Path, recipe: Recipe, card: str) -> None:
-    """Copy the run's top-level files (not `checkpoints/`, no dotfiles) and point the adapter at a loadable base;
-    the run folder itself is left untouched."""
-    for path in sorted(run_dir.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            shutil.copy2(path, staging / path.name)
-    config_path = staging / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = published_base(recipe.model.name_or_path, config["base_model_name_or_path"])
-    config["revision"] = config.get("revision") or recipe.model.revision  # PEFT loads the base at this revision
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    (staging / "README.md").write_text(card)
-
-
 @dataclass
 class _Head:
     """A branch head: its history (newest first) and its files (path -> RepoFile)."""
@@ -318,10 +208,6 @@ def _read_head(api: HfApi, repo_id: str, sha: str, retry: bool = True) -> _Head:
     commits = call(lambda: api.list_repo_commits(repo_id, revision=sha), "list_repo_commits")
     tree = call(lambda: list(api.list_repo_tree(repo_id, revision=sha, recursive=True)), "list_repo_tree")
     return _Head(sha, commits, {entry.path: entry for entry in tree if isinstance(entry, RepoFile)})
-
-
-def _staged_files(staging: Path) -> dict[str, Path]:
-    return {p.relative_to(staging).as_posix(): p for p in sorted(staging.rglob("*")) if p.is_file()}
 
 
 def _manifest(message: str | None) -> list[str] | None:
@@ -350,7 +236,7 @@ def _is_fintrl_commit(head: _Head, version: str, staged: dict[str, Path], tagged
     manifest = _manifest(head.commits[0].message)
     if manifest is not None and set(manifest) != set(staged):
         return False
-    return all(name == "README.md" or _same_content(head.files.get(name), path) for name, path in staged.items())
+    return all(name == CARD or _same_content(head.files.get(name), path) for name, path in staged.items())
 
 
 def _never_deleted(path: str) -> bool:
@@ -417,21 +303,27 @@ def _tag(api: HfApi, repo_id: str, version: str, commit: str, summary: str) -> N
     _with_retries(once, what=f"create_tag {version}")
 
 
-def publish(run_dir: Path, repo_id: str, version: str | None = None, private: bool = False) -> Published:
+def publish(run_dir: Path, repo_id: str, *, version: str | None = None, private: bool = False,
+            base_model: str | None = None) -> Published:
     """Upload a run folder as one commit and tag it `version` (default: the next minor version).
 
-    Everything that can refuse (repo id, run folder, token, version) is checked before anything is uploaded; the tag
-    is created only after the commit succeeded, so a failed upload leaves no version behind. A commit whose tag
-    failed is finished by running the same publish again (tag only, no second commit).
+    Everything that can refuse (repo id, run folder, base model, token, version, local paths) is checked before
+    anything is uploaded; the tag is created only after the commit succeeded, so a failed upload leaves no version
+    behind. A commit whose tag failed is finished by running the same publish again (tag only, no second commit).
+    `base_model`: the base's Hub id (default: the recipe's publish.base_model, else its model; see `base_model_hub_id`).
+
+    >>> publish(Path("runs/quickstart"), "your-org/fin-sentiment", base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import RepositoryNotFoundError
 
     check_repo_id(repo_id)
     run_dir = Path(run_dir)
-    recipe, metrics = _read_run(run_dir)
-    if not (run_dir / "adapter_config.json").is_file():
-        raise RunFolderError(f"{run_dir} holds no adapter (adapter_config.json): only LoRA runs can be published")
+    run = RunFolder(run_dir).require_finished("publish")
+    recipe, metrics = run.recipe(), run.metrics()
+    if not run.file(ADAPTER_CONFIG).is_file():
+        raise RunFolderError(f"{run_dir} holds no adapter ({ADAPTER_CONFIG}): only LoRA runs can be published")
+    base = base_model_hub_id(recipe, base_model)
     if get_token() is None:
         raise HubError("publishing needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = HfApi()
@@ -454,15 +346,15 @@ def publish(run_dir: Path, repo_id: str, version: str | None = None, private: bo
     current = {"version": version, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}
     versions = sorted([current, *history], key=lambda v: parse_version(v["version"]), reverse=True)
-    card = render_card(run_dir, repo_id, versions, version)
+    card = render_card(run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base)
     summary = f"{version}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}"
     tagged = {v["commit"] for v in history}
     delete: list[str] = []
     kept: list[str] = []
     reused = False
     with tempfile.TemporaryDirectory(prefix="fintrl-publish-") as tmp:
-        _stage(run_dir, Path(tmp), recipe, card)
-        staged = _staged_files(Path(tmp))
+        stage(run_dir, Path(tmp), recipe=recipe, card=card, base=base)
+        staged = staged_files(Path(tmp))
         head = _read_head(api, repo_id, info.sha) if info is not None else None
         if head is not None and _is_fintrl_commit(head, version, staged, tagged):
             commit, reused = head.sha, True
@@ -488,10 +380,10 @@ def publish(run_dir: Path, repo_id: str, version: str | None = None, private: bo
                        f"({_reason(err)}); rerun the same `fintrl publish` to finish the tag") from err
     if reused:  # the run keeps the card as it was published (the one rendered now may differ in its date)
         try:
-            card = _file_at(repo_id, "README.md", commit) or card
+            card = _file_at(repo_id, CARD, commit) or card
         except Exception as err:
             logger.warning("could not read the published card back (%s); the run gets the one rendered now",
                            _reason(err))
-    (run_dir / "README.md").write_text(card)
+    run.file(CARD).write_text(card)
     logger.info("published %s %s (commit %s)", repo_id, version, commit)
     return Published(repo_id, version, commit, f"{api.endpoint}/{repo_id}/tree/{version}", tuple(kept), tuple(delete))

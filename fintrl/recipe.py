@@ -175,6 +175,8 @@ class PublishSection(_Section):
     repo_id: str | None = None
     version: str | None = None
     private: bool = False
+    base_model: str | None = Field(None, description="The base model's Hub id, named in the published adapter and recipe "
+                                   "(default: the recipe's model when it is a Hub id or an offline name of one).")
 
 
 class Recipe(_Section):
@@ -326,8 +328,12 @@ def _duplicate_keys(node: yaml.Node, path: str, problems: list[str], seen_nodes:
             _duplicate_keys(value_node, where, problems, seen_nodes)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), output_dir: str | None = None) -> Recipe:
-    """Read a YAML recipe, apply `--set` overrides, validate. Imports nothing heavy."""
+def load_recipe(path: str | Path, *, overrides: list[str] = (), output_dir: str | None = None) -> Recipe:
+    """Read a YAML recipe, apply `--set` overrides, validate its sections. Imports nothing heavy.
+
+    >>> load_recipe("recipes/quickstart.yaml", overrides=["lora.r=32"]).lora["r"]
+    32
+    """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")

@@ -65,11 +65,13 @@ class Report(TypedDict, total=False):
     per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
     confusion_matrix: dict[str, list[Any]]  # labels, matrix (rows gold, columns predicted)
     scoring: dict[str, Any]  # mode, max_length, n_truncated, n_invalid, examples_per_second
-    model: str
-    data: dict[str, Any]  # LabeledData.describe(): source, labels, splits, counts, checks
+    model: str  # the base's Hub id or folder name: never a path
+    data: dict[str, Any]  # LabeledData.describe(): source (portable), labels, splits, counts, checks
+    environment: dict[str, Any]  # device and framework versions the report was measured with
     baselines: dict[str, dict[str, float]]  # majority, tfidf_logreg -> headline metrics
     per_source: dict[str, dict[str, Any]]  # a mixture: each source's metrics
-    train: dict[str, Any]  # the Trainer's metrics, resumed_from, learning_curve_seconds
+    train: dict[str, Any]  # the Trainer's metrics, resumed_from (a checkpoint name), trainable/total_parameters,
+    # learning_curve_seconds
     learning_curve: list[dict[str, Any]]
     train_args: dict[str, Any]  # the SFTConfig values the card lists
     timings: dict[str, float]  # seconds per stage

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fintrl import run_folder
+from fintrl.card import portable_name
 from fintrl.checks import check_recipe
 from fintrl.data import LabeledData, PromptBuilder, load_labeled_data
 from fintrl.recipe import EvalSection, Recipe
@@ -42,6 +43,26 @@ class Timer:
         logger.info("stage %s done in %.1f s", name, self.seconds[name])
 
 
+FRAMEWORKS = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "fintrl")
+
+
+def environment() -> dict[str, str | None]:
+    """What a report was measured with: python, the frameworks' versions (None: not installed) and the device."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    return {"python": platform.python_version(), **{name: installed(name) for name in FRAMEWORKS}, "device": device}
+
+
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, data: LabeledData,
              section: EvalSection, out_dir: Path, model_id: str = "") -> Report:
     """Score the eval split and compute the report (+ baselines); write predictions and plots into `out_dir`.
@@ -59,8 +80,9 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
     metrics = classification_metrics(gold, result.predictions, data.labels, result.probabilities)
     metrics["scoring"] = {"mode": result.mode, "n_truncated": result.n_truncated, "max_length": section.max_length,
                           "examples_per_second": round(len(texts) / seconds, 2), "n_invalid": result.n_invalid}
-    metrics["model"] = model_id
+    metrics["model"] = portable_name(model_id)  # an offline name's Hub id, a Hub id, or a folder's name: never a path
     metrics["data"] = data.describe()
+    metrics["environment"] = environment()
     if section.baselines:
         metrics["baselines"] = baselines(data.train["text"], data.train["label"], texts, gold, data.labels)
     if groups := data.eval_groups():  # a mixture: every source's eval split scored on its own too
@@ -113,7 +135,7 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
 
 def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     """Data, model, training, scoring, report and card, all written into `run_dir` (the work folder)."""
-    from fintrl.hub import write_card
+    from fintrl.card import write_card
     from fintrl.models import load_model, load_tokenizer
     from fintrl.train import TRAIN_DEFAULTS, LearningCurve, build_trainer, train
 

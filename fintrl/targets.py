@@ -68,7 +68,7 @@ def resolve_target(target: str, *, recipe_path: str | None = None, overrides: li
     elif revision is not None:
         raise RecipeError(f"{target}: '@revision' applies to Hub repos only, and {name} is not one")
     if recipe_path is not None:  # the user's own recipe: its trust_remote_code stands
-        recipe = load_recipe(recipe_path, overrides)
+        recipe = load_recipe(recipe_path, overrides=overrides)
         if trust_remote_code:
             recipe = _with_model(recipe, trust_remote_code=True)
         if folder is not None and (folder / ADAPTER_CONFIG).is_file():
@@ -79,7 +79,7 @@ def resolve_target(target: str, *, recipe_path: str | None = None, overrides: li
     if folder is None or not (folder / RECIPE).is_file():
         raise RecipeError(f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the "
                           "data and prompt")
-    recipe = _with_model(load_recipe(folder / RECIPE, overrides), trust_remote_code=trust_remote_code)
+    recipe = _with_model(load_recipe(folder / RECIPE, overrides=overrides), trust_remote_code=trust_remote_code)
     if folder is not local:  # downloaded: the base is the one the adapter config names
         recipe = _with_model(recipe, **_adapter_base(folder))
     run = RunFolder(folder)

@@ -196,4 +196,14 @@ def train(trainer: SFTTrainer, run_dir: Path, resume: bool) -> dict[str, Any]:
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
     plot_training_curve(trainer.state.log_history, run_dir / TRAINING_CURVE_PNG)
-    return {"resumed_from": checkpoint, **result.metrics}
+    trainable, total = parameter_counts(trainer.model)
+    return {"resumed_from": Path(checkpoint).name if checkpoint else None,  # a checkpoint's name: no local path
+            "trainable_parameters": trainable, "total_parameters": total, **result.metrics}
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameters; PEFT's count, which unpacks 4-bit weights, when the model has an adapter."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())

@@ -43,6 +43,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = tiny_recipe_dict(out)
     raw["train"] |= {"max_steps": 2, "save_steps": 2}
     raw["eval"]["baselines"] = False
+    raw["publish"] = {"base_model": "fintrl-test/tiny-mistral"}  # the tiny model has no Hub id of its own
     run(recipe_from_dict(raw))
     return out
 

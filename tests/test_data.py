@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.data import PRESETS, TFN_TOPICS, PromptBuilder, load_labeled_data
+from fintrl.data import PromptBuilder, load_labeled_data
 from fintrl.errors import DataError
+from fintrl.presets import PRESETS, TFN_TOPICS
 from fintrl.recipe import DataSection, PromptSection, RecipeError
 from tests.conftest import SHARED_DATA, shared_data
 

@@ -147,7 +147,7 @@ def test_invalid_repo_ids_are_refused_before_any_request(trained, local_hub, cap
 
 
 def test_bad_card_metadata_fails_the_publish(trained, local_hub, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(hub, "render_card", lambda *args: "---\ntags: [fintrl\nlicense: mit\n---\n# card\n")
+    monkeypatch.setattr(hub, "render_card", lambda *args, **kwargs: "---\ntags: [fintrl\nlicense: mit\n---\n# card\n")
     with pytest.raises(HubError, match="rejected the model card's metadata: .*ParserError"):
         hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
     assert posts(local_hub, "/validate-yaml") == 1 and posts(local_hub, "/commit/") == 0  # 4xx: not retried

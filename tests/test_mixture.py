@@ -118,7 +118,7 @@ def test_bad_mixtures_name_the_key(data: dict, message: str) -> None:
 
 
 def test_set_overrides_index_lists(tmp_path: Path) -> None:
-    recipe = load_recipe(RECIPES / "mixture_smollm2.yaml", [
+    recipe = load_recipe(RECIPES / "mixture_smollm2.yaml", overrides=[
         "data.mixture.0.path=../shared/data/fpb_50agree", "data.mixture.2.weight=0.25",
         "data.mixture.3.preset=fpb_allagree",  # the index just past the end appends an entry
     ])
@@ -127,12 +127,12 @@ def test_set_overrides_index_lists(tmp_path: Path) -> None:
     assert mixture[2].weight == 0.25 and mixture[2].label_map == {"bearish": "negative", "bullish": "positive"}
     assert [m.display_name for m in mixture] == ["fpb_50agree", "fiqa", "tfns", "fpb_allagree"]
     with pytest.raises(RecipeError, match=r"`mixture` is a list of 3; use an index 0..3"):
-        load_recipe(RECIPES / "mixture_smollm2.yaml", ["data.mixture.7.path=x"])
+        load_recipe(RECIPES / "mixture_smollm2.yaml", overrides=["data.mixture.7.path=x"])
     with pytest.raises(RecipeError, match="`mixture` is a list"):
-        load_recipe(RECIPES / "mixture_smollm2.yaml", ["data.mixture.first.path=x"])
+        load_recipe(RECIPES / "mixture_smollm2.yaml", overrides=["data.mixture.first.path=x"])
     plain = tmp_path / "r.yaml"
     plain.write_text(yaml.safe_dump({**BASE, "data": {"preset": "quickstart", "labels": ["a", "b"]}}))
-    assert load_recipe(plain, ["data.labels.1=c"]).data.labels == ["a", "c"]  # any list, not only mixtures
+    assert load_recipe(plain, overrides=["data.labels.1=c"]).data.labels == ["a", "c"]  # any list, not only mixtures
 
 
 def test_run_scores_every_source(tmp_path: Path, sources: dict[str, Path]) -> None:

@@ -24,7 +24,7 @@ BASE = {"model": {"name_or_path": "tiny-mistral"}, "data": {"preset": "quickstar
 
 
 def test_overrides_and_output_dir(tmp_path: Path) -> None:
-    recipe = load_recipe(_write(tmp_path, BASE), ["train.learning_rate=1e-4", "lora.r=32", "data.labels=[a, b]"], output_dir="x")
+    recipe = load_recipe(_write(tmp_path, BASE), overrides=["train.learning_rate=1e-4", "lora.r=32", "data.labels=[a, b]"], output_dir="x")
     assert recipe.train["learning_rate"] == pytest.approx(1e-4)
     assert recipe.lora["r"] == 32
     assert recipe.data.labels == ["a", "b"]
