@@ -92,16 +92,3 @@ def test_an_unfinished_first_run_is_reported_then_resumed(tmp_path: Path, monkey
     assert main(["run", str(recipe), "--resume"]) == 0
     assert (out / "metrics.json").is_file() and not work_folder(out).exists()
 
-
-def test_run_folder_file_names_live_in_one_module() -> None:
-    """The run folder's contract has one owner: no other module spells its file names."""
-    import re
-
-    import fintrl.run_folder as rf
-
-    names = [v for k, v in vars(rf).items() if k.isupper() and isinstance(v, str) and "." in v]
-    assert {"recipe.yaml", "metrics.json", "adapter_config.json", "README.md"} <= set(names)
-    package = Path(rf.__file__).parent
-    offenders = [f"{path.name}: {name}" for path in package.rglob("*.py") if path.name != "run_folder.py"
-                 for name in names if re.search(rf"[\"']{re.escape(name)}[\"']", path.read_text())]
-    assert offenders == []
