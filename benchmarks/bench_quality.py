@@ -37,28 +37,52 @@ from benchmarks.harness import REPO, SHARED_DATA, environment, loadavg, setup_to
 DATASETS = ("fpb_allagree", "fpb_50agree", "tfns", "tfn_topic", "fiqa")
 MIXTURE = "mixture"
 METHODS = ("majority", "tfidf_logreg", "zero_shot", "fine_tuned", "fine_tuned_mixture")
-QUICK = ["data.max_train_samples=32", "data.max_eval_samples=256",  # 256: every topic keeps an eval row
-         "train.max_steps=4", "train.logging_steps=1"]
+QUICK = [
+    "data.max_train_samples=32",
+    "data.max_eval_samples=256",  # 256: every topic keeps an eval row
+    "train.max_steps=4",
+    "train.logging_steps=1",
+]
 QUICK_MODEL = "tiny-mistral"  # random weights: --quick checks that everything runs; its scores mean nothing
 METRICS = ("accuracy", "f1_macro", "f1_weighted")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help=f"smoke run: --model {QUICK_MODEL} (unless --model is given) and "
-                   + " ".join(f"--set {o}" for o in QUICK))
-    p.add_argument("--datasets", nargs="+", default=[*DATASETS, MIXTURE], choices=[*DATASETS, MIXTURE], metavar="NAME",
-                   help=f"subset of {', '.join(DATASETS)}, {MIXTURE} (default: all)")
-    p.add_argument("--model", help="base model for every recipe (offline name, folder or Hub id; default: the recipes')")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="recipe override for every run, after --quick's (e.g. --set train.num_train_epochs=2)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: --model {QUICK_MODEL} (unless --model is given) and " + " ".join(f"--set {o}" for o in QUICK),
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=[*DATASETS, MIXTURE],
+        choices=[*DATASETS, MIXTURE],
+        metavar="NAME",
+        help=f"subset of {', '.join(DATASETS)}, {MIXTURE} (default: all)",
+    )
+    p.add_argument(
+        "--model", help="base model for every recipe (offline name, folder or Hub id; default: the recipes')"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override for every run, after --quick's (e.g. --set train.num_train_epochs=2)",
+    )
     p.add_argument("--skip-zero-shot", action="store_true", help="no zero-shot scoring of the base model")
     p.add_argument("--data-dir", default=str(SHARED_DATA), help="folder of <dataset>/train.csv, validation.csv")
     p.add_argument("--runs-dir", default="runs/bench/quality", help="run folders (<dataset>, zero_shot/<dataset>)")
     p.add_argument("--out", default="runs/bench/quality.json", help="results JSON")
     p.add_argument("--compare", metavar="OLD.json", help="print deltas against an earlier results JSON")
-    p.add_argument("--report", metavar="RESULTS.json", help="run nothing: print the table of an existing results JSON "
-                   "(with --compare: its deltas)")
+    p.add_argument(
+        "--report",
+        metavar="RESULTS.json",
+        help="run nothing: print the table of an existing results JSON (with --compare: its deltas)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.quick and not args.model:
@@ -103,23 +127,52 @@ def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict
     data = load_labeled_data(recipe.data)
     sizes = {"n_train": len(data.train), "n_eval": len(data.eval)}
     rows = []
-    for method, metrics in baselines(data.train["text"], data.train["label"], data.eval["text"], data.eval["label"],
-                                     data.labels, seed=recipe.seed).items():
+    for method, metrics in baselines(
+        data.train["text"], data.train["label"], data.eval["text"], data.eval["label"], data.labels, seed=recipe.seed
+    ).items():
         rows.append(row(name, method, metrics, **sizes))
     if not args.skip_zero_shot:
         model, tokenizer = load_for_inference(Target(recipe, None, None, recipe.model.name_or_path))
         builder = PromptBuilder(recipe.prompt, data.labels, data.task)
         out_dir = Path(args.runs_dir) / "zero_shot" / name
-        metrics = evaluate(model, tokenizer, builder, data, recipe.eval.model_copy(update={"baselines": False}), out_dir,
-                           recipe.model.name_or_path)
-        rows.append(row(name, "zero_shot", metrics, **sizes, score_examples_per_second=metrics["scoring"]["examples_per_second"],
-                        invalid_rate=metrics["invalid_rate"], run_dir=str(out_dir)))
+        metrics = evaluate(
+            model,
+            tokenizer,
+            builder,
+            data,
+            recipe.eval.model_copy(update={"baselines": False}),
+            out_dir,
+            recipe.model.name_or_path,
+        )
+        rows.append(
+            row(
+                name,
+                "zero_shot",
+                metrics,
+                **sizes,
+                score_examples_per_second=metrics["scoring"]["examples_per_second"],
+                invalid_rate=metrics["invalid_rate"],
+                run_dir=str(out_dir),
+            )
+        )
         del model
         gc.collect()
     metrics = run(recipe, overwrite=True)
-    extra = {"by_agreement": fpb_agreement(Path(recipe.output_dir), Path(args.data_dir))} if name == "fpb_50agree" else {}
-    rows.append(row(name, "fine_tuned", metrics, **sizes, **train_speed(metrics), run_dir=recipe.output_dir,
-                    learning_curve=metrics.get("learning_curve"), **extra))
+    extra = (
+        {"by_agreement": fpb_agreement(Path(recipe.output_dir), Path(args.data_dir))} if name == "fpb_50agree" else {}
+    )
+    rows.append(
+        row(
+            name,
+            "fine_tuned",
+            metrics,
+            **sizes,
+            **train_speed(metrics),
+            run_dir=recipe.output_dir,
+            learning_curve=metrics.get("learning_curve"),
+            **extra,
+        )
+    )
     return rows
 
 
@@ -130,14 +183,26 @@ def bench_mixture(recipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]
     metrics = run(recipe, overwrite=True)
     n_train = metrics["data"]["n_train"]
     speed = train_speed(metrics)
-    rows = [row(source, "fine_tuned_mixture", m, n_train=n_train, n_eval=m["n"], **speed, run_dir=recipe.output_dir)
-            for source, m in metrics.get("per_source", {}).items()]
+    rows = [
+        row(source, "fine_tuned_mixture", m, n_train=n_train, n_eval=m["n"], **speed, run_dir=recipe.output_dir)
+        for source, m in metrics.get("per_source", {}).items()
+    ]
     for r in rows:
         if r["dataset"] == "fpb_50agree":
             r["by_agreement"] = fpb_agreement(Path(recipe.output_dir), Path(args.data_dir))
-    rows.append(row(MIXTURE, "all", metrics, n_train=n_train, n_eval=metrics["n"], **speed, run_dir=recipe.output_dir,
-                    learning_curve=metrics.get("learning_curve"),
-                    sources={p["name"]: {k: p[k] for k in ("weight", "n_train", "n_eval")} for p in metrics["data"]["mixture"]}))
+    rows.append(
+        row(
+            MIXTURE,
+            "all",
+            metrics,
+            n_train=n_train,
+            n_eval=metrics["n"],
+            **speed,
+            run_dir=recipe.output_dir,
+            learning_curve=metrics.get("learning_curve"),
+            sources={p["name"]: {k: p[k] for k in ("weight", "n_train", "n_eval")} for p in metrics["data"]["mixture"]},
+        )
+    )
     return rows
 
 
@@ -148,9 +213,12 @@ def train_speed(metrics: dict[str, Any]) -> dict[str, Any]:
     if runtime is None:
         return {"score_examples_per_second": metrics["scoring"]["examples_per_second"]}
     seconds = runtime - train.get("learning_curve_seconds", 0.0)
-    return {"train_seconds": round(seconds, 1), "train_examples_per_second": round(train["train_samples_per_second"] * runtime / seconds, 3),
-            "learning_curve_seconds": train.get("learning_curve_seconds"),
-            "score_examples_per_second": metrics["scoring"]["examples_per_second"]}
+    return {
+        "train_seconds": round(seconds, 1),
+        "train_examples_per_second": round(train["train_samples_per_second"] * runtime / seconds, 3),
+        "learning_curve_seconds": train.get("learning_curve_seconds"),
+        "score_examples_per_second": metrics["scoring"]["examples_per_second"],
+    }
 
 
 # Financial PhraseBank's agreement levels are nested subsets: a sentence's level is the strictest folder holding it.
@@ -164,8 +232,10 @@ def fpb_agreement(run_dir: Path, data_dir: Path) -> dict[str, dict[str, float]] 
     predictions = run_dir / "predictions.jsonl"
     if not predictions.is_file() or not all((data_dir / f / "train.csv").is_file() for _, f in FPB_LEVELS):
         return None
-    members = {level: set().union(*(pd.read_csv(p)["text"] for p in (data_dir / folder).glob("*.csv")))
-               for level, folder in FPB_LEVELS}
+    members = {
+        level: set().union(*(pd.read_csv(p)["text"] for p in (data_dir / folder).glob("*.csv")))
+        for level, folder in FPB_LEVELS
+    }
     counts: dict[str, list[int]] = {level: [0, 0] for level, _ in FPB_LEVELS}
     for line in predictions.read_text().splitlines():
         p = json.loads(line)
@@ -180,8 +250,10 @@ def fpb_agreement(run_dir: Path, data_dir: Path) -> dict[str, dict[str, float]] 
 def _order(r: dict[str, Any]) -> tuple[int, int]:
     names = [*DATASETS, MIXTURE]
     methods = [*METHODS, "all"]
-    return (names.index(r["dataset"]) if r["dataset"] in names else len(names),
-            methods.index(r["method"]) if r["method"] in methods else len(methods))
+    return (
+        names.index(r["dataset"]) if r["dataset"] in names else len(names),
+        methods.index(r["method"]) if r["method"] in methods else len(methods),
+    )
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -190,26 +262,44 @@ def _num(value: Any, fmt: str) -> str:
 
 def print_table(report: dict[str, Any]) -> None:
     meta = report["meta"]
-    print(f"\nbench_quality ({'quick' if meta['quick'] else 'full'}): model {meta['model']}, overrides {meta['overrides'] or '-'}; "
-          f"{describe_device(meta['environment'])}, load average {meta['loadavg_start_end'][0][0]:.1f} -> "
-          f"{meta['loadavg_start_end'][1][0]:.1f}\n")
-    print("| dataset      | method             | train rows | eval rows | accuracy | macro-F1 | weighted-F1 | train s | train ex/s | score ex/s |")
-    print("|--------------|--------------------|-----------:|----------:|---------:|---------:|------------:|--------:|-----------:|-----------:|")
+    print(
+        f"\nbench_quality ({'quick' if meta['quick'] else 'full'}): model {meta['model']}, "
+        f"overrides {meta['overrides'] or '-'}; "
+        f"{describe_device(meta['environment'])}, load average {meta['loadavg_start_end'][0][0]:.1f} -> "
+        f"{meta['loadavg_start_end'][1][0]:.1f}\n"
+    )
+    print(
+        "| dataset      | method             | train rows | eval rows | accuracy | macro-F1 | weighted-F1 | train s "
+        "| train ex/s | score ex/s |"
+    )
+    print(
+        "|--------------|--------------------|-----------:|----------:|---------:|---------:|------------:|--------:|-----------:|-----------:|"
+    )
     for r in sorted(report["rows"], key=_order):
         if "error" in r:
             print(f"| {r['dataset']:<12} | {r['method']:<18} | failed: {r['error']} |")
             continue
-        print(f"| {r['dataset']:<12} | {r['method']:<18} | {r['n_train']:>10} | {r['n_eval']:>9} | {r['accuracy']:8.3f} | "
-              f"{r['f1_macro']:8.3f} | {r['f1_weighted']:11.3f} | {_num(r.get('train_seconds'), '7.1f'):>7} | "
-              f"{_num(r.get('train_examples_per_second'), '10.2f'):>10} | {_num(r.get('score_examples_per_second'), '10.1f'):>10} |")
+        print(
+            f"| {r['dataset']:<12} | {r['method']:<18} | {r['n_train']:>10} | {r['n_eval']:>9} "
+            f"| {r['accuracy']:8.3f} | "
+            f"{r['f1_macro']:8.3f} | {r['f1_weighted']:11.3f} | {_num(r.get('train_seconds'), '7.1f'):>7} | "
+            f"{_num(r.get('train_examples_per_second'), '10.2f'):>10} "
+            f"| {_num(r.get('score_examples_per_second'), '10.1f'):>10} |"
+        )
     for r in sorted(report["rows"], key=_order):
         if r.get("by_agreement"):
-            print(f"{r['dataset']} {r['method']}, accuracy by annotator agreement: " + ", ".join(
-                f"{level} {v['accuracy']:.3f} (n={v['n']})" for level, v in r["by_agreement"].items()))
+            print(
+                f"{r['dataset']} {r['method']}, accuracy by annotator agreement: "
+                + ", ".join(f"{level} {v['accuracy']:.3f} (n={v['n']})" for level, v in r["by_agreement"].items())
+            )
         if r.get("learning_curve") and r["method"] in ("fine_tuned", "all"):  # earlier JSONs repeat it per source
-            print(f"{r['dataset']} {r['method']}, learning curve (step: accuracy / macro-F1 on "
-                  f"{r['learning_curve'][0]['curve_samples']} validation rows): " + ", ".join(
-                      f"{p['step']}: {p['curve_accuracy']:.3f}/{p['curve_f1_macro']:.3f}" for p in r["learning_curve"]))
+            print(
+                f"{r['dataset']} {r['method']}, learning curve (step: accuracy / macro-F1 on "
+                f"{r['learning_curve'][0]['curve_samples']} validation rows): "
+                + ", ".join(
+                    f"{p['step']}: {p['curve_accuracy']:.3f}/{p['curve_f1_macro']:.3f}" for p in r["learning_curve"]
+                )
+            )
     for name, reason in report.get("skipped", {}).items():
         print(f"skipped {name}: {reason}")
     if meta["model"] == QUICK_MODEL:
@@ -222,10 +312,15 @@ def print_compare(report: dict[str, Any], old: dict[str, Any], old_path: str) ->
     for key in ("quick", "model", "overrides"):
         if old.get("meta", {}).get(key) != report["meta"].get(key):
             print(f"note: {key} differs: {old.get('meta', {}).get(key)!r} then, {report['meta'].get(key)!r} now")
-    print("| dataset      | method             | eval rows old -> new | accuracy | macro-F1 | weighted-F1 | train s old -> new "
-          "| rows +/-, McNemar p |")
-    print("|--------------|--------------------|---------------------:|---------:|---------:|------------:|-------------------:"
-          "|--------------------:|")
+    print(
+        "| dataset      | method             | eval rows old -> new | accuracy | macro-F1 | weighted-F1 "
+        "| train s old -> new "
+        "| rows +/-, McNemar p |"
+    )
+    print(
+        "|--------------|--------------------|---------------------:|---------:|---------:|------------:|-------------------:"
+        "|--------------------:|"
+    )
     for r in sorted(report["rows"], key=_order):
         o = before.get((r["dataset"], r["method"]))
         if o is None or "error" in r:
@@ -233,19 +328,31 @@ def print_compare(report: dict[str, Any], old: dict[str, Any], old_path: str) ->
         acc, f1m, f1w = (r[k] - o[k] for k in METRICS)
         times = f"{_num(o.get('train_seconds'), '.0f')} -> {_num(r.get('train_seconds'), '.0f')}"
         sizes = f"{o['n_eval']} -> {r['n_eval']}"
-        flips = (paired_flips(Path(o["run_dir"]), Path(r["run_dir"]))
-                 if r["method"] in PAIRED_METHODS and o.get("run_dir") and r.get("run_dir") else None)
+        flips = (
+            paired_flips(Path(o["run_dir"]), Path(r["run_dir"]))
+            if r["method"] in PAIRED_METHODS and o.get("run_dir") and r.get("run_dir")
+            else None
+        )
         paired = f"+{flips['gained']} / -{flips['lost']}, {flips['p_value']:.2f}" if flips else "-"
-        print(f"| {r['dataset']:<12} | {r['method']:<18} | {sizes:>20} | {acc:+8.3f} | {f1m:+8.3f} | "
-              f"{f1w:+11.3f} | {times:>18} | {paired:>19} |")
-    print("rows +/-: validation rows the new run gets right and the old one wrong (+), and the reverse (-); McNemar's exact "
-          "two-sided p-value on them (-: a run folder's predictions are missing or not the same rows)")
+        print(
+            f"| {r['dataset']:<12} | {r['method']:<18} | {sizes:>20} | {acc:+8.3f} | {f1m:+8.3f} | "
+            f"{f1w:+11.3f} | {times:>18} | {paired:>19} |"
+        )
+    print(
+        "rows +/-: validation rows the new run gets right and the old one wrong (+), and the reverse (-); "
+        "McNemar's exact "
+        "two-sided p-value on them (-: a run folder's predictions are missing or not the same rows)"
+    )
     new_only = sorted({(r["dataset"], r["method"]) for r in report["rows"]} - set(before))
     if new_only:
         print("not in the old results: " + ", ".join(f"{d}/{m}" for d, m in new_only))
 
 
-PAIRED_METHODS = ("zero_shot", "fine_tuned", "all")  # rows whose run folder's predictions.jsonl is exactly their eval rows
+PAIRED_METHODS = (
+    "zero_shot",
+    "fine_tuned",
+    "all",
+)  # rows whose run folder's predictions.jsonl is exactly their eval rows
 
 
 def paired_flips(old_run: Path, new_run: Path) -> dict[str, Any] | None:
@@ -253,8 +360,11 @@ def paired_flips(old_run: Path, new_run: Path) -> dict[str, Any] | None:
     0.01 accuracy gap is often noise; only the rows that flipped can tell, as both runs score the same rows."""
     from scipy.stats import binomtest
 
-    runs = [[json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()]
-            for d in (old_run, new_run) if (d / "predictions.jsonl").is_file()]
+    runs = [
+        [json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()]
+        for d in (old_run, new_run)
+        if (d / "predictions.jsonl").is_file()
+    ]
     if len(runs) != 2 or [(p["text"], p["gold"]) for p in runs[0]] != [(p["text"], p["gold"]) for p in runs[1]]:
         return None
     gained = sum(n["prediction"] == n["gold"] != o["prediction"] for o, n in zip(*runs))
@@ -280,14 +390,24 @@ def plot_results(report: dict[str, Any], path: Path) -> Path | None:
     x, width = np.arange(len(datasets)), 0.8 / len(methods)
     for ax, metric, title in zip(axes, ("accuracy", "f1_macro"), ("accuracy", "macro-F1"), strict=True):
         for i, method in enumerate(methods):
-            ax.bar(x + (i - (len(methods) - 1) / 2) * width, [value.get((d, method, metric), np.nan) for d in datasets],
-                   width, label=method)
+            ax.bar(
+                x + (i - (len(methods) - 1) / 2) * width,
+                [value.get((d, method, metric), np.nan) for d in datasets],
+                width,
+                label=method,
+            )
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"validation {title}")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"bench_quality: {report['meta']['model']}")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.955),
-               ncol=len(methods), fontsize="small", frameon=False)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.955),
+        ncol=len(methods),
+        fontsize="small",
+        frameon=False,
+    )
     axes[1].set_xticks(x, datasets, rotation=20)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=110)
@@ -312,8 +432,10 @@ def main(argv: list[str] | None = None) -> int:
             print_compare(report, json.loads(Path(args.compare).read_text()), args.compare)
         return 0
     if not Path(args.data_dir).is_dir():
-        print(f"bench_quality: skipped, no data folder {args.data_dir} (the datasets live in ../shared/data next to the "
-              "repository; see its README.md)")
+        print(
+            f"bench_quality: skipped, no data folder {args.data_dir} (the datasets live in ../shared/data next to the "
+            "repository; see its README.md)"
+        )
         return 0
     import logging
 
@@ -346,11 +468,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_quality: {name} done in {clock.seconds:.0f} s", file=sys.stderr)
 
     model = args.model or ", ".join(sorted({recipe_for(n, args).model.name_or_path for n in args.datasets}))
-    report = {"meta": {"quick": args.quick, "model": model, "overrides": args.overrides, "datasets": args.datasets,
-                       "skip_zero_shot": args.skip_zero_shot, "data_dir": str(Path(args.data_dir).resolve()),
-                       "date": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
-                       "loadavg_start_end": [load_at_start, loadavg()]},
-              "rows": rows, "skipped": skipped}
+    report = {
+        "meta": {
+            "quick": args.quick,
+            "model": model,
+            "overrides": args.overrides,
+            "datasets": args.datasets,
+            "skip_zero_shot": args.skip_zero_shot,
+            "data_dir": str(Path(args.data_dir).resolve()),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "environment": environment(),
+            "loadavg_start_end": [load_at_start, loadavg()],
+        },
+        "rows": rows,
+        "skipped": skipped,
+    }
     out = write_report(args.out, report)
     print_table(report)
     if args.compare:

@@ -43,13 +43,21 @@ SCORER_MODES = ("first_token", "trie", "loglik", "generate")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_scoring", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="tiny-mistral", help="offline name (tiny-mistral, smollm2-135m-instruct), folder or Hub id")
+    p.add_argument(
+        "--model", default="tiny-mistral", help="offline name (tiny-mistral, smollm2-135m-instruct), folder or Hub id"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: --n 48, 1 repeat")
     p.add_argument("--n", type=int, default=None, help="examples (default 200; quick 48)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement, best kept (default 2; quick 1)")
-    p.add_argument("--data", default=None, help="a text,label CSV (default: ../shared/data/fpb_allagree/validation.csv "
-                                                "if present, else the packaged quickstart sample)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats per measurement, best kept (default 2; quick 1)"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a text,label CSV (default: ../shared/data/fpb_allagree/validation.csv "
+        "if present, else the packaged quickstart sample)",
+    )
     p.add_argument("--modes", default=",".join(SCORER_MODES), help="scorer modes to time (comma-separated)")
     p.add_argument("--no-20-labels", action="store_true", help="skip the 20-label (TFN topic) comparison")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -71,7 +79,7 @@ def load_texts(path: str | None, n: int) -> tuple[Path, list[str], list[str]]:
         rows = [(r["text"], r["label"]) for r in csv.DictReader(f) if r["text"] and r["text"].strip()]
     if len(rows) < n:
         print(f"note: {source} has {len(rows)} rows; cycling them to reach --n {n}", file=sys.stderr)
-        rows = (rows * (n // len(rows) + 1))
+        rows = rows * (n // len(rows) + 1)
     rows = rows[:n]
     return source, [t for t, _ in rows], [lbl for _, lbl in rows]
 
@@ -98,7 +106,7 @@ def forward_only(model: Any, tokenizer: Any, encoded: list[list[int]], batch_siz
     pad = tokenizer.pad_token_id or 0
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            rows = [encoded[i] for i in order[start: start + batch_size]]
+            rows = [encoded[i] for i in order[start : start + batch_size]]
             width = max(map(len, rows))
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
@@ -132,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     bs, reps = args.batch_size, args.repeats
     warm_texts = texts[: min(bs, len(texts))]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    print(f"model {args.model} on {model.device} ({torch.get_num_threads()} threads), {len(texts)} texts from {source}, "
-          f"batch {bs}, best of {reps}; loaded in {load_s:.1f} s", file=sys.stderr)
+    print(
+        f"model {args.model} on {model.device} ({torch.get_num_threads()} threads), {len(texts)} texts from {source}, "
+        f"batch {bs}, best of {reps}; loaded in {load_s:.1f} s",
+        file=sys.stderr,
+    )
 
     builders = {3: PromptBuilder(PromptSection(), SENTIMENT, "sentiment")}
     if not args.no_20_labels:
@@ -168,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             except ScoringError as err:  # first_token needs labels with distinct first tokens
                 results["labels"][str(n_labels)]["modes"][mode] = {"skipped": str(err)}
                 continue
-            tasks[(n_labels, mode)] = (lambda sc=scorer: sc.score(texts, progress=False),
-                                       lambda sc=scorer: sc.score(warm_texts, progress=False))
+            tasks[(n_labels, mode)] = (
+                lambda sc=scorer: sc.score(texts, progress=False),
+                lambda sc=scorer: sc.score(warm_texts, progress=False),
+            )
 
     # Baseline: pipeline("text-generation") on the same model, chat messages in, parse_answer out, with the same
     # greedy budget as the `generate` mode (longest label + 4 new tokens). It keeps the input order (no length
@@ -178,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
     chats = [builder.messages(t) for t in texts]
     new_tokens = max(results["labels"]["3"]["label_tokens"]) + 4
-    pipe_kwargs = dict(batch_size=bs, max_new_tokens=new_tokens, do_sample=False, return_full_text=False,
-                       pad_token_id=tokenizer.pad_token_id)
+    pipe_kwargs = dict(
+        batch_size=bs,
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        return_full_text=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
     def run_pipeline(items: list[Any]) -> tuple[list[int], list[str]]:
         tokenizer.padding_side = "left"
@@ -194,8 +212,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for _, warmup in tasks.values():
         warmup()
-    times, outputs = round_robin({key: fn for key, (fn, _) in tasks.items()}, reps, on_time=lambda rep, key, s: print(
-        f"repeat {rep + 1}/{reps} {key[0]} labels {key[1]}: {s:.2f} s", file=sys.stderr))
+    times, outputs = round_robin(
+        {key: fn for key, (fn, _) in tasks.items()},
+        reps,
+        on_time=lambda rep, key, s: print(
+            f"repeat {rep + 1}/{reps} {key[0]} labels {key[1]}: {s:.2f} s", file=sys.stderr
+        ),
+    )
 
     for (n_labels, name), ts in times.items():
         entry = results["labels"][str(n_labels)]
@@ -208,9 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         preds = out[0] if name == "pipeline" else out.predictions
         raw = out[1] if name == "pipeline" else out.raw_outputs
         n_invalid = sum(p == INVALID for p in preds)
-        row.update(n_invalid=n_invalid, invalid_rate=n_invalid / len(texts),
-                   x_forward=seconds / min(times[(n_labels, "forward")]),
-                   accuracy=accuracy(preds, gold) if n_labels == 3 else None)
+        row.update(
+            n_invalid=n_invalid,
+            invalid_rate=n_invalid / len(texts),
+            x_forward=seconds / min(times[(n_labels, "forward")]),
+            accuracy=accuracy(preds, gold) if n_labels == 3 else None,
+        )
         if raw:  # what free generation said, for the invalid rate
             row["raw_output_samples"] = [{"output": raw[i], "parsed": preds[i]} for i in range(min(8, len(raw)))]
         if name == "pipeline":
@@ -244,12 +270,17 @@ def print_tables(report: dict[str, Any]) -> None:
     three = report["labels"]["3"]
     base = three["pipeline"]
     fwd = three["forward"]
-    print(f"\nbench_scoring: {report['model']}, {report['n']} texts ({Path(report['data']).parent.name}/"
-          f"{Path(report['data']).name}), batch {report['args']['batch_size']}, {report['environment']['device']}, "
-          f"{report['environment']['torch_threads']} threads, best of {report['args']['repeats']}")
+    print(
+        f"\nbench_scoring: {report['model']}, {report['n']} texts ({Path(report['data']).parent.name}/"
+        f"{Path(report['data']).name}), batch {report['args']['batch_size']}, {report['environment']['device']}, "
+        f"{report['environment']['torch_threads']} threads, best of {report['args']['repeats']}"
+    )
     load = report["loadavg_start_end"]
-    print(f"mean prompt {three['prompt_tokens_mean']:.1f} tokens ({three['shared_prefix_tokens']} shared by all); tokenisation {three['encode_s']:.3f} s "
-          f"(in scorer times, not in the forward time); load average {load[0][0]:.1f} -> {load[1][0]:.1f}\n")
+    print(
+        f"mean prompt {three['prompt_tokens_mean']:.1f} tokens ({three['shared_prefix_tokens']} shared by all); "
+        f"tokenisation {three['encode_s']:.3f} s "
+        f"(in scorer times, not in the forward time); load average {load[0][0]:.1f} -> {load[1][0]:.1f}\n"
+    )
     print("| 3 labels                   |   ex/s | x pipeline | invalid | accuracy | x forward |")
     print("|----------------------------|-------:|-----------:|--------:|---------:|----------:|")
     rows = [("pipeline + parse_answer", base)]
@@ -259,35 +290,47 @@ def print_tables(report: dict[str, Any]) -> None:
             print(f"| {name:<26} | {'n/a':>6} | {'-':>10} | {'-':>7} | {'-':>8} | {'-':>9} |")
             continue
         ratio = r["examples_per_second"] / base["examples_per_second"]
-        print(f"| {name:<26} | {r['examples_per_second']:6.1f} | {ratio:10.2f} | {r['invalid_rate']:7.1%} | "
-              f"{_fmt(r['accuracy'], '8.3f')} | {r['x_forward']:9.2f} |")
+        print(
+            f"| {name:<26} | {r['examples_per_second']:6.1f} | {ratio:10.2f} | {r['invalid_rate']:7.1%} | "
+            f"{_fmt(r['accuracy'], '8.3f')} | {r['x_forward']:9.2f} |"
+        )
     ratio = fwd["examples_per_second"] / base["examples_per_second"]
-    print(f"| {'plain forward (reference)':<26} | {fwd['examples_per_second']:6.1f} | {ratio:10.2f} | {'-':>7} | "
-          f"{'-':>8} | {1:9.2f} |")
-    print("x pipeline = throughput / pipeline throughput; x forward = scorer time / one forward pass "
-          "(logits_to_keep=1) over the same full prompts\n(below 1 when the scorer skips work the plain forward does, "
-          "e.g. the shared prompt prefix computed once)")
+    print(
+        f"| {'plain forward (reference)':<26} | {fwd['examples_per_second']:6.1f} | {ratio:10.2f} | {'-':>7} | "
+        f"{'-':>8} | {1:9.2f} |"
+    )
+    print(
+        "x pipeline = throughput / pipeline throughput; x forward = scorer time / one forward pass "
+        "(logits_to_keep=1) over the same full prompts\n(below 1 when the scorer skips work the plain forward does, "
+        "e.g. the shared prompt prefix computed once)"
+    )
     warn_if_loaded(load, report["environment"]["cpu_count"])
 
     twenty = report["labels"].get("20")
     if not twenty:
         return
-    print(f"\n20 labels (TFN topics, task 'topic': label tokens {min(twenty['label_tokens'])}-"
-          f"{max(twenty['label_tokens'])}, distinct first tokens: {twenty['distinct_first_tokens']}) vs 3 labels "
-          f"(label tokens {max(three['label_tokens'])}), same texts; mean prompt {twenty['prompt_tokens_mean']:.1f} "
-          f"vs {three['prompt_tokens_mean']:.1f} tokens (shared prefix {twenty['shared_prefix_tokens']} vs "
-          f"{three['shared_prefix_tokens']})\n")
+    print(
+        f"\n20 labels (TFN topics, task 'topic': label tokens {min(twenty['label_tokens'])}-"
+        f"{max(twenty['label_tokens'])}, distinct first tokens: {twenty['distinct_first_tokens']}) vs 3 labels "
+        f"(label tokens {max(three['label_tokens'])}), same texts; mean prompt {twenty['prompt_tokens_mean']:.1f} "
+        f"vs {three['prompt_tokens_mean']:.1f} tokens (shared prefix {twenty['shared_prefix_tokens']} vs "
+        f"{three['shared_prefix_tokens']})\n"
+    )
     print("| mode           | 3 labels ex/s | 20 labels ex/s | time 20 / 3 | 20 labels x forward |")
     print("|----------------|--------------:|---------------:|------------:|--------------------:|")
     rows = [("forward", three["forward"], twenty["forward"])]
     rows += [(m, three["modes"].get(m, {}), r) for m, r in twenty["modes"].items()]
     for mode, a, b in rows:
         if "skipped" in b or "skipped" in a or not a:
-            print(f"| {mode:<14} | {_fmt(a.get('examples_per_second'), '13.1f')} | {'n/a':>14} | {'-':>11} | {'-':>19} |")
+            print(
+                f"| {mode:<14} | {_fmt(a.get('examples_per_second'), '13.1f')} | {'n/a':>14} | {'-':>11} | {'-':>19} |"
+            )
             continue
         x_fwd = 1.0 if mode == "forward" else b["x_forward"]
-        print(f"| {mode:<14} | {a['examples_per_second']:13.1f} | {b['examples_per_second']:14.1f} | "
-              f"{a['examples_per_second'] / b['examples_per_second']:11.2f} | {x_fwd:19.2f} |")
+        print(
+            f"| {mode:<14} | {a['examples_per_second']:13.1f} | {b['examples_per_second']:14.1f} | "
+            f"{a['examples_per_second'] / b['examples_per_second']:11.2f} | {x_fwd:19.2f} |"
+        )
     if twenty["modes"].get("generate", {}).get("invalid_rate") is not None:
         print(f"20-label generate invalid rate: {twenty['modes']['generate']['invalid_rate']:.1%}")
 

@@ -53,18 +53,34 @@ def _truthy(value: str) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="tiny-mistral", help="offline name (tiny-mistral, smollm2-135m-instruct), folder or Hub id")
+    p.add_argument(
+        "--model", default="tiny-mistral", help="offline name (tiny-mistral, smollm2-135m-instruct), folder or Hub id"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: --steps 6")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 30; quick 6)")
-    p.add_argument("--recipe", default=str(REPO / "recipes" / "quickstart.yaml"),
-                   help="recipe giving quantization, LoRA, prompt and train settings (model and data are replaced)")
-    p.add_argument("--data-path", default=None, help="a folder of train/validation CSVs (default: the `quickstart` preset)")
-    p.add_argument("--batch-size", type=int, default=None, help="per-device batch size for every variant (default: the recipe's)")
-    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
-                   help="an extra fintrl variant; keys are SFTConfig fields (train.*) or recipe paths (lora.r=8); "
-                        "`group_by_length=true|false` is shorthand for train.train_sampling_strategy. Repeatable.")
+    p.add_argument(
+        "--recipe",
+        default=str(REPO / "recipes" / "quickstart.yaml"),
+        help="recipe giving quantization, LoRA, prompt and train settings (model and data are replaced)",
+    )
+    p.add_argument(
+        "--data-path", default=None, help="a folder of train/validation CSVs (default: the `quickstart` preset)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="per-device batch size for every variant (default: the recipe's)"
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="an extra fintrl variant; keys are SFTConfig fields (train.*) or recipe paths (lora.r=8); "
+        "`group_by_length=true|false` is shorthand for train.train_sampling_strategy. Repeatable.",
+    )
     p.add_argument("--no-trl", action="store_true", help="skip the TRL-defaults baseline (ratios then against fintrl)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each worker (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads in each worker (default: torch's choice)"
+    )
     p.add_argument("--repeats", type=int, default=1, help="runs per variant, interleaved; the fastest is kept")
     p.add_argument("--out", default="runs/bench/bench_train.json", help="results JSON (worker logs next to it)")
     args = p.parse_args(argv)
@@ -140,10 +156,16 @@ def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
         measured = measure_training(trainer, warmup_steps=1)  # steady: steps 2..N, without the first's one-off costs
 
     steady, peak_vram = measured.pop("after_warmup"), measured["peak_vram_bytes"]
-    return {"kind": spec["kind"], "overrides": spec.get("overrides", []), **measured, "steady": steady,
-            "load_model_s": load.seconds,
-            "peak_vram_mb": peak_vram / 2**20 if peak_vram is not None else None,
-            "n_train_rows": len(dataset), "torch_threads": torch.get_num_threads()}
+    return {
+        "kind": spec["kind"],
+        "overrides": spec.get("overrides", []),
+        **measured,
+        "steady": steady,
+        "load_model_s": load.seconds,
+        "peak_vram_mb": peak_vram / 2**20 if peak_vram is not None else None,
+        "n_train_rows": len(dataset),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,8 +175,10 @@ def run_variant(name: str, spec: dict[str, Any], log_dir: Path, tag: str) -> dic
     log = log_dir / f"{tag}.log"
     result = run_worker("benchmarks.bench_train:train_variant", spec, log=log, name=f"variant {name}", tail_lines=25)
     if "error" not in result:
-        print(f"{name}: {result['train_seconds']:.1f} s training, {result['process_seconds']:.0f} s with start-up",
-              file=sys.stderr)
+        print(
+            f"{name}: {result['train_seconds']:.1f} s training, {result['process_seconds']:.0f} s with start-up",
+            file=sys.stderr,
+        )
     return {"name": name, "log": str(log), **result}
 
 
@@ -163,8 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     data_path = str(Path(args.data_path).resolve()) if args.data_path else None
     if data_path and not Path(data_path).exists():
         raise SystemExit(f"--data-path {args.data_path}: does not exist")
-    base = {"model": args.model, "recipe": str(Path(args.recipe).resolve()), "steps": args.steps,
-            "data_path": data_path, "batch_size": args.batch_size, "threads": args.threads}
+    base = {
+        "model": args.model,
+        "recipe": str(Path(args.recipe).resolve()),
+        "steps": args.steps,
+        "data_path": data_path,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+    }
     variants: list[tuple[str, dict[str, Any]]] = []
     if not args.no_trl:
         variants.append(("trl_default", {**base, "kind": "trl_default"}))
@@ -186,9 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         best[name] = max(ok, key=lambda r: r["tokens_per_second"]) if ok else rs[-1]
         best[name]["all_tokens_per_second"] = [r.get("tokens_per_second") for r in rs]
 
-    report = {"benchmark": "bench_train", "args": vars(args), "model": args.model,
-              "data": data_path or "preset quickstart (packaged sample)", "environment": environment(),
-              "loadavg_start_end": [load_at_start, loadavg()], "variants": best}
+    report = {
+        "benchmark": "bench_train",
+        "args": vars(args),
+        "model": args.model,
+        "data": data_path or "preset quickstart (packaged sample)",
+        "environment": environment(),
+        "loadavg_start_end": [load_at_start, loadavg()],
+        "variants": best,
+    }
     print_table(report)
     write_report(out, report)
     print(f"\nresults: {out} (worker logs in {log_dir})")
@@ -201,30 +237,48 @@ def print_table(report: dict[str, Any]) -> None:
     ref_fintrl = variants.get("fintrl")
     load = report["loadavg_start_end"]
     any_ok = next((r for r in variants.values() if "error" not in r), None)
-    print(f"\nbench_train: {report['model']}, data {report['data']}, {report['args']['steps']} steps, "
-          f"batch {any_ok['settings']['per_device_train_batch_size'] if any_ok else '?'}, "
-          f"{report['environment']['device']}, {any_ok['torch_threads'] if any_ok else '?'} threads, "
-          f"best of {report['args']['repeats']}; load average {load[0][0]:.1f} -> {load[1][0]:.1f}\n")
+    print(
+        f"\nbench_train: {report['model']}, data {report['data']}, {report['args']['steps']} steps, "
+        f"batch {any_ok['settings']['per_device_train_batch_size'] if any_ok else '?'}, "
+        f"{report['environment']['device']}, {any_ok['torch_threads'] if any_ok else '?'} threads, "
+        f"best of {report['args']['repeats']}; load average {load[0][0]:.1f} -> {load[1][0]:.1f}\n"
+    )
     mem_col = "peak VRAM MB" if report["environment"]["device"] != "cpu" else "peak RSS MB"
-    print(f"| variant                        | tok/s | ex/s | steady tok/s | pad % | {mem_col:>12} | x TRL | x fintrl | settings |")
-    print("|--------------------------------|------:|-----:|-------------:|------:|-------------:|------:|---------:|----------|")
+    print(
+        f"| variant                        | tok/s | ex/s | steady tok/s | pad % | {mem_col:>12} "
+        "| x TRL | x fintrl | settings |"
+    )
+    print(
+        "|--------------------------------|------:|-----:|-------------:|------:|-------------:|------:|---------:|----------|"
+    )
     for name, r in variants.items():
         if "error" in r:
             print(f"| {name:<30} | failed ({r['error']}, see {r['log']}) |")
             continue
         mem = r["peak_vram_mb"] if r["peak_vram_mb"] is not None else r["peak_rss_mb"]
         x_trl = r["tokens_per_second"] / ref_trl["tokens_per_second"] if ref_trl and "error" not in ref_trl else None
-        x_fin = r["tokens_per_second"] / ref_fintrl["tokens_per_second"] if ref_fintrl and "error" not in ref_fintrl else None
+        x_fin = (
+            r["tokens_per_second"] / ref_fintrl["tokens_per_second"]
+            if ref_fintrl and "error" not in ref_fintrl
+            else None
+        )
         s = r["settings"]
-        settings = (f"gc={'on' if s['gradient_checkpointing'] else 'off'}, sampler={s['train_sampling_strategy']}, "
-                    f"adapters={'/'.join(s['adapter_dtypes'])}")
+        settings = (
+            f"gc={'on' if s['gradient_checkpointing'] else 'off'}, sampler={s['train_sampling_strategy']}, "
+            f"adapters={'/'.join(s['adapter_dtypes'])}"
+        )
         steady = r["steady"]["tokens_per_second"] if r["steady"] else None
-        print(f"| {name:<30} | {r['tokens_per_second']:5.0f} | {r['examples_per_second']:4.2f} | "
-              f"{'-' if steady is None else format(steady, '12.0f'):>12} | {r['padding_fraction']:5.1%} | {mem:12.0f} | "
-              f"{'-' if x_trl is None else format(x_trl, '5.2f'):>5} | {'-' if x_fin is None else format(x_fin, '8.2f'):>8} | "
-              f"{settings} |")
-    print("tok/s = non-padding tokens fed / train time (all steps); steady = steps 2..N; pad % = padding share of the "
-          "batches; x = tok/s ratio")
+        print(
+            f"| {name:<30} | {r['tokens_per_second']:5.0f} | {r['examples_per_second']:4.2f} | "
+            f"{'-' if steady is None else format(steady, '12.0f'):>12} | {r['padding_fraction']:5.1%} | {mem:12.0f} | "
+            f"{'-' if x_trl is None else format(x_trl, '5.2f'):>5} "
+            f"| {'-' if x_fin is None else format(x_fin, '8.2f'):>8} | "
+            f"{settings} |"
+        )
+    print(
+        "tok/s = non-padding tokens fed / train time (all steps); steady = steps 2..N; pad % = padding share of the "
+        "batches; x = tok/s ratio"
+    )
     warn_if_loaded(load, report["environment"]["cpu_count"])
 
 

@@ -9,7 +9,8 @@ before anything is measured. Tokenizer: the real Mistral-7B one (fintrl's tiny-m
 [INST] chat template; data: the recipe's dataset (FPB all-agree) when carried, else the packaged quickstart sample.
 
 Parts, each in its own subprocess (peak memory never mixes), under one time budget (--deadline-s):
-- `trl_default`: TRL's `SFTTrainer` with `SFTConfig(output_dir, report_to="none", max_steps, per_device_train_batch_size)`
+- `trl_default`: TRL's `SFTTrainer` with
+  `SFTConfig(output_dir, report_to="none", max_steps, per_device_train_batch_size)`
   only (TRL defaults: bf16, gradient checkpointing, random sampler), the recipe's LoRA config and batch size;
 - `fintrl`: `fintrl.train.build_trainer` with recipes/mistral_qlora.yaml (batch 16, gradient checkpointing, bf16,
   LoRA r16 all-linear, fintrl's TRAIN_DEFAULTS under it);
@@ -49,20 +50,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="CPU logic check: 4-layer model, 3 steps, 32 prompts")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per training variant (default 12; tiny 3)")
     p.add_argument("--warmup-steps", type=int, default=None, help="steps left out of tokens/s (default 2; tiny 1)")
-    p.add_argument("--batch-size", type=int, default=None, help="per-device batch size for every variant (default: the recipe's)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="per-device batch size for every variant (default: the recipe's)"
+    )
     p.add_argument("--recipe", default=str(REPO / "recipes" / "mistral_qlora.yaml"))
     p.add_argument("--carry", default=str(REPO / ".gpu_check"), help="folder filled by gpu_check.sh --fetch-wheels")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <carry>/tokenizer, else tiny-mistral)")
-    p.add_argument("--data-path", default=None, help="text,label CSV folder (default: <carry>/data/fpb_allagree, else "
-                                                     "../shared/data/fpb_allagree, else the quickstart preset)")
+    p.add_argument(
+        "--data-path",
+        default=None,
+        help="text,label CSV folder (default: <carry>/data/fpb_allagree, else "
+        "../shared/data/fpb_allagree, else the quickstart preset)",
+    )
     p.add_argument("--n-score", type=int, default=None, help="prompts to score (default 256; tiny 32)")
-    p.add_argument("--score-batch", type=int, default=None, help="scoring batch size (default: the recipe's eval.batch_size)")
+    p.add_argument(
+        "--score-batch", type=int, default=None, help="scoring batch size (default: the recipe's eval.batch_size)"
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed scoring repeats, best kept (default 2; tiny 1)")
     p.add_argument("--only", default=",".join(PARTS), help=f"parts to run, in order (default {','.join(PARTS)})")
-    p.add_argument("--deadline-s", type=float, default=450, help="time budget for everything; parts that would not "
-                                                                  "fit are skipped, a running one is stopped")
+    p.add_argument(
+        "--deadline-s",
+        type=float,
+        default=450,
+        help="time budget for everything; parts that would not fit are skipped, a running one is stopped",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in workers (tiny default 1)")
-    p.add_argument("--out", default=None, help="results JSON (default $OUT/gpu_check.json, else runs/bench/gpu_check[_tiny].json)")
+    p.add_argument(
+        "--out", default=None, help="results JSON (default $OUT/gpu_check.json, else runs/bench/gpu_check[_tiny].json)"
+    )
     args = p.parse_args(argv)
     args.steps = args.steps or (3 if args.tiny else 12)
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if args.tiny else 2)
@@ -118,13 +133,25 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         tokenizer, data = resolve_inputs(args, tmp)
         report.update(tokenizer=tokenizer, data=data or "preset quickstart (packaged sample)")
-        print(f"gpu_check: {'tiny 4-layer' if args.tiny else 'Mistral-7B-shaped'} model, recipe {args.recipe}, "
-              f"data {report['data']}, tokenizer {tokenizer}, {args.steps} steps ({args.warmup_steps} warm-up), "
-              f"budget {args.deadline_s:.0f} s", file=sys.stderr)
-        base = {"tiny": args.tiny, "recipe": str(Path(args.recipe).resolve()), "tokenizer": tokenizer, "data_path": data,
-                "steps": args.steps, "warmup_steps": args.warmup_steps, "batch_size": args.batch_size,
-                "n_score": args.n_score, "score_batch": args.score_batch, "repeats": args.repeats,
-                "threads": args.threads}
+        print(
+            f"gpu_check: {'tiny 4-layer' if args.tiny else 'Mistral-7B-shaped'} model, recipe {args.recipe}, "
+            f"data {report['data']}, tokenizer {tokenizer}, {args.steps} steps ({args.warmup_steps} warm-up), "
+            f"budget {args.deadline_s:.0f} s",
+            file=sys.stderr,
+        )
+        base = {
+            "tiny": args.tiny,
+            "recipe": str(Path(args.recipe).resolve()),
+            "tokenizer": tokenizer,
+            "data_path": data,
+            "steps": args.steps,
+            "warmup_steps": args.warmup_steps,
+            "batch_size": args.batch_size,
+            "n_score": args.n_score,
+            "score_batch": args.score_batch,
+            "repeats": args.repeats,
+            "threads": args.threads,
+        }
         logs = []
         for part in parts:
             left = deadline - time.monotonic()
@@ -139,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             log = tmp / f"{part}.log"
             print(f"[{part}] starting ({left:.0f} s left)", file=sys.stderr)
             worker = "score" if part == "scoring" else "train"
-            report["parts"][part] = {"part": part, **run_worker(f"benchmarks.gpu_check_workers:{worker}", spec, log=log,
-                                                                 timeout=left - 2, name=f"[{part}]")}
+            report["parts"][part] = {
+                "part": part,
+                **run_worker(
+                    f"benchmarks.gpu_check_workers:{worker}", spec, log=log, timeout=left - 2, name=f"[{part}]"
+                ),
+            }
             logs.append((part, log))
             r = report["parts"][part]
             if "error" not in r:
@@ -177,10 +208,13 @@ def finish(report: dict[str, Any]) -> None:
         target["pass"] = None
         target["note"] = "tiny model: the 6 GB target applies to the 7B run only"
     elif fin and fin.get("peak_vram_bytes") is not None:
-        target.update(peak_gb=fin["peak_vram_bytes"] / 1e9, peak_gib=fin["peak_vram_bytes"] / 2**30,
-                      reserved_gb=fin["peak_vram_reserved_bytes"] / 1e9,
-                      model_and_adapters_gb=fin["vram_before_train_bytes"] / 1e9,
-                      **{"pass": fin["peak_vram_bytes"] <= VRAM_TARGET_GB * 1e9})
+        target.update(
+            peak_gb=fin["peak_vram_bytes"] / 1e9,
+            peak_gib=fin["peak_vram_bytes"] / 2**30,
+            reserved_gb=fin["peak_vram_reserved_bytes"] / 1e9,
+            model_and_adapters_gb=fin["vram_before_train_bytes"] / 1e9,
+            **{"pass": fin["peak_vram_bytes"] <= VRAM_TARGET_GB * 1e9},
+        )
     else:
         target["pass"] = None
         target["note"] = "fintrl variant did not run on a GPU"
@@ -198,57 +232,80 @@ def print_report(report: dict[str, Any]) -> None:
     print()
     if model:
         c = model["config"]
-        print(f"model: MistralForCausalLM {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, MLP "
-              f"{c['intermediate_size']}, heads {c['num_attention_heads']}/{c['num_key_value_heads']}, vocab "
-              f"{c['vocab_size']}; {model['parameters'] / 1e9:.2f} B params, random weights, {model['linear_class']}, "
-              f"footprint {_gb(model['memory_footprint_bytes'])} GB, built in {model['build_seconds']:.0f} s")
-    print(f"device: {env.get('gpu') or 'cpu'} (CUDA {env.get('cuda')}); torch {env.get('torch')}, transformers "
-          f"{env.get('transformers')}, trl {env.get('trl')}, peft {env.get('peft')}, bitsandbytes {env.get('bitsandbytes')}, "
-          f"datasets {env.get('datasets')}; python {env.get('python')}")
+        print(
+            f"model: MistralForCausalLM {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, MLP "
+            f"{c['intermediate_size']}, heads {c['num_attention_heads']}/{c['num_key_value_heads']}, vocab "
+            f"{c['vocab_size']}; {model['parameters'] / 1e9:.2f} B params, random weights, {model['linear_class']}, "
+            f"footprint {_gb(model['memory_footprint_bytes'])} GB, built in {model['build_seconds']:.0f} s"
+        )
+    print(
+        f"device: {env.get('gpu') or 'cpu'} (CUDA {env.get('cuda')}); torch {env.get('torch')}, transformers "
+        f"{env.get('transformers')}, trl {env.get('trl')}, peft {env.get('peft')}, "
+        f"bitsandbytes {env.get('bitsandbytes')}, "
+        f"datasets {env.get('datasets')}; python {env.get('python')}"
+    )
     print(f"data: {report['data']}")
     train = [(p, r) for p, r in parts.items() if p != "scoring"]
     if train:
         any_ok = next((r for _, r in train if "error" not in r), None)
         warm = any_ok["warmup_steps"] if any_ok else "?"
-        print(f"\ntraining: {report['args']['steps']} steps, tokens/s over steps {warm + 1 if any_ok else '?'}.."
-              f"{report['args']['steps']} (after {warm} warm-up steps)\n")
-        print("| variant            | tok/s | ex/s | tok/s all steps | pad % | peak VRAM GB | reserved GB | model+adapters GB "
-              "| x TRL tok/s | x TRL VRAM | loss  | settings |")
-        print("|--------------------|------:|-----:|----------------:|------:|-------------:|------------:|------------------:"
-              "|------------:|-----------:|------:|----------|")
+        print(
+            f"\ntraining: {report['args']['steps']} steps, tokens/s over steps {warm + 1 if any_ok else '?'}.."
+            f"{report['args']['steps']} (after {warm} warm-up steps)\n"
+        )
+        print(
+            "| variant            | tok/s | ex/s | tok/s all steps | pad % | peak VRAM GB | reserved GB "
+            "| model+adapters GB "
+            "| x TRL tok/s | x TRL VRAM | loss  | settings |"
+        )
+        print(
+            "|--------------------|------:|-----:|----------------:|------:|-------------:|------------:|------------------:"
+            "|------------:|-----------:|------:|----------|"
+        )
         for part, r in train:
             name = LABELS.get(part, part)
             if "error" in r:
                 print(f"| {name:<18} | failed: {r['error']} |")
                 continue
             t, s = r["timed"] or {}, r["settings"]
-            settings = (f"{s['trainer']}, gc={'on' if s['gradient_checkpointing'] else 'off'}, "
-                        f"sampler={s['train_sampling_strategy']}, batch {s['per_device_train_batch_size']}, "
-                        f"bf16={s['bf16']}, adapters={'/'.join(s['adapter_dtypes'])}")
+            settings = (
+                f"{s['trainer']}, gc={'on' if s['gradient_checkpointing'] else 'off'}, "
+                f"sampler={s['train_sampling_strategy']}, batch {s['per_device_train_batch_size']}, "
+                f"bf16={s['bf16']}, adapters={'/'.join(s['adapter_dtypes'])}"
+            )
             x_t, x_v = r.get("x_trl_tokens_per_second"), r.get("x_trl_peak_vram")
-            print(f"| {name:<18} | {t.get('tokens_per_second', 0):5.0f} | {t.get('examples_per_second', 0):4.1f} | "
-                  f"{r['all_steps']['tokens_per_second']:15.0f} | {r['padding_fraction']:5.1%} | "
-                  f"{_gb(r['peak_vram_bytes']):>12} | {_gb(r['peak_vram_reserved_bytes']):>11} | "
-                  f"{_gb(r['vram_before_train_bytes']):>17} | {'-' if x_t is None else f'{x_t:.2f}':>11} | "
-                  f"{'-' if x_v is None else f'{x_v:.2f}':>10} | {r['train_loss']:5.2f} | {settings} |")
+            print(
+                f"| {name:<18} | {t.get('tokens_per_second', 0):5.0f} | {t.get('examples_per_second', 0):4.1f} | "
+                f"{r['all_steps']['tokens_per_second']:15.0f} | {r['padding_fraction']:5.1%} | "
+                f"{_gb(r['peak_vram_bytes']):>12} | {_gb(r['peak_vram_reserved_bytes']):>11} | "
+                f"{_gb(r['vram_before_train_bytes']):>17} | {'-' if x_t is None else f'{x_t:.2f}':>11} | "
+                f"{'-' if x_v is None else f'{x_v:.2f}':>10} | {r['train_loss']:5.2f} | {settings} |"
+            )
         if not env.get("gpu"):
-            print("(CPU: no VRAM numbers; peak RSS MB per variant: "
-                  + ", ".join(f"{LABELS.get(p, p)} {r['peak_rss_mb']:.0f}" for p, r in train if "error" not in r) + ")")
+            print(
+                "(CPU: no VRAM numbers; peak RSS MB per variant: "
+                + ", ".join(f"{LABELS.get(p, p)} {r['peak_rss_mb']:.0f}" for p, r in train if "error" not in r)
+                + ")"
+            )
     sc = parts.get("scoring")
     if sc:
         if "error" in sc:
             print(f"\nscoring: failed: {sc['error']}")
         else:
             info = sc["labels"]
-            print(f"\nscoring: {sc['n']} prompts, batch {sc['batch_size']}, best of {sc['repeats']}, "
-                  f"{'LoRA adapters attached' if sc['with_lora_adapters'] else 'base model'}; peak VRAM "
-                  f"{_gb(sc['peak_vram_bytes'])} GB; mean prompt tokens: 3 labels {info['3']['prompt_tokens_mean']:.0f}, "
-                  f"20 labels {info['20']['prompt_tokens_mean']:.0f}\n")
+            print(
+                f"\nscoring: {sc['n']} prompts, batch {sc['batch_size']}, best of {sc['repeats']}, "
+                f"{'LoRA adapters attached' if sc['with_lora_adapters'] else 'base model'}; peak VRAM "
+                f"{_gb(sc['peak_vram_bytes'])} GB; mean prompt tokens: 3 labels {info['3']['prompt_tokens_mean']:.0f}, "
+                f"20 labels {info['20']['prompt_tokens_mean']:.0f}\n"
+            )
             print("| labels | mode        |   ex/s | x forward (time) |")
             print("|-------:|-------------|-------:|-----------------:|")
             for row in sc["rows"].values():
-                print(f"| {row['labels']:>6} | {row['mode']:<11} | {row['examples_per_second']:6.1f} | "
-                      f"{row['x_forward']:16.2f} |")
+                print(
+                    f"| {row['labels']:>6} | {row['mode']:<11} | {row['examples_per_second']:6.1f} | "
+                    f"{row['x_forward']:16.2f} |"
+                )
             for n, i in info.items():
                 for key, val in i.items():
                     if key.endswith("_skipped"):
@@ -259,8 +316,10 @@ def print_report(report: dict[str, Any]) -> None:
     if t.get("pass") is None:
         print(f"\nVRAM target (<= {t['target_gb']} GB, 7B QLoRA, recipe settings): not checked ({t.get('note')})")
     else:
-        print(f"\nVRAM target: fintrl at the recipe's settings peaked at {t['peak_gb']:.2f} GB ({t['peak_gib']:.2f} GiB) "
-              f"allocated, target <= {t['target_gb']} GB: {'PASS' if t['pass'] else 'FAIL'}")
+        print(
+            f"\nVRAM target: fintrl at the recipe's settings peaked at {t['peak_gb']:.2f} GB ({t['peak_gib']:.2f} GiB) "
+            f"allocated, target <= {t['target_gb']} GB: {'PASS' if t['pass'] else 'FAIL'}"
+        )
 
 
 if __name__ == "__main__":

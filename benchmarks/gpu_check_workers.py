@@ -22,8 +22,14 @@ from benchmarks.harness import (
     sync,
 )
 
-TINY_CONFIG = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=2048)
+TINY_CONFIG = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+)
 
 
 def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
@@ -84,12 +90,24 @@ def build_model(recipe: Any, tiny: bool) -> tuple[Any, dict[str, Any]]:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
     info = {
-        "config": {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                   "num_attention_heads", "num_key_value_heads", "vocab_size")},
-        "parameters": n_params, "dtype": str(dtype).replace("torch.", ""),
-        "quantization": recipe.quantization, "build_seconds": time.perf_counter() - start,
-        "linear_class": type(model.model.layers[0].self_attn.q_proj).__module__ + "." +
-                        type(model.model.layers[0].self_attn.q_proj).__name__,
+        "config": {
+            k: getattr(config, k)
+            for k in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "vocab_size",
+            )
+        },
+        "parameters": n_params,
+        "dtype": str(dtype).replace("torch.", ""),
+        "quantization": recipe.quantization,
+        "build_seconds": time.perf_counter() - start,
+        "linear_class": type(model.model.layers[0].self_attn.q_proj).__module__
+        + "."
+        + type(model.model.layers[0].self_attn.q_proj).__name__,
         "memory_footprint_bytes": model.get_memory_footprint(),
     }
     if has_cuda():
@@ -114,9 +132,17 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     timed = measured.pop("after_warmup")
     all_steps = {key: measured.pop(key) for key in ("tokens_per_second", "examples_per_second")}
-    return {"part": spec["part"], "overrides": spec.get("overrides", []), "model": model_info, **measured,
-            "warmup_steps": spec["warmup_steps"], "trainer_setup_seconds": setup.seconds, "all_steps": all_steps,
-            "timed": timed, "n_train_rows": len(dataset)}
+    return {
+        "part": spec["part"],
+        "overrides": spec.get("overrides", []),
+        "model": model_info,
+        **measured,
+        "warmup_steps": spec["warmup_steps"],
+        "trainer_setup_seconds": setup.seconds,
+        "all_steps": all_steps,
+        "timed": timed,
+        "n_train_rows": len(dataset),
+    }
 
 
 def score(spec: dict[str, Any]) -> dict[str, Any]:
@@ -150,19 +176,34 @@ def score(spec: dict[str, Any]) -> dict[str, Any]:
     for n_labels, b in builders.items():
         ref = LabelScorer(model, tokenizer, b, mode="trie", batch_size=bs, max_length=recipe.eval.max_length)
         encoded, _ = ref.encode(texts)
-        labels_info[n_labels] = {"answers": b.answers, "label_tokens": [len(s) for s in ref.label_ids],
-                                 "distinct_first_tokens": len({s[0] for s in ref.label_ids}) == len(ref.label_ids),
-                                 "prompt_tokens_mean": sum(map(len, encoded)) / len(encoded)}
-        runs.append((n_labels, "forward", lambda e=encoded: forward_only(model, tokenizer, e, bs),
-                     lambda e=encoded: forward_only(model, tokenizer, e[:bs], bs)))
-        for mode in (("first_token", "trie") if n_labels == "3" else ("trie",)):
+        labels_info[n_labels] = {
+            "answers": b.answers,
+            "label_tokens": [len(s) for s in ref.label_ids],
+            "distinct_first_tokens": len({s[0] for s in ref.label_ids}) == len(ref.label_ids),
+            "prompt_tokens_mean": sum(map(len, encoded)) / len(encoded),
+        }
+        runs.append(
+            (
+                n_labels,
+                "forward",
+                lambda e=encoded: forward_only(model, tokenizer, e, bs),
+                lambda e=encoded: forward_only(model, tokenizer, e[:bs], bs),
+            )
+        )
+        for mode in ("first_token", "trie") if n_labels == "3" else ("trie",):
             try:
                 scorer = LabelScorer(model, tokenizer, b, mode=mode, batch_size=bs, max_length=recipe.eval.max_length)
             except ScoringError as err:  # first_token needs labels with distinct first tokens
                 labels_info[n_labels][f"{mode}_skipped"] = str(err)
                 continue
-            runs.append((n_labels, mode, lambda s=scorer: s.score(texts, progress=False),
-                         lambda s=scorer: s.score(texts[:bs], progress=False)))
+            runs.append(
+                (
+                    n_labels,
+                    mode,
+                    lambda s=scorer: s.score(texts, progress=False),
+                    lambda s=scorer: s.score(texts[:bs], progress=False),
+                )
+            )
     for *_, warmup in runs:
         warmup()
     sync()
@@ -172,10 +213,23 @@ def score(spec: dict[str, Any]) -> dict[str, Any]:
     for (n_labels, mode), ts in times.items():
         best = min(ts)
         fwd = min(times[(n_labels, "forward")])
-        rows[f"{n_labels}:{mode}"] = {"labels": int(n_labels), "mode": mode, "seconds": best, "all_seconds": ts,
-                                      "examples_per_second": len(texts) / best, "x_forward": best / fwd}
+        rows[f"{n_labels}:{mode}"] = {
+            "labels": int(n_labels),
+            "mode": mode,
+            "seconds": best,
+            "all_seconds": ts,
+            "examples_per_second": len(texts) / best,
+            "x_forward": best / fwd,
+        }
     return {
-        "part": "scoring", "model": model_info, "n": len(texts), "batch_size": bs, "repeats": spec["repeats"],
-        "with_lora_adapters": recipe.lora is not None, "labels": labels_info, "rows": rows,
-        "vram_before_bytes": vram_before, **peak_memory(),
+        "part": "scoring",
+        "model": model_info,
+        "n": len(texts),
+        "batch_size": bs,
+        "repeats": spec["repeats"],
+        "with_lora_adapters": recipe.lora is not None,
+        "labels": labels_info,
+        "rows": rows,
+        "vram_before_bytes": vram_before,
+        **peak_memory(),
     }

@@ -30,8 +30,18 @@ from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-LIBRARIES = ("fintrl", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers",
-             "pyarrow")
+LIBRARIES = (
+    "fintrl",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "pyarrow",
+)
 K = TypeVar("K")
 
 
@@ -44,19 +54,31 @@ def environment(**extra: Any) -> dict[str, Any]:
 
     import torch
 
-    env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
-                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     for name in LIBRARIES:
         try:
             env[name] = md.version(name)
         except md.PackageNotFoundError:  # e.g. fintrl from a checkout on PYTHONPATH
             env[name] = getattr(sys.modules.get(name), "__version__", None)
-    env["paths"] = {name: str(Path(sys.modules[name].__file__).parent.parent)
-                    for name in LIBRARIES if getattr(sys.modules.get(name), "__file__", None)}
+    env["paths"] = {
+        name: str(Path(sys.modules[name].__file__).parent.parent)
+        for name in LIBRARIES
+        if getattr(sys.modules.get(name), "__file__", None)
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update(device=props.name, gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   cuda=torch.version.cuda, capability=f"{props.major}.{props.minor}")
+        env.update(
+            device=props.name,
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            capability=f"{props.major}.{props.minor}",
+        )
     else:
         env.update(device="cpu", gpu=None)
     return {**env, **extra}
@@ -70,8 +92,10 @@ def loadavg() -> list[float]:
 def warn_if_loaded(load_start_end: list[list[float]], cpu_count: int | None) -> None:
     """Say so under a table when the 1-minute load average went above the CPU count during the run."""
     if max(load_start_end[0][0], load_start_end[1][0]) > (cpu_count or 1):
-        print(f"warning: load average above the {cpu_count} CPUs: other work shared the machine, ratios are noisy "
-              "(use --repeats)")
+        print(
+            f"warning: load average above the {cpu_count} CPUs: other work shared the machine, ratios are noisy "
+            "(use --repeats)"
+        )
 
 
 def setup_torch(threads: int | None = None) -> None:
@@ -94,8 +118,15 @@ def write_report(path: str | Path, report: dict[str, Any]) -> Path:
 
 
 # -- workers: one function, one fresh process -----------------------------------------------------------------------
-def run_worker(target: str, spec: dict[str, Any], *, log: Path, timeout: float | None = None,
-               name: str | None = None, tail_lines: int = 30) -> dict[str, Any]:
+def run_worker(
+    target: str,
+    spec: dict[str, Any],
+    *,
+    log: Path,
+    timeout: float | None = None,
+    name: str | None = None,
+    tail_lines: int = 30,
+) -> dict[str, Any]:
     """Run `target` ("package.module:function", called with `spec`, returning a JSON-able dict) in a fresh Python
     process from the repository root, its stdout and stderr to `log`. `spec["threads"]` sets torch's threads there.
 
@@ -109,8 +140,14 @@ def run_worker(target: str, spec: dict[str, Any], *, log: Path, timeout: float |
         cmd = [sys.executable, "-m", "benchmarks.harness", target, str(spec_path), str(result_path)]
         start = time.perf_counter()
         with log.open("w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                    env={**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+                env={**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"},
+            )
             try:
                 code: int | None = proc.wait(timeout=None if timeout is None else max(timeout, 1))
             except subprocess.TimeoutExpired:
@@ -122,8 +159,13 @@ def run_worker(target: str, spec: dict[str, Any], *, log: Path, timeout: float |
         wall = time.perf_counter() - start
         if code == 0 and result_path.is_file():
             return {**json.loads(result_path.read_text()), "process_seconds": wall}
-    why = (f"stopped at the time budget after {wall:.0f} s" if code is None
-           else f"exit {code}" if code else "no result written")
+    why = (
+        f"stopped at the time budget after {wall:.0f} s"
+        if code is None
+        else f"exit {code}"
+        if code
+        else "no result written"
+    )
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-tail_lines:])
     print(f"{name} failed ({why}); last lines of its log {log}:\n{tail}", file=sys.stderr)
     return {"error": why, "process_seconds": wall}
@@ -132,8 +174,10 @@ def run_worker(target: str, spec: dict[str, Any], *, log: Path, timeout: float |
 def worker_main(argv: list[str]) -> int:
     """The worker process: `python -m benchmarks.harness package.module:function SPEC.json RESULT.json`."""
     if len(argv) != 3:
-        raise SystemExit("usage: python -m benchmarks.harness package.module:function SPEC.json RESULT.json "
-                         "(run by harness.run_worker)")
+        raise SystemExit(
+            "usage: python -m benchmarks.harness package.module:function SPEC.json RESULT.json "
+            "(run by harness.run_worker)"
+        )
     target, spec_path, result_path = argv
     module, _, function = target.partition(":")
     fn = getattr(importlib.import_module(module), function)
@@ -170,8 +214,9 @@ def stopwatch() -> Iterator[Stopwatch]:
     clock.seconds = time.perf_counter() - clock.start
 
 
-def round_robin(tasks: dict[K, Callable[[], Any]], repeats: int,
-                on_time: Callable[[int, K, float], None] | None = None) -> tuple[dict[K, list[float]], dict[K, Any]]:
+def round_robin(
+    tasks: dict[K, Callable[[], Any]], repeats: int, on_time: Callable[[int, K, float], None] | None = None
+) -> tuple[dict[K, list[float]], dict[K, Any]]:
     """Time every task `repeats` times, round-robin: on a shared machine a burst of outside load then hits every task
     alike instead of one of them. Warm them up first. Returns each task's times and its last output;
     `on_time(repeat, key, seconds)` is called after each."""
@@ -224,9 +269,11 @@ def peak_memory() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-            "peak_vram_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-            "peak_vram_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None}
+    return {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "peak_vram_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "peak_vram_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
+    }
 
 
 # -- training: the baseline and the instrumentation ---------------------------------------------------------------
@@ -241,10 +288,20 @@ def trl_default_trainer(recipe: Any, model: Any, tokenizer: Any, dataset: Any, o
 
     train = {**TRAIN_DEFAULTS, **recipe.train}
     required: dict[str, Any] = {} if has_cuda() else {"use_cpu": True, "bf16": False}
-    config = SFTConfig(output_dir=output_dir, report_to="none", max_steps=train.get("max_steps", -1),
-                       per_device_train_batch_size=train["per_device_train_batch_size"], **required)
-    return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=lora_config(recipe.lora))
+    config = SFTConfig(
+        output_dir=output_dir,
+        report_to="none",
+        max_steps=train.get("max_steps", -1),
+        per_device_train_batch_size=train["per_device_train_batch_size"],
+        **required,
+    )
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe.lora),
+    )
 
 
 def build_bench_trainer(kind: str, recipe: Any, model: Any, tokenizer: Any, dataset: Any, output_dir: str) -> Any:
@@ -270,10 +327,14 @@ def instrument(trainer: Any) -> tuple[list[dict[str, int]], list[float]]:
     def counting_collator(features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = inner(features)
         ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
-        batches.append({"examples": len(features),
-                        "tokens": int(mask.sum()) if mask is not None else int(ids.numel()),  # padding-free: no pads
-                        "padded_tokens": int(ids.numel()),
-                        "loss_tokens": int((labels != -100).sum()) if labels is not None else 0})
+        batches.append(
+            {
+                "examples": len(features),
+                "tokens": int(mask.sum()) if mask is not None else int(ids.numel()),  # padding-free: no pads
+                "padded_tokens": int(ids.numel()),
+                "loss_tokens": int((labels != -100).sum()) if labels is not None else 0,
+            }
+        )
         return batch
 
     class StepClock(TrainerCallback):
@@ -290,13 +351,19 @@ def trainer_settings(trainer: Any) -> dict[str, Any]:
     """The settings that decide a trainer's speed and memory, as it will run."""
     args = trainer.args
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-    return {"trainer": type(trainer).__name__, "gradient_checkpointing": bool(args.gradient_checkpointing),
-            "train_sampling_strategy": str(getattr(args, "train_sampling_strategy", "")), "bf16": bool(args.bf16),
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
-            "max_length": getattr(args, "max_length", None), "padding_free": bool(getattr(args, "padding_free", False)),
-            "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in trainable}),
-            "trainable_params": sum(p.numel() for p in trainable)}
+    return {
+        "trainer": type(trainer).__name__,
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "train_sampling_strategy": str(getattr(args, "train_sampling_strategy", "")),
+        "bf16": bool(args.bf16),
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "learning_rate": args.learning_rate,
+        "max_length": getattr(args, "max_length", None),
+        "padding_free": bool(getattr(args, "padding_free", False)),
+        "adapter_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in trainable}),
+        "trainable_params": sum(p.numel() for p in trainable),
+    }
 
 
 def measure_training(trainer: Any, warmup_steps: int = 1) -> dict[str, Any]:
@@ -319,15 +386,24 @@ def measure_training(trainer: Any, warmup_steps: int = 1) -> dict[str, Any]:
     after = None
     if warmup_steps >= 1 and len(step_ends) > warmup_steps:
         seconds = step_ends[-1] - step_ends[warmup_steps - 1]
-        after = {"steps": steps - warmup_steps, "seconds": seconds, **totals(used[warmup_steps * ga:], seconds)}
+        after = {"steps": steps - warmup_steps, "seconds": seconds, **totals(used[warmup_steps * ga :], seconds)}
     padded, tokens = sum(b["padded_tokens"] for b in used), sum(b["tokens"] for b in used)
-    return {"settings": settings, "steps": steps, "examples": sum(b["examples"] for b in used),
-            **totals(used, clock.seconds), "padded_tokens": padded,
-            "padding_fraction": 1 - tokens / padded if padded else 0.0,
-            "loss_tokens": sum(b["loss_tokens"] for b in used), "train_seconds": clock.seconds,
-            "after_warmup": after, "step_seconds": [b - a for a, b in zip([clock.start, *step_ends], step_ends)],
-            "train_loss": output.training_loss, "rss_before_train_mb": rss_before,
-            "vram_before_train_bytes": vram_before, **peak_memory()}
+    return {
+        "settings": settings,
+        "steps": steps,
+        "examples": sum(b["examples"] for b in used),
+        **totals(used, clock.seconds),
+        "padded_tokens": padded,
+        "padding_fraction": 1 - tokens / padded if padded else 0.0,
+        "loss_tokens": sum(b["loss_tokens"] for b in used),
+        "train_seconds": clock.seconds,
+        "after_warmup": after,
+        "step_seconds": [b - a for a, b in zip([clock.start, *step_ends], step_ends)],
+        "train_loss": output.training_loss,
+        "rss_before_train_mb": rss_before,
+        "vram_before_train_bytes": vram_before,
+        **peak_memory(),
+    }
 
 
 if __name__ == "__main__":

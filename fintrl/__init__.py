@@ -34,8 +34,22 @@ _EXPORTS = {
     "list_versions": "fintrl.hub",
     "FintrlError": "fintrl.errors",
 }
-__all__ = ["FintrlError", "LabelScorer", "Recipe", "Report", "RunFolder", "__version__", "check_recipe", "evaluate",
-           "list_versions", "load_for_inference", "load_recipe", "publish", "resolve_target", "run"]
+__all__ = [
+    "FintrlError",
+    "LabelScorer",
+    "Recipe",
+    "Report",
+    "RunFolder",
+    "__version__",
+    "check_recipe",
+    "evaluate",
+    "list_versions",
+    "load_for_inference",
+    "load_recipe",
+    "publish",
+    "resolve_target",
+    "run",
+]
 
 if TYPE_CHECKING:
     from fintrl.checks import check_recipe

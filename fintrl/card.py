@@ -46,8 +46,11 @@ if TYPE_CHECKING:
 
 CARD_TEMPLATE = "fintrl_adapter.md"
 EXAMPLE_TEXT = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."
-HEADLINE = (("accuracy", "Accuracy", "accuracy", None), ("f1", "Macro F1", "f1_macro", {"average": "macro"}),
-            ("f1", "Weighted F1", "f1_weighted", {"average": "weighted"}))  # (metric id, name, report key, args)
+HEADLINE = (
+    ("accuracy", "Accuracy", "accuracy", None),
+    ("f1", "Macro F1", "f1_macro", {"average": "macro"}),
+    ("f1", "Weighted F1", "f1_weighted", {"average": "weighted"}),
+)  # (metric id, name, report key, args)
 
 
 def template_path() -> Path:
@@ -61,8 +64,12 @@ def template_path() -> Path:
 
 def is_hub_id(name: str | None) -> bool:
     """`org/name` that is not a path on this machine (absolute, relative, `~` or existing)."""
-    return (isinstance(name, str) and name.count("/") == 1 and not name.startswith(("/", ".", "~"))
-            and not Path(name).expanduser().exists())
+    return (
+        isinstance(name, str)
+        and name.count("/") == 1
+        and not name.startswith(("/", ".", "~"))
+        and not Path(name).expanduser().exists()
+    )
 
 
 def portable_name(name: str | None) -> str | None:
@@ -128,12 +135,24 @@ def eval_results(recipe: Recipe, metrics: Report) -> list[EvalResult]:
         sources = [(p, p["name"], metrics.get("per_source", {}).get(p["name"])) for p in data["mixture"]]
     else:
         sources = [(data, recipe.data.preset or data["source"], metrics)]
-    return [EvalResult(task_type="text-classification", task_name="Financial text classification",
-                       dataset_type=source["source"], dataset_name=name, dataset_config=source.get("config_name"),
-                       dataset_split=source.get("eval_split"), dataset_revision=source.get("revision"),
-                       metric_type=metric, metric_name=pretty, metric_value=round(scores[key], 4), metric_args=args)
-            for source, name, scores in sources if scores is not None and is_hub_id(source.get("source"))
-            for metric, pretty, key, args in HEADLINE]
+    return [
+        EvalResult(
+            task_type="text-classification",
+            task_name="Financial text classification",
+            dataset_type=source["source"],
+            dataset_name=name,
+            dataset_config=source.get("config_name"),
+            dataset_split=source.get("eval_split"),
+            dataset_revision=source.get("revision"),
+            metric_type=metric,
+            metric_name=pretty,
+            metric_value=round(scores[key], 4),
+            metric_args=args,
+        )
+        for source, name, scores in sources
+        if scores is not None and is_hub_id(source.get("source"))
+        for metric, pretty, key, args in HEADLINE
+    ]
 
 
 def _yaml(node: Any) -> str:
@@ -148,11 +167,16 @@ def _settings(recipe: Recipe, metrics: Report, total_steps: int | None) -> tuple
     warmup = train.get("warmup_steps")
     if not isinstance(warmup, (int, float)) or not 0 < warmup < 1:
         return text, None
-    steps = (f"ceil({warmup:g} x {total_steps}) = {math.ceil(warmup * total_steps)} of {total_steps} steps"
-             if total_steps else "of the total steps")
+    steps = (
+        f"ceil({warmup:g} x {total_steps}) = {math.ceil(warmup * total_steps)} of {total_steps} steps"
+        if total_steps
+        else "of the total steps"
+    )
     text = text.replace(f"  warmup_steps: {warmup}", f"  warmup_steps: {warmup}  # a ratio: {warmup:.0%} of the steps")
-    return text, (f"`warmup_steps: {warmup:g}` is a ratio: transformers reads a value below 1 as a fraction of the "
-                  f"total training steps, so the learning rate warmed up over {warmup:.0%} of them ({steps}).")
+    return text, (
+        f"`warmup_steps: {warmup:g}` is a ratio: transformers reads a value below 1 as a fraction of the "
+        f"total training steps, so the learning rate warmed up over {warmup:.0%} of them ({steps})."
+    )
 
 
 def _train_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -169,15 +193,30 @@ def _caveats(recipe: Recipe) -> list[tuple[str, str]]:
     from fintrl.presets import PRESETS
 
     data = recipe.data
-    entries = [(m.display_name, m.preset) for m in data.mixture] if data.mixture else \
-        [(data.preset or portable_name(data.path or data.source) or "data", data.preset)]
-    return [(name, PRESETS[preset].caveat if preset in PRESETS and PRESETS[preset].caveat else
-             "not a fintrl preset: its provenance, licence and biases are for its publisher to state.")
-            for name, preset in entries]
+    entries = (
+        [(m.display_name, m.preset) for m in data.mixture]
+        if data.mixture
+        else [(data.preset or portable_name(data.path or data.source) or "data", data.preset)]
+    )
+    return [
+        (
+            name,
+            PRESETS[preset].caveat
+            if preset in PRESETS and PRESETS[preset].caveat
+            else "not a fintrl preset: its provenance, licence and biases are for its publisher to state.",
+        )
+        for name, preset in entries
+    ]
 
 
-def render_card(run_dir: Path, *, repo_id: str | None = None, versions: list[dict[str, Any]] | None = None,
-                version: str | None = None, base_model: str | None = None) -> str:
+def render_card(
+    run_dir: Path,
+    *,
+    repo_id: str | None = None,
+    versions: list[dict[str, Any]] | None = None,
+    version: str | None = None,
+    base_model: str | None = None,
+) -> str:
     """The model card of a run folder: Hub metadata (incl. model-index) + usage, prompt, metrics, training, data.
 
     `repo_id` fills the snippets (default: the recipe's publish.repo_id); `version` (when publishing) pins the PEFT
@@ -201,54 +240,93 @@ def render_card(run_dir: Path, *, repo_id: str | None = None, versions: list[dic
     dataset_ids = [s["source"] for s in sources if is_hub_id(s.get("source"))]
     license_ = data.get("license") if data.get("license") not in (None, "unknown") else None
     card_data = ModelCardData(
-        base_model=base if is_hub_id(base) else None, base_model_relation="adapter" if is_hub_id(base) else None,
-        library_name="peft", pipeline_tag="text-generation", license=license_, datasets=dataset_ids or None,
-        language=["en"], tags=["fintrl", "finance", "text-classification", "lora", "trl", "sft"]
+        base_model=base if is_hub_id(base) else None,
+        base_model_relation="adapter" if is_hub_id(base) else None,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        license=license_,
+        datasets=dataset_ids or None,
+        language=["en"],
+        tags=["fintrl", "finance", "text-classification", "lora", "trl", "sft"]
         + (["qlora"] if recipe.quantization else []),
-        model_name=repo_id if results else None, eval_results=results or None,
+        model_name=repo_id if results else None,
+        eval_results=results or None,
     )
     log = _train_log(run_dir)
     losses = [entry["loss"] for entry in log if entry.get("loss") is not None]
     total_steps = max((entry.get("step") or 0 for entry in log), default=0) or None
     settings, warmup_note = _settings(recipe, metrics, total_steps)
     train = metrics.get("train") or {}
-    quantization = {k: v for k, v in (recipe.quantization or {}).items()
-                    if k != "bnb_4bit_compute_dtype" or v != "auto"}  # auto: fintrl's choice per device, said in words
+    quantization = {
+        k: v for k, v in (recipe.quantization or {}).items() if k != "bnb_4bit_compute_dtype" or v != "auto"
+    }  # auto: fintrl's choice per device, said in words
     adapter_bytes = sum(p.stat().st_size for p in Path(run_dir).glob("adapter_model.*"))
     counts = data["label_counts"]["train"]
     card = ModelCard.from_template(
-        card_data, template_path=str(template_path()),
-        title=repo_id.split("/")[-1], repo_id=repo_id, version=version, task=builder.task, labels=data["labels"],
-        answers=builder.answers, base_model=base,
+        card_data,
+        template_path=str(template_path()),
+        title=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        version=version,
+        task=builder.task,
+        labels=data["labels"],
+        answers=builder.answers,
+        base_model=base,
         base_model_url=f"https://huggingface.co/{base}" if is_hub_id(base) else None,
-        quantized=bool(recipe.quantization), bnb_kwargs=", ".join(f"{k}={v!r}" for k, v in quantization.items()),
+        quantized=bool(recipe.quantization),
+        bnb_kwargs=", ".join(f"{k}={v!r}" for k, v in quantization.items()),
         auto_compute_dtype=(recipe.quantization or {}).get("bnb_4bit_compute_dtype", "auto") == "auto",
-        example_messages=json.dumps(builder.messages(EXAMPLE_TEXT), ensure_ascii=False), example_text=EXAMPLE_TEXT,
+        example_messages=json.dumps(builder.messages(EXAMPLE_TEXT), ensure_ascii=False),
+        example_text=EXAMPLE_TEXT,
         max_new_tokens=max(8, max(len(a) for a in builder.answers) // 2 + 4),
         user_template=recipe.prompt.template.format(instruction=builder.instruction, text="{text}"),
-        system=recipe.prompt.system, metrics=metrics, baselines=metrics.get("baselines", {}),
-        n_eval=data["n_eval"], n_train=data["n_train"], eval_split=data["eval_split"],
-        scoring_mode=metrics["scoring"]["mode"], max_length=metrics["scoring"]["max_length"],
-        has_model_index=bool(results), caveats=_caveats(recipe),
-        settings=settings, warmup_note=warmup_note, train_seconds=round(train.get("train_runtime", 0)),
-        train_loss=losses[-1] if losses else None, trainable=train.get("trainable_parameters"),
-        total_parameters=train.get("total_parameters"), adapter_size=_size(adapter_bytes) if adapter_bytes else None,
+        system=recipe.prompt.system,
+        metrics=metrics,
+        baselines=metrics.get("baselines", {}),
+        n_eval=data["n_eval"],
+        n_train=data["n_train"],
+        eval_split=data["eval_split"],
+        scoring_mode=metrics["scoring"]["mode"],
+        max_length=metrics["scoring"]["max_length"],
+        has_model_index=bool(results),
+        caveats=_caveats(recipe),
+        settings=settings,
+        warmup_note=warmup_note,
+        train_seconds=round(train.get("train_runtime", 0)),
+        train_loss=losses[-1] if losses else None,
+        trainable=train.get("trainable_parameters"),
+        total_parameters=train.get("total_parameters"),
+        adapter_size=_size(adapter_bytes) if adapter_bytes else None,
         environment=metrics.get("environment") or {},
-        data_source=data["source"], data_config=data.get("config_name"), mixture=data.get("mixture") or [],
+        data_source=data["source"],
+        data_config=data.get("config_name"),
+        mixture=data.get("mixture") or [],
         dataset_url=f"https://huggingface.co/datasets/{data['source']}" if is_hub_id(data["source"]) else None,
-        data_license=data.get("license"), train_counts=", ".join(f"{k} {v}" for k, v in counts.items()),
-        **{key: name if (Path(run_dir) / name).is_file() else None for key, name in (
-            ("confusion_png", CONFUSION_MATRIX_PNG), ("reliability_png", RELIABILITY_PNG),
-            ("curve_png", TRAINING_CURVE_PNG))},
-        recipe_file=RECIPE, metrics_file=METRICS,
-        versions=versions or [{"version": "unpublished", "date": "-", "accuracy": metrics["accuracy"],
-                               "f1_macro": metrics["f1_macro"]}],
+        data_license=data.get("license"),
+        train_counts=", ".join(f"{k} {v}" for k, v in counts.items()),
+        **{
+            key: name if (Path(run_dir) / name).is_file() else None
+            for key, name in (
+                ("confusion_png", CONFUSION_MATRIX_PNG),
+                ("reliability_png", RELIABILITY_PNG),
+                ("curve_png", TRAINING_CURVE_PNG),
+            )
+        },
+        recipe_file=RECIPE,
+        metrics_file=METRICS,
+        versions=versions
+        or [{"version": "unpublished", "date": "-", "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}],
     )
     return str(card)
 
 
-def write_card(run_dir: Path, *, repo_id: str | None = None, versions: list[dict[str, Any]] | None = None,
-               base_model: str | None = None) -> Path:
+def write_card(
+    run_dir: Path,
+    *,
+    repo_id: str | None = None,
+    versions: list[dict[str, Any]] | None = None,
+    base_model: str | None = None,
+) -> Path:
     """Render the card into the run folder's README.md (what `fintrl card` and every run do); returns its path."""
     path = Path(run_dir) / CARD
     path.write_text(render_card(run_dir, repo_id=repo_id, versions=versions, base_model=base_model))
@@ -270,9 +348,11 @@ def base_model_hub_id(recipe: Recipe, base_model: str | None = None) -> str:
         return given
     name = hub_id(recipe.model.name_or_path)
     if not is_hub_id(name):
-        raise RecipeError(f"the base model {recipe.model.name_or_path} has no Hub id, so the published adapter would "
-                          "load only on this machine: name the base's Hub id with --base-model ORG/NAME (or "
-                          "publish.base_model in the recipe)")
+        raise RecipeError(
+            f"the base model {recipe.model.name_or_path} has no Hub id, so the published adapter would "
+            "load only on this machine: name the base's Hub id with --base-model ORG/NAME (or "
+            "publish.base_model in the recipe)"
+        )
     return name
 
 
@@ -282,8 +362,17 @@ def _local_paths(run_dir: Path, recipe: Recipe, saved_base: str | None) -> list[
     from fintrl.models import fintrl_home
     from fintrl.presets import PRESETS
 
-    places: list[Any] = [run_dir, recipe.output_dir, fintrl_home(), Path.home(), Path.cwd(), tempfile.gettempdir(),
-                         recipe.model.name_or_path, saved_base, recipe.model.chat_template]
+    places: list[Any] = [
+        run_dir,
+        recipe.output_dir,
+        fintrl_home(),
+        Path.home(),
+        Path.cwd(),
+        tempfile.gettempdir(),
+        recipe.model.name_or_path,
+        saved_base,
+        recipe.model.chat_template,
+    ]
     for source in (recipe.data, *(recipe.data.mixture or [])):
         places += [source.path, source.source, PRESETS[source.preset].source if source.preset in PRESETS else None]
     found: set[str] = set()
@@ -309,8 +398,10 @@ def _check_no_local_paths(staging: Path, places: list[str], run_dir: Path) -> No
         except UnicodeDecodeError:  # binary: weights, images
             continue
         if match:
-            raise RunFolderError(f"{name} of {run_dir} holds a path of this machine ({match.group()}), and fintrl "
-                                 "publishes no local paths: remove it there, or from the recipe value it comes from")
+            raise RunFolderError(
+                f"{name} of {run_dir} holds a path of this machine ({match.group()}), and fintrl "
+                "publishes no local paths: remove it there, or from the recipe value it comes from"
+            )
 
 
 def stage(run_dir: Path, staging: Path, *, recipe: Recipe, card: str, base: str) -> None:

@@ -39,16 +39,24 @@ SEMVER = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")  # what `fintrl publish --version`
 # BitsAndBytesConfig.__init__ has no annotations: its fields' types, as its post_init and bitsandbytes take them.
 _DTYPES = Literal["float32", "bfloat16", "float16"]
 BNB_TYPES: dict[str, Any] = {
-    "load_in_8bit": bool, "load_in_4bit": bool, "llm_int8_threshold": float, "llm_int8_skip_modules": list[str] | None,
-    "llm_int8_enable_fp32_cpu_offload": bool, "llm_int8_has_fp16_weight": bool,
+    "load_in_8bit": bool,
+    "load_in_4bit": bool,
+    "llm_int8_threshold": float,
+    "llm_int8_skip_modules": list[str] | None,
+    "llm_int8_enable_fp32_cpu_offload": bool,
+    "llm_int8_has_fp16_weight": bool,
     "bnb_4bit_compute_dtype": Literal["auto"] | _DTYPES | None,  # auto: fintrl's (the model's compute dtype)
-    "bnb_4bit_quant_type": Literal["nf4", "fp4"], "bnb_4bit_use_double_quant": bool,
+    "bnb_4bit_quant_type": Literal["nf4", "fp4"],
+    "bnb_4bit_use_double_quant": bool,
     "bnb_4bit_quant_storage": Literal["float16", "float32", "int8", "uint8", "float64", "bfloat16"] | None,
 }
 
 
 REQUIREMENTS: dict[str, Callable[[Any], bool]] = {
-    "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "in [0, 1)": lambda v: 0 <= v < 1,
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
 }
 # Ranges the libraries accept at construction and fail on (or silently misuse) later: requirement, example.
 RANGES: dict[str, dict[str, tuple[str, str]]] = {
@@ -79,8 +87,13 @@ RANGES: dict[str, dict[str, tuple[str, str]]] = {
 
 def check_recipe(recipe: Recipe) -> None:
     """Raise one `RecipeError` naming every problem (key path and fix) that can be found without weights or network."""
-    problems = [*_model_problems(recipe.model), *library_problems(recipe), *_data_problems(recipe.data),
-                *_prompt_problems(recipe), *_publish_problems(recipe.publish)]
+    problems = [
+        *_model_problems(recipe.model),
+        *library_problems(recipe),
+        *_data_problems(recipe.data),
+        *_prompt_problems(recipe),
+        *_publish_problems(recipe.publish),
+    ]
     if problems:
         raise RecipeError("invalid recipe: " + "; ".join(problems))
 
@@ -94,6 +107,7 @@ def check_library_fields(recipe: Recipe) -> None:
 
 # --- train / lora / quantization ---------------------------------------------------------------------------------
 
+
 def library_problems(recipe: Recipe) -> list[str]:
     with _quiet():  # bitsandbytes logs a warning on import (no `kernels` package for its CPU kernel)
         from peft import LoraConfig
@@ -105,11 +119,22 @@ def library_problems(recipe: Recipe) -> list[str]:
 
     bnb_fields = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
     sections: list[tuple[str, dict[str, Any] | None, type, dict[str, Any], dict[str, Any], Callable[[], object]]] = [
-        ("quantization", recipe.quantization, BitsAndBytesConfig, {k: BNB_TYPES.get(k, Any) for k in bnb_fields}, {},
-         lambda: bnb_config(recipe.quantization, torch_dtype(recipe.model.dtype))),
+        (
+            "quantization",
+            recipe.quantization,
+            BitsAndBytesConfig,
+            {k: BNB_TYPES.get(k, Any) for k in bnb_fields},
+            {},
+            lambda: bnb_config(recipe.quantization, torch_dtype(recipe.model.dtype)),
+        ),
         ("lora", recipe.lora, LoraConfig, *_dataclass_types(LoraConfig), lambda: lora_config(recipe.lora)),
-        ("train", recipe.train, SFTConfig, *_dataclass_types(SFTConfig),
-         lambda: sft_config(recipe, Path(recipe.output_dir))),
+        (
+            "train",
+            recipe.train,
+            SFTConfig,
+            *_dataclass_types(SFTConfig),
+            lambda: sft_config(recipe, Path(recipe.output_dir)),
+        ),
     ]
     problems = []
     for name, values, cls, hints, fields, build in sections:
@@ -119,7 +144,9 @@ def library_problems(recipe: Recipe) -> list[str]:
         for key, value in values.items():
             if key not in hints:
                 hint = difflib.get_close_matches(key, hints, n=1)
-                problem = "unknown field" + (f" (did you mean `{hint[0]}`?)" if hint else f"; see the {cls.__name__} fields")
+                problem = "unknown field" + (
+                    f" (did you mean `{hint[0]}`?)" if hint else f"; see the {cls.__name__} fields"
+                )
             elif name == "lora" and key == "task_type":
                 problem = "fintrl sets it (CAUSAL_LM); remove it"
             else:
@@ -180,12 +207,15 @@ def _union_args(hint: Any) -> tuple[Any, ...]:
 def _is_choice(value: str, choices: list[str]) -> bool:
     # "pissa_niter_[number of iters]" (PEFT) stands for pissa_niter_16 and the like
     return value in choices or any(
-        "[" in c and value.startswith(c.split("[")[0]) and value[len(c.split("[")[0]):].isdigit() for c in choices)
+        "[" in c and value.startswith(c.split("[")[0]) and value[len(c.split("[")[0]) :].isdigit() for c in choices
+    )
 
 
 def _not_a_choice(value: str, choices: list[str]) -> str:
     hint = difflib.get_close_matches(value, choices, n=1)
-    return f"unknown value {value!r}" + (f" (did you mean {hint[0]!r}?)" if hint else f"; use one of {sorted(set(choices))}")
+    return f"unknown value {value!r}" + (
+        f" (did you mean {hint[0]!r}?)" if hint else f"; use one of {sorted(set(choices))}"
+    )
 
 
 def _type_problem(value: Any, hint: Any) -> str | None:
@@ -237,14 +267,18 @@ def _range_problems(section: str, values: dict[str, Any], defaults: dict[str, An
         epochs, steps = merged.get("num_train_epochs", 0), merged.get("max_steps", -1)
         if not steps > 0 and not epochs > 0:
             key = "max_steps" if "max_steps" in values and "num_train_epochs" not in values else "num_train_epochs"
-            problems.append(f"train.{key}: num_train_epochs {epochs!r} with max_steps {steps!r} is zero training steps; "
-                            "set num_train_epochs > 0 or max_steps >= 1")
+            problems.append(
+                f"train.{key}: num_train_epochs {epochs!r} with max_steps {steps!r} is zero training steps; "
+                "set num_train_epochs > 0 or max_steps >= 1"
+            )
     return problems
 
 
 def _library_error(section: str, values: dict[str, Any], library: str, err: Exception) -> str:
     message = " ".join(str(err).split()).removeprefix(f"{section}: ") or type(err).__name__
-    named = [k for k in sorted(values, key=len, reverse=True) if re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", message)]
+    named = [
+        k for k in sorted(values, key=len, reverse=True) if re.search(rf"(?<![\w]){re.escape(k)}(?![\w])", message)
+    ]
     return f"{section}.{named[0] if named else ''}".rstrip(".") + f": {message} ({library} refused it: fix that value)"
 
 
@@ -265,6 +299,7 @@ def _quiet() -> Iterator[None]:
 
 
 # --- model, data, prompt, publish ----------------------------------------------------------------------------------
+
 
 def hub_id_problem(value: str, kind: str, namespace: bool) -> str | None:
     """Why `value` is not a Hub repo id (syntax only, no network), or None."""
@@ -290,26 +325,40 @@ def _model_problems(section: ModelSection) -> list[str]:
         pass
     elif local.is_dir():
         if not (local / "config.json").is_file():
-            problems.append(f"model.name_or_path: {name} holds no config.json; point at a folder written by save_pretrained")
+            problems.append(
+                f"model.name_or_path: {name} holds no config.json; point at a folder written by save_pretrained"
+            )
     elif local.exists():
         problems.append(f"model.name_or_path: {name} is a file; give the model's folder")
     else:
-        why = (f"no such folder {name}" if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-               else hub_id_problem(name, "local folder, offline model or Hub model id", namespace=True))
+        why = (
+            f"no such folder {name}"
+            if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+            else hub_id_problem(name, "local folder, offline model or Hub model id", namespace=True)
+        )
         if why:
             hint = difflib.get_close_matches(local.name, OFFLINE_MODELS, n=1)
-            problems.append(f"model.name_or_path: {why}; " + (f"did you mean `{hint[0]}`?" if hint else
-                            f"give a Hub id (org/name), a local model folder, or an offline model {sorted(OFFLINE_MODELS)}"))
+            problems.append(
+                f"model.name_or_path: {why}; "
+                + (
+                    f"did you mean `{hint[0]}`?"
+                    if hint
+                    else f"give a Hub id (org/name), a local model folder, or an offline model {sorted(OFFLINE_MODELS)}"
+                )
+            )
     template = section.chat_template
     if template and "{" not in template and (template.endswith(".jinja") or "/" in template or "\\" in template):
         if not Path(template).is_file():
-            problems.append(f"model.chat_template: no such file {template}; give an existing .jinja file or the template itself")
+            problems.append(
+                f"model.chat_template: no such file {template}; give an existing .jinja file or the template itself"
+            )
     return problems
 
 
 def _data_problems(section: DataSection) -> list[str]:
     entries: list[tuple[str, DataSection | MixtureSource]] = (
-        [(f"data.mixture.{i}", m) for i, m in enumerate(section.mixture)] if section.mixture else [("data", section)])
+        [(f"data.mixture.{i}", m) for i, m in enumerate(section.mixture)] if section.mixture else [("data", section)]
+    )
     problems = []
     for where, entry in entries:
         problems += _source_problems(where, entry.preset, entry.path, entry.source)
@@ -323,14 +372,20 @@ def _source_problems(where: str, preset: str | None, path: str | None, source: s
     problems = []
     if preset is not None and preset not in PRESETS:
         hint = difflib.get_close_matches(preset, PRESETS, n=1)
-        problems.append(f"{where}.preset: unknown preset {preset!r}" + (f" (did you mean `{hint[0]}`?)" if hint else
-                                                                        f"; use one of {sorted(PRESETS)}"))
+        problems.append(
+            f"{where}.preset: unknown preset {preset!r}"
+            + (f" (did you mean `{hint[0]}`?)" if hint else f"; use one of {sorted(PRESETS)}")
+        )
     if path is not None and not Path(path).expanduser().exists():
-        problems.append(f"{where}.path: no such file or folder {path}; give an existing folder of split files or a "
-                        f"{'/'.join(SPLIT_SUFFIXES)} file (relative paths start where fintrl runs)")
+        problems.append(
+            f"{where}.path: no such file or folder {path}; give an existing folder of split files or a "
+            f"{'/'.join(SPLIT_SUFFIXES)} file (relative paths start where fintrl runs)"
+        )
     if source is not None and not Path(source).expanduser().exists():
         if source.startswith((".", "/", "~")) or "\\" in source or Path(source).suffix in SPLIT_SUFFIXES:
-            problems.append(f"{where}.source: no such file or folder {source}; give an existing path or a Hub dataset id")
+            problems.append(
+                f"{where}.source: no such file or folder {source}; give an existing path or a Hub dataset id"
+            )
         else:
             why = hub_id_problem(source, "Hub dataset id", namespace=False)
             if why:
@@ -340,8 +395,10 @@ def _source_problems(where: str, preset: str | None, path: str | None, source: s
 
 def _prompt_problems(recipe: Recipe) -> list[str]:
     prompt = recipe.prompt
-    problems = [*_placeholder_problems("prompt.instruction", prompt.instruction, ("task", "labels")),
-                *_placeholder_problems("prompt.template", prompt.template, ("instruction", "text"))]
+    problems = [
+        *_placeholder_problems("prompt.instruction", prompt.instruction, ("task", "labels")),
+        *_placeholder_problems("prompt.template", prompt.template, ("instruction", "text")),
+    ]
     labels = _known_labels(recipe.data)
     if prompt.verbalizers and labels is not None:
         unknown = sorted(set(prompt.verbalizers) - set(labels))
@@ -359,10 +416,13 @@ def _placeholder_problems(key: str, text: str, allowed: tuple[str, ...]) -> list
         fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
     except ValueError as err:
         return [f"{key}: {err}; placeholders are {names}, a literal brace is written {{{{ or }}}}"]
-    problems = [f"{key}: unknown placeholder {{{f}}}; use only {names} (a literal brace is written {{{{ or }}}})"
-                for f in dict.fromkeys(fields) if f not in allowed]
+    problems = [
+        f"{key}: unknown placeholder {{{f}}}; use only {names} (a literal brace is written {{{{ or }}}})"
+        for f in dict.fromkeys(fields)
+        if f not in allowed
+    ]
     if key == "prompt.template" and "text" not in fields:
-        problems.append(f"{key}: must contain the {{text}} placeholder; e.g. \"{{instruction}}\\n\\n{{text}}\"")
+        problems.append(f'{key}: must contain the {{text}} placeholder; e.g. "{{instruction}}\\n\\n{{text}}"')
     return problems
 
 
@@ -388,5 +448,7 @@ def _publish_problems(section: PublishSection) -> list[str]:
         if why:
             problems.append(f"publish.base_model: {why}; e.g. mistralai/Mistral-7B-v0.1")
     if section.version is not None and not SEMVER.fullmatch(section.version.strip()):
-        problems.append(f"publish.version: {section.version!r} is not a semantic version; use vMAJOR.MINOR.PATCH, e.g. v1.1.0")
+        problems.append(
+            f"publish.version: {section.version!r} is not a semantic version; use vMAJOR.MINOR.PATCH, e.g. v1.1.0"
+        )
     return problems

@@ -21,8 +21,14 @@ logger = logging.getLogger("fintrl")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.learning_rate=1e-4 --set lora.r=32")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set train.learning_rate=1e-4 --set lora.r=32",
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -32,7 +38,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_recipe(recipe)  # everything short of weights and network; imports TRL, PEFT, transformers (a few seconds)
     data = recipe.data
     sources = [m.display_name for m in data.mixture] if data.mixture else [data.preset or data.path or data.source]
-    print(f"{args.recipe}: ok (model {recipe.model.name_or_path}, data {' + '.join(map(str, sources))}, output {recipe.output_dir})")
+    print(
+        f"{args.recipe}: ok (model {recipe.model.name_or_path}, data {' + '.join(map(str, sources))}, "
+        f"output {recipe.output_dir})"
+    )
     return 0
 
 
@@ -43,8 +52,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.work_folder = run_folder.work_folder(Path(recipe.output_dir))  # for the Ctrl-C hint
     metrics = run(recipe, resume=args.resume, overwrite=args.overwrite)
     summary = {k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")}
-    print(json.dumps({"output_dir": recipe.output_dir, **summary, "baselines": metrics.get("baselines", {}),
-                      "timings_s": metrics.get("timings", {})}, indent=2))
+    print(
+        json.dumps(
+            {
+                "output_dir": recipe.output_dir,
+                **summary,
+                "baselines": metrics.get("baselines", {}),
+                "timings_s": metrics.get("timings", {}),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -53,8 +71,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fintrl.runner import evaluate
     from fintrl.targets import load_for_inference, resolve_target
 
-    target = resolve_target(args.target, recipe_path=args.recipe, overrides=args.overrides,
-                            trust_remote_code=args.trust_remote_code)
+    target = resolve_target(
+        args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
+    )
     recipe = target.recipe
     if args.mode:
         recipe.eval.mode = args.mode
@@ -62,13 +81,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with run_folder.eval_output(out_dir, overwrite=args.overwrite) as work:
         data = load_labeled_data(recipe.data)
         if target.labels is not None and target.labels != data.labels:
-            raise DataError(f"label sets differ: the adapter was trained on {target.labels}, the eval data has {data.labels}")
+            raise DataError(
+                f"label sets differ: the adapter was trained on {target.labels}, the eval data has {data.labels}"
+            )
         model, tokenizer = load_for_inference(target)
         builder = PromptBuilder(recipe.prompt, data.labels, data.task)
         metrics = evaluate(model, tokenizer, builder, data, recipe.eval, work, target.name)
         RunFolder(work).write_metrics(metrics)
-    print(json.dumps({"output_dir": str(out_dir), **{k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")},
-                      "invalid_rate": metrics["invalid_rate"], "baselines": metrics.get("baselines", {})}, indent=2))
+    print(
+        json.dumps(
+            {
+                "output_dir": str(out_dir),
+                **{k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")},
+                "invalid_rate": metrics["invalid_rate"],
+                "baselines": metrics.get("baselines", {}),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -101,20 +131,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise RunFolderError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another file")
     texts = _read_texts(args)
-    target = resolve_target(args.target, recipe_path=args.recipe, overrides=args.overrides,
-                            trust_remote_code=args.trust_remote_code)
+    target = resolve_target(
+        args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
+    )
     labels = target.labels or target.recipe.data.labels
     if labels is None:
-        raise RecipeError("predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe")
+        raise RecipeError(
+            "predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe"
+        )
     labels = label_names(labels)
     model, tokenizer = load_for_inference(target)
     recipe = target.recipe
-    scorer = LabelScorer(model, tokenizer, PromptBuilder(recipe.prompt, labels), mode=args.mode or recipe.eval.mode,
-                         batch_size=recipe.eval.batch_size, max_length=recipe.eval.max_length)
+    scorer = LabelScorer(
+        model,
+        tokenizer,
+        PromptBuilder(recipe.prompt, labels),
+        mode=args.mode or recipe.eval.mode,
+        batch_size=recipe.eval.batch_size,
+        max_length=recipe.eval.max_length,
+    )
     result = scorer.score(texts)
-    lines = [json.dumps({"text": text, "label": labels[pred],
-                         "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probs)}}, ensure_ascii=False)
-             for text, pred, probs in zip(texts, result.predictions, result.probabilities)]
+    lines = [
+        json.dumps(
+            {
+                "text": text,
+                "label": labels[pred],
+                "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probs)},
+            },
+            ensure_ascii=False,
+        )
+        for text, pred, probs in zip(texts, result.predictions, result.probabilities)
+    ]
     if args.output:
         write_atomic(Path(args.output), "".join(line + "\n" for line in lines))
     else:
@@ -132,12 +179,19 @@ def cmd_card(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from fintrl.hub import publish
 
-    section = RunFolder(Path(args.run_dir)).require_finished("publish").recipe().publish  # flags override the recipe's `publish:` section
+    section = (
+        RunFolder(Path(args.run_dir)).require_finished("publish").recipe().publish
+    )  # flags override the recipe's `publish:` section
     repo_id = args.repo or section.repo_id
     if not repo_id:
         raise RecipeError("publish needs a repo: pass --repo org/name or set publish.repo_id in the recipe")
-    result = publish(Path(args.run_dir), repo_id, version=args.version or section.version,
-                     private=args.private or section.private, base_model=args.base_model or section.base_model)
+    result = publish(
+        Path(args.run_dir),
+        repo_id,
+        version=args.version or section.version,
+        private=args.private or section.private,
+        base_model=args.base_model or section.base_model,
+    )
     print(json.dumps(vars(result), indent=2))
     return 0
 
@@ -184,10 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.add_argument("--output-dir", help="run folder (overrides the recipe's output_dir)")
     once = p.add_mutually_exclusive_group()
-    once.add_argument("--resume", action="store_true", help="continue an unfinished (or train further a finished) run "
-                      "from its last complete checkpoint; the recipe must match the checkpoint's")
-    once.add_argument("--overwrite", action="store_true", help="replace the run in the output folder, only once the new "
-                      "run has succeeded")
+    once.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an unfinished (or train further a finished) run "
+        "from its last complete checkpoint; the recipe must match the checkpoint's",
+    )
+    once.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in the output folder, only once the new run has succeeded",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a recipe without loading weights or data, or using the network")
@@ -197,17 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="accepted for old scripts: every check is now the default")
     p.set_defaults(func=cmd_validate)
 
-    for name, func, helptext in (("eval", cmd_eval, "score a run folder, adapter, Hub repo or base model on a dataset split"),
-                                 ("predict", cmd_predict, "classify texts (JSONL out, with per-label probabilities)")):
+    for name, func, helptext in (
+        ("eval", cmd_eval, "score a run folder, adapter, Hub repo or base model on a dataset split"),
+        ("predict", cmd_predict, "classify texts (JSONL out, with per-label probabilities)"),
+    ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("target", help="run folder, adapter folder, Hub repo id (org/name or org/name@v1.0.0), or a base "
-                       "model (zero-shot, needs --recipe)")
+        p.add_argument(
+            "target",
+            help="run folder, adapter folder, Hub repo id (org/name or org/name@v1.0.0), or a base "
+            "model (zero-shot, needs --recipe)",
+        )
         p.add_argument("--recipe", help="recipe giving data, labels and prompt (default: the run folder's / repo's)")
         _add_overrides(p)
         p.add_argument("--mode", choices=get_args(ScoringMode), help="scoring mode (default: the recipe's eval.mode)")
-        p.add_argument("--trust-remote-code", action="store_true",
-                       help="let the base model run its own Python code (never taken from a downloaded recipe)")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing output (once the new one is written)")
+        p.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="let the base model run its own Python code (never taken from a downloaded recipe)",
+        )
+        p.add_argument(
+            "--overwrite", action="store_true", help="replace an existing output (once the new one is written)"
+        )
         p.set_defaults(func=func)
         if name == "eval":
             p.add_argument("--output-dir", help="where metrics.json, predictions and plots go (never a run folder)")
@@ -226,9 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", help="org/name (default: the recipe's publish.repo_id)")
     p.add_argument("--version", help="vMAJOR.MINOR.PATCH (default: v1.0.0, then the next minor version)")
     p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument("--base-model", metavar="ORG/NAME", help="the base model's Hub id, named in the published adapter and "
-                   "recipe (default: the recipe's publish.base_model, else its model when that is a Hub id or an "
-                   "offline name of one; a local base folder needs it)")
+    p.add_argument(
+        "--base-model",
+        metavar="ORG/NAME",
+        help="the base model's Hub id, named in the published adapter and "
+        "recipe (default: the recipe's publish.base_model, else its model when that is a Hub id or an "
+        "offline name of one; a local base folder needs it)",
+    )
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("versions", help="list a repo's published versions with their metrics, highest first")
@@ -245,8 +320,9 @@ _CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "datase
 
 def _configure_logging(verbose: bool) -> None:
     """fintrl's own progress at INFO; libraries' request logs, deprecation and future warnings only with -v."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     if verbose:
         return
     for name in _CHATTY_LOGGERS:
@@ -279,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         err = translate(exc)
         if err is None:
-            print(f"fintrl: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with -v for the traceback "
-                  "and report it)", file=sys.stderr)
+            print(
+                f"fintrl: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with -v for the traceback "
+                "and report it)",
+                file=sys.stderr,
+            )
             return 1
         print(f"fintrl: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
         return err.exit_code

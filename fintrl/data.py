@@ -54,10 +54,18 @@ class LabeledData:
     def describe(self) -> dict[str, Any]:
         """What the report says about the data: only portable values (no local path leaves the machine in it)."""
         counts = {name: Counter(ds["label"]) for name, ds in (("train", self.train), ("eval", self.eval))}
-        out = {"source": self.source, "task": self.task, "eval_split": self.eval_split, "labels": self.labels,
-               "n_train": len(self.train), "n_eval": len(self.eval),
-               "label_counts": {s: {self.labels[i]: c[i] for i in range(len(self.labels))} for s, c in counts.items()},
-               "dropped": self.dropped, "checks": self.checks, "license": self.license}
+        out = {
+            "source": self.source,
+            "task": self.task,
+            "eval_split": self.eval_split,
+            "labels": self.labels,
+            "n_train": len(self.train),
+            "n_eval": len(self.eval),
+            "label_counts": {s: {self.labels[i]: c[i] for i in range(len(self.labels))} for s, c in counts.items()},
+            "dropped": self.dropped,
+            "checks": self.checks,
+            "license": self.license,
+        }
         if self.config_name:
             out["config_name"] = self.config_name
         if self.mixture:
@@ -73,7 +81,10 @@ def resolve_data(section: DataSection) -> tuple[DataSection, Preset | None]:
         import difflib
 
         hint = difflib.get_close_matches(section.preset, PRESETS, n=1)
-        raise RecipeError(f"data.preset: unknown preset {section.preset!r}" + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {sorted(PRESETS)}"))
+        raise RecipeError(
+            f"data.preset: unknown preset {section.preset!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {sorted(PRESETS)}")
+        )
     preset = PRESETS[section.preset]
     updates: dict[str, Any] = {}
     explicit = section.model_fields_set
@@ -99,12 +110,17 @@ def _load_raw(section: DataSection) -> tuple[DatasetDict, dict[str, Path]]:
     if local.is_dir():
         files = {p.stem: p for p in sorted(local.iterdir()) if p.suffix in SPLIT_SUFFIXES}
         if not files:
-            raise DataError(f"data.path: {local} holds no {'/'.join(SPLIT_SUFFIXES)} split files (e.g. train.csv, validation.csv)")
+            raise DataError(
+                f"data.path: {local} holds no {'/'.join(SPLIT_SUFFIXES)} split files (e.g. train.csv, validation.csv)"
+            )
         suffixes = {f.suffix for f in files.values()}
         if len(suffixes) > 1:
             raise DataError(f"data.path: {local} mixes file types {sorted(suffixes)}; keep one per folder")
         if section.train_split not in files:
-            raise DataError(f"data.train_split: no {section.train_split}{suffixes.pop()} in {local}; it has the splits {sorted(files)}")
+            raise DataError(
+                f"data.train_split: no {section.train_split}{suffixes.pop()} in {local}; "
+                f"it has the splits {sorted(files)}"
+            )
         files = {split: files[split] for split in (section.train_split, section.eval_split) if split in files}
     elif local.is_file():
         if local.suffix not in SPLIT_SUFFIXES:
@@ -131,7 +147,9 @@ def _read_file(path: Path, section: DataSection) -> Dataset:
         raise found from err
 
 
-def _to_label_ids(values: list[Any], labels: list[str], id_map: dict[int, str] | None, preset: Preset | None, where: str) -> list[int]:
+def _to_label_ids(
+    values: list[Any], labels: list[str], id_map: dict[int, str] | None, preset: Preset | None, where: str
+) -> list[int]:
     index = {name: i for i, name in enumerate(labels)}
     if preset and preset.score_thresholds and values and all(isinstance(v, float) for v in values):
         lo, hi = preset.score_thresholds
@@ -193,8 +211,10 @@ def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
         for key in ("text_column", "label_column"):
             column = getattr(section, key)
             if column not in ds.column_names:
-                raise DataError(f"data.{key}: column {column!r} not found in {file(split)}; it has {ds.column_names}"
-                                + data_checks.delimiter_hint(ds.column_names))
+                raise DataError(
+                    f"data.{key}: column {column!r} not found in {file(split)}; it has {ds.column_names}"
+                    + data_checks.delimiter_hint(ds.column_names)
+                )
         return ds
 
     first = columns(section.train_split)
@@ -225,23 +245,41 @@ def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
     if section.eval_split in raw:
         eval_ds, eval_split = convert(section.eval_split), section.eval_split
     else:
-        data_checks.check_classes(train["label"], None, labels, f"data ({file(section.train_split)})", strict=not in_mixture)
-        data_checks.check_carve(train["label"], labels, section.validation_fraction, f"data.validation_fraction ({source})")
-        parts = train.train_test_split(test_size=section.validation_fraction, seed=section.seed, stratify_by_column="label")
+        data_checks.check_classes(
+            train["label"], None, labels, f"data ({file(section.train_split)})", strict=not in_mixture
+        )
+        data_checks.check_carve(
+            train["label"], labels, section.validation_fraction, f"data.validation_fraction ({source})"
+        )
+        parts = train.train_test_split(
+            test_size=section.validation_fraction, seed=section.seed, stratify_by_column="label"
+        )
         train, eval_ds = parts["train"], parts["test"]
         eval_split = f"{section.train_split} (held-out {section.validation_fraction:.0%}, seed {section.seed})"
         logger.info("no %r split: carved %d validation rows from train", section.eval_split, len(eval_ds))
-    fixes = data_checks.fixes(section, carved=section.eval_split not in raw, eval_cut=len(eval_ds) > (section.max_eval_samples or len(eval_ds)))
+    fixes = data_checks.fixes(
+        section,
+        carved=section.eval_split not in raw,
+        eval_cut=len(eval_ds) > (section.max_eval_samples or len(eval_ds)),
+    )
     if section.max_train_samples:
         train = train.shuffle(seed=section.seed).select(range(min(section.max_train_samples, len(train))))
     if section.max_eval_samples:
         eval_ds = eval_ds.shuffle(seed=section.seed).select(range(min(section.max_eval_samples, len(eval_ds))))
-    data_checks.check_classes(train["label"], eval_ds["label"], labels, f"data ({source})", *fixes, strict=not in_mixture)
+    data_checks.check_classes(
+        train["label"], eval_ds["label"], labels, f"data ({source})", *fixes, strict=not in_mixture
+    )
     hub = not files  # read from the Hub: its id is portable; a local folder or file is named, never its path
     return LabeledData(
-        train=train, eval=eval_ds, labels=labels, source=source if hub else section.preset or Path(source).name,
-        task=preset.task if preset else "class", license=preset.license if preset else None,
-        eval_split=eval_split, dropped=dropped, config_name=section.config_name if hub else None,
+        train=train,
+        eval=eval_ds,
+        labels=labels,
+        source=source if hub else section.preset or Path(source).name,
+        task=preset.task if preset else "class",
+        license=preset.license if preset else None,
+        eval_split=eval_split,
+        dropped=dropped,
+        config_name=section.config_name if hub else None,
         checks=data_checks.text_checks(train["text"], eval_ds["text"], f"data ({source})", warn=not in_mixture),
     )
 
@@ -261,19 +299,25 @@ def weighted_indices(n: int, weight: float, seed: int) -> list[int]:
 
 
 def load_mixture(section: DataSection) -> LabeledData:
-    """Each source loaded as its own data section, labels mapped into one set, train rows weighted, eval kept per source.
+    """Each source loaded as its own data section, labels mapped into one set, train rows weighted, eval per source.
 
     Train and eval carry a `source` column (the entry's name); `LabeledData.eval_groups` gives the per-source eval rows.
     """
     from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
 
     assert section.mixture
-    shared = section.model_dump(include={"train_split", "eval_split", "validation_fraction", "max_eval_samples", "seed"})
+    shared = section.model_dump(
+        include={"train_split", "eval_split", "validation_fraction", "max_eval_samples", "seed"}
+    )
     parts: list[tuple[MixtureSource, LabeledData, list[str]]] = []
     for i, entry in enumerate(section.mixture):
         where = f"data.mixture.{i} ({entry.display_name})"
         try:
-            own = {k: v for k, v in entry.model_dump(include=_PER_SOURCE_FIELDS & entry.model_fields_set).items() if v is not None}
+            own = {
+                k: v
+                for k, v in entry.model_dump(include=_PER_SOURCE_FIELDS & entry.model_fields_set).items()
+                if v is not None
+            }
             one = _load_source(DataSection(**own, **shared), in_mixture=True)
         except FintrlError as err:
             raise type(err)(f"{where}: {err}") from err
@@ -289,8 +333,10 @@ def load_mixture(section: DataSection) -> LabeledData:
         for i, (entry, _, mapped) in enumerate(parts):
             missing = sorted(set(mapped) - set(labels))
             if missing:
-                raise RecipeError(f"data.mixture.{i} ({entry.display_name}): labels {missing} are not in data.labels {labels}; "
-                                  "map them with `label_map` or add them to data.labels")
+                raise RecipeError(
+                    f"data.mixture.{i} ({entry.display_name}): labels {missing} are not in data.labels {labels}; "
+                    "map them with `label_map` or add them to data.labels"
+                )
     else:  # union, in order of first appearance
         labels = list(dict.fromkeys(name for _, _, mapped in parts for name in mapped))
     index = {name: i for i, name in enumerate(labels)}
@@ -299,21 +345,42 @@ def load_mixture(section: DataSection) -> LabeledData:
     def relabel(ds: Dataset, mapped: list[str], name: str, rows: list[int] | None = None) -> Dataset:
         rows = list(range(len(ds))) if rows is None else rows
         texts, ids = ds["text"], ds["label"]
-        return Dataset.from_dict({"text": [texts[r] for r in rows], "label": [index[mapped[ids[r]]] for r in rows],
-                                  SOURCE_COLUMN: [name] * len(rows)}, features=features)
+        return Dataset.from_dict(
+            {
+                "text": [texts[r] for r in rows],
+                "label": [index[mapped[ids[r]]] for r in rows],
+                SOURCE_COLUMN: [name] * len(rows),
+            },
+            features=features,
+        )
 
     trains, evals, provenance, dropped = [], [], [], {}
     for i, (entry, one, mapped) in enumerate(parts):
         name = entry.display_name
         rows = weighted_indices(len(one.train), entry.weight, seed=section.seed + i)
         if not rows:
-            logger.warning("data.mixture.%d (%s): weight %g of %d rows takes no train rows", i, name, entry.weight, len(one.train))
+            logger.warning(
+                "data.mixture.%d (%s): weight %g of %d rows takes no train rows", i, name, entry.weight, len(one.train)
+            )
         trains.append(relabel(one.train, mapped, name, rows))
         evals.append(relabel(one.eval, mapped, name))
         dropped |= {f"{name}/{k}": v for k, v in one.dropped.items()}
-        provenance.append({"name": name, "source": one.source, "config_name": one.config_name, "license": one.license, "task": one.task,
-                           "weight": entry.weight, "label_map": entry.label_map or {}, "n_train_source": len(one.train),
-                           "n_train": len(rows), "n_eval": len(one.eval), "eval_split": one.eval_split, "checks": one.checks})
+        provenance.append(
+            {
+                "name": name,
+                "source": one.source,
+                "config_name": one.config_name,
+                "license": one.license,
+                "task": one.task,
+                "weight": entry.weight,
+                "label_map": entry.label_map or {},
+                "n_train_source": len(one.train),
+                "n_train": len(rows),
+                "n_eval": len(one.eval),
+                "eval_split": one.eval_split,
+                "checks": one.checks,
+            }
+        )
     train = concatenate_datasets(trains).shuffle(seed=section.seed)
     if section.max_train_samples:
         train = train.select(range(min(section.max_train_samples, len(train))))
@@ -322,17 +389,30 @@ def load_mixture(section: DataSection) -> LabeledData:
     fixes = data_checks.fixes(section, carved, eval_cut=bool(section.max_eval_samples), per_source=True)
     data_checks.check_classes(train["label"], eval_ds["label"], labels, "data.mixture", *fixes)
     # duplicates and overlap across the sources' train rows, each row once (before weights and max_train_samples)
-    checks = data_checks.text_checks([t for _, one, _ in parts for t in one.train["text"]], eval_ds["text"], "data.mixture")
+    checks = data_checks.text_checks(
+        [t for _, one, _ in parts for t in one.train["text"]], eval_ds["text"], "data.mixture"
+    )
     tasks = {one.task for _, one, _ in parts}
     licenses = {one.license for _, one, _ in parts}
     splits = {one.eval_split for _, one, _ in parts}
-    logger.info("mixture: %s", ", ".join(f"{p['name']} {p['n_train']} train ({p['weight']:g} x {p['n_train_source']}) / "
-                                          f"{p['n_eval']} eval" for p in provenance))
+    logger.info(
+        "mixture: %s",
+        ", ".join(
+            f"{p['name']} {p['n_train']} train ({p['weight']:g} x {p['n_train_source']}) / {p['n_eval']} eval"
+            for p in provenance
+        ),
+    )
     return LabeledData(
-        train=train, eval=eval_ds, labels=labels,
+        train=train,
+        eval=eval_ds,
+        labels=labels,
         source="mixture(" + ", ".join(f"{p['name']}*{p['weight']:g}" for p in provenance) + ")",
-        task=tasks.pop() if len(tasks) == 1 else "class", license=licenses.pop() if len(licenses) == 1 else "other",
-        eval_split=splits.pop() if len(splits) == 1 else "per source", dropped=dropped, mixture=provenance, checks=checks,
+        task=tasks.pop() if len(tasks) == 1 else "class",
+        license=licenses.pop() if len(licenses) == 1 else "other",
+        eval_split=splits.pop() if len(splits) == 1 else "per source",
+        dropped=dropped,
+        mixture=provenance,
+        checks=checks,
     )
 
 

@@ -62,7 +62,9 @@ def sniff_file(path: Path, text_column: str, label_column: str) -> None:
         raise DataError(f"{name} is empty; it needs {_layout(path, text_column, label_column)}")
     if path.suffix == ".parquet":
         if not head.startswith(b"PAR1"):
-            raise DataError(f"{name} is not a Parquet file (no PAR1 header); give the right suffix (.csv, .jsonl) or re-export it")
+            raise DataError(
+                f"{name} is not a Parquet file (no PAR1 header); give the right suffix (.csv, .jsonl) or re-export it"
+            )
         return
     for signature, what in _SIGNATURES.items():
         if head.startswith(signature):
@@ -72,10 +74,14 @@ def sniff_file(path: Path, text_column: str, label_column: str) -> None:
         text = decoder.decode(head, final=whole)
     except UnicodeDecodeError as err:
         if _looks_binary(head):
-            raise DataError(f"{name} is not a text file (binary content); a {path.suffix} file must be UTF-8 text") from None
+            raise DataError(
+                f"{name} is not a text file (binary content); a {path.suffix} file must be UTF-8 text"
+            ) from None
         line = head[: err.start].count(b"\n") + 1
-        raise DataError(f"{name} is not UTF-8 text (byte 0x{head[err.start]:02x} on line {line}); save it as UTF-8 "
-                        "(e.g. `iconv -f latin1 -t utf-8`)") from None
+        raise DataError(
+            f"{name} is not UTF-8 text (byte 0x{head[err.start]:02x} on line {line}); save it as UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
     if _looks_binary(head):
         raise DataError(f"{name} is not a text file (binary content); a {path.suffix} file must be UTF-8 text")
     lines = text.lstrip("\ufeff").split("\n")  # not splitlines(): JSON strings may hold U+2028
@@ -108,22 +114,30 @@ def _sniff_csv(name: str, lines: list[str], whole: bool, text_column: str, label
     if text_column not in header or label_column not in header:
         hint = delimiter_hint(header)
         if hint:
-            raise DataError(f"{name}: found the single column {header[0]!r}{hint} (or point data.text_column/"
-                            "data.label_column at its columns)")
+            raise DataError(
+                f"{name}: found the single column {header[0]!r}{hint} (or point data.text_column/"
+                "data.label_column at its columns)"
+            )
     if whole and len(lines) == 1:
-        raise DataError(f"{name} has a header ({lines[0][:80]}) but no rows; add rows (an eval split file may also be removed: "
-                        "validation rows are then carved from train)")
+        raise DataError(
+            f"{name} has a header ({lines[0][:80]}) but no rows; add rows (an eval split file may also be removed: "
+            "validation rows are then carved from train)"
+        )
 
 
 def _json_row(name: str, number: int, line: str) -> dict:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
-        raise DataError(f"{name} line {number} is not valid JSON ({err.msg}, column {err.colno}): fix that line "
-                        "(a .jsonl file holds one JSON object per line)") from None
+        raise DataError(
+            f"{name} line {number} is not valid JSON ({err.msg}, column {err.colno}): fix that line "
+            "(a .jsonl file holds one JSON object per line)"
+        ) from None
     if not isinstance(row, dict):
-        raise DataError(f"{name} line {number} is a JSON {type(row).__name__}, not an object: write one "
-                        '{"text": ..., "label": ...} object per line')
+        raise DataError(
+            f"{name} line {number} is a JSON {type(row).__name__}, not an object: write one "
+            '{"text": ..., "label": ...} object per line'
+        )
     return row
 
 
@@ -147,8 +161,10 @@ def explain_load_error(err: Exception, path: Path, text_column: str) -> DataErro
         except UnicodeDecodeError as found:
             return DataError(f"{name} is not UTF-8 text ({first_line(found)}); save it as UTF-8")
     layout = "comma-separated UTF-8 text with a header row" if path.suffix == ".csv" else "UTF-8 text"
-    return DataError(f"{name} cannot be read ({type(root).__name__}: {first_line(root)}); check that it is valid "
-                     f"{path.suffix} ({layout})")
+    return DataError(
+        f"{name} cannot be read ({type(root).__name__}: {first_line(root)}); check that it is valid "
+        f"{path.suffix} ({layout})"
+    )
 
 
 def _diagnose_json(name: str, path: Path, text_column: str) -> None:
@@ -164,7 +180,7 @@ def _diagnose_json(name: str, path: Path, text_column: str) -> None:
 
 
 def texts(values: Iterable[Any], where: str) -> list[str]:
-    """Texts of a split with None as "" (dropped as empty later); numbers, lists and other non-text values are an error."""
+    """Texts of a split with None as "" (dropped as empty later); numbers, lists and other non-text values: an error."""
     out, bad = [], []
     for row, value in enumerate(values, 1):
         if value is None or isinstance(value, str):
@@ -172,8 +188,10 @@ def texts(values: Iterable[Any], where: str) -> list[str]:
         else:
             bad.append(f"row {row}: {_short(value, 30)} ({type(value).__name__})")
     if bad:
-        raise DataError(f"{where}: {len(bad)} rows are not text (e.g. {', '.join(bad[:3])}); point data.text_column at "
-                        "the text column, or make every text a string (quote numbers in JSON)")
+        raise DataError(
+            f"{where}: {len(bad)} rows are not text (e.g. {', '.join(bad[:3])}); point data.text_column at "
+            "the text column, or make every text a string (quote numbers in JSON)"
+        )
     return out
 
 
@@ -186,31 +204,50 @@ def check_carve(train_labels: Sequence[int], labels: Sequence[str], fraction: fl
     fix = "give an eval split file (e.g. validation.csv next to train.csv)"
     singles = sorted(labels[c] for c, m in counts.items() if m < 2)
     if singles:
-        raise DataError(f"{where}: no eval split, and classes {singles} have a single train row, too few to carve a "
-                        f"stratified validation split from {n} rows: {fix}, or add rows")
+        raise DataError(
+            f"{where}: no eval split, and classes {singles} have a single train row, too few to carve a "
+            f"stratified validation split from {n} rows: {fix}, or add rows"
+        )
     n_eval = math.ceil(fraction * n)
     if n_eval < k:
         need = math.ceil(k / n * 100) / 100
-        raise DataError(f"{where}: no eval split, and carving validation_fraction {fraction:g} of {n} train rows gives "
-                        f"{_n(n_eval, 'eval row')}, fewer than the {k} classes: {fix}, or raise data.validation_fraction to "
-                        f">= {need:g}")
+        raise DataError(
+            f"{where}: no eval split, and carving validation_fraction {fraction:g} of {n} train rows gives "
+            f"{_n(n_eval, 'eval row')}, fewer than the {k} classes: {fix}, or raise data.validation_fraction to "
+            f">= {need:g}"
+        )
     if n - n_eval < k:
-        raise DataError(f"{where}: carving validation_fraction {fraction:g} of {n} train rows leaves "
-                        f"{_n(n - n_eval, 'train row')}, fewer than the {k} classes: lower data.validation_fraction, or {fix}")
+        raise DataError(
+            f"{where}: carving validation_fraction {fraction:g} of {n} train rows leaves "
+            f"{_n(n - n_eval, 'train row')}, fewer than the {k} classes: lower data.validation_fraction, or {fix}"
+        )
 
 
 def fixes(section: DataSection, carved: bool, eval_cut: bool, per_source: bool = False) -> tuple[list[str], list[str]]:
     """The recipe changes that can give the train split more classes, and the eval split a row of every class."""
     train = [f"raise data.max_train_samples (now {section.max_train_samples})"] if section.max_train_samples else []
-    evals = [f"raise data.max_eval_samples (now {section.max_eval_samples}{', per source' * per_source})"] if eval_cut else []
+    evals = (
+        [f"raise data.max_eval_samples (now {section.max_eval_samples}{', per source' * per_source})"]
+        if eval_cut
+        else []
+    )
     if carved:
-        evals += [f"raise data.validation_fraction (now {section.validation_fraction:g})",
-                  f"give an eval split file ({section.eval_split})"]
+        evals += [
+            f"raise data.validation_fraction (now {section.validation_fraction:g})",
+            f"give an eval split file ({section.eval_split})",
+        ]
     return train, evals
 
 
-def check_classes(train_labels: Sequence[int], eval_labels: Sequence[int] | None, labels: Sequence[str], where: str,
-                  train_fixes: Sequence[str] = (), eval_fixes: Sequence[str] = (), strict: bool = True) -> None:
+def check_classes(
+    train_labels: Sequence[int],
+    eval_labels: Sequence[int] | None,
+    labels: Sequence[str],
+    where: str,
+    train_fixes: Sequence[str] = (),
+    eval_fixes: Sequence[str] = (),
+    strict: bool = True,
+) -> None:
     """At least two train classes and an eval row for every class with train rows (DataError, or a warning unless
     `strict`); classes without train rows are warnings. `eval_labels=None` checks the train split alone."""
     fail: Callable[[str], None] = _raise if strict else logger.warning
@@ -219,17 +256,23 @@ def check_classes(train_labels: Sequence[int], eval_labels: Sequence[int] | None
         present = [labels[c] for c in sorted(train)]
         missing = [name for c, name in enumerate(labels) if c not in train]
         more = f"add rows of {missing[:5]}" if missing else "add rows of another class"
-        fail(f"{where}: the train split has {_n(len(train_labels), 'row')} in {_n(len(train), 'class')} {present}; a "
-             "classifier needs at least two classes: " + ", or ".join([more, *train_fixes]))
+        fail(
+            f"{where}: the train split has {_n(len(train_labels), 'row')} in {_n(len(train), 'class')} {present}; a "
+            "classifier needs at least two classes: " + ", or ".join([more, *train_fixes])
+        )
     if eval_labels is None:
         return
     no_eval = [labels[c] for c in sorted(train) if not evals[c]]
     if no_eval:
-        fail(f"{where}: classes {no_eval} have train rows but no eval rows ({len(eval_labels)} eval rows), so the "
-             "report cannot score them: " + ", or ".join([*eval_fixes, "add eval rows of them"]))
+        fail(
+            f"{where}: classes {no_eval} have train rows but no eval rows ({len(eval_labels)} eval rows), so the "
+            "report cannot score them: " + ", or ".join([*eval_fixes, "add eval rows of them"])
+        )
     eval_only = [labels[c] for c in sorted(evals) if not train[c]]
     if eval_only:
-        logger.warning("%s: classes %s have eval rows but no train rows: the adapter cannot learn them", where, eval_only)
+        logger.warning(
+            "%s: classes %s have eval rows but no train rows: the adapter cannot learn them", where, eval_only
+        )
     empty = [name for c, name in enumerate(labels) if not train[c] and not evals[c]]
     if empty:
         logger.warning("%s: labels %s have no train and no eval rows (remove them from data.labels?)", where, empty)
@@ -250,11 +293,22 @@ def text_checks(train_texts: Sequence[str], eval_texts: Sequence[str], where: st
     evals = [t.strip() for t in eval_texts]
     seen = set(train)
     found = {
-        "train_duplicates": (len(train) - len(seen), _repeats(train), f"of {len(train)} train rows repeat an earlier train text"),
-        "eval_duplicates": (len(evals) - len(set(evals)), _repeats(evals), f"of {len(evals)} eval rows repeat an earlier eval text"),
-        "train_eval_overlap": (sum(t in seen for t in evals), list(dict.fromkeys(t for t in evals if t in seen)),
-                               f"of {len(evals)} eval rows have a text that is also in train (scores on them measure "
-                               "memory, and the TF-IDF baseline reads high): give disjoint splits"),
+        "train_duplicates": (
+            len(train) - len(seen),
+            _repeats(train),
+            f"of {len(train)} train rows repeat an earlier train text",
+        ),
+        "eval_duplicates": (
+            len(evals) - len(set(evals)),
+            _repeats(evals),
+            f"of {len(evals)} eval rows repeat an earlier eval text",
+        ),
+        "train_eval_overlap": (
+            sum(t in seen for t in evals),
+            list(dict.fromkeys(t for t in evals if t in seen)),
+            f"of {len(evals)} eval rows have a text that is also in train (scores on them measure "
+            "memory, and the TF-IDF baseline reads high): give disjoint splits",
+        ),
     }
     for n, examples, what in found.values():
         if n and warn:

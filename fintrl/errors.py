@@ -34,7 +34,7 @@ class FintrlError(Exception):
 
 
 class RecipeError(FintrlError):
-    """A recipe or command-line problem, reported with the key path (e.g. `train.learnig_rate`) and what was expected."""
+    """A recipe or command-line problem, with its key path (e.g. `train.learnig_rate`) and what was expected."""
 
     exit_code = 2
 
@@ -106,15 +106,22 @@ def translate(exc: BaseException) -> FintrlError | None:
 def _translate_os(exc: OSError) -> FintrlError:
     where = f" {exc.filename}" if exc.filename else ""
     if exc.errno == errno.ENOSPC:
-        return StorageError(f"no space left on the device writing{where}; free some space and rerun (--resume continues a run)")
+        return StorageError(
+            f"no space left on the device writing{where}; free some space and rerun (--resume continues a run)"
+        )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return StorageError(f"cannot write{where}: {exc.strerror or first_line(exc)}; choose a writable --output-dir")
     if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        return StorageError(f"{exc.strerror or first_line(exc)}:{where}; a file stands where a folder is needed (or the reverse)")
+        return StorageError(
+            f"{exc.strerror or first_line(exc)}:{where}; a file stands where a folder is needed (or the reverse)"
+        )
     if exc.errno == errno.ENOENT:
         return StorageError(f"no such file or folder:{where or ' ' + first_line(exc)}")
     message = first_line(exc)
-    if "is not a local folder and is not a valid model identifier" in message or "does not appear to have a file" in message:
+    if (
+        "is not a local folder and is not a valid model identifier" in message
+        or "does not appear to have a file" in message
+    ):
         return ModelError(message)
     return StorageError(message) if exc.errno is not None else ModelError(message)
 
@@ -130,13 +137,17 @@ def _translate_hub(exc: BaseException) -> FintrlError | None:
     if isinstance(exc, hf.RepositoryNotFoundError):
         return HubError("repo not found on the Hub (or your token cannot see it): check the id and `hf auth whoami`")
     if isinstance(exc, hf.RevisionNotFoundError):
-        return HubError("no such revision (version, branch or commit) in that Hub repo: `fintrl versions ORG/NAME` lists them")
+        return HubError(
+            "no such revision (version, branch or commit) in that Hub repo: `fintrl versions ORG/NAME` lists them"
+        )
     if isinstance(exc, hf.LocalEntryNotFoundError):
         cause = _translate_hub(exc.__cause__) if exc.__cause__ is not None else None
         if cause is not None:  # the Hub's own failure (a 500, a dropped connection) says more than "offline?"
             return cause
-        return HubError("cannot reach the Hub and the file is not in the local cache (offline?): "
-                        "connect, or point at a local folder instead")
+        return HubError(
+            "cannot reach the Hub and the file is not in the local cache (offline?): "
+            "connect, or point at a local folder instead"
+        )
     if isinstance(exc, hf.EntryNotFoundError):
         return HubError(f"file not found in that Hub repo: {first_line(exc)}")
     if isinstance(exc, hf.HfHubHTTPError):
@@ -146,9 +157,13 @@ def _translate_hub(exc: BaseException) -> FintrlError | None:
         if status == 403:
             return HubError("the token may not do this (403): it needs write access to that repo")
         if status is not None and status >= 500:
-            return HubError(f"the Hub failed ({status}) after retries; try again later (published versions are never half-made)")
+            return HubError(
+                f"the Hub failed ({status}) after retries; try again later (published versions are never half-made)"
+            )
         return HubError(f"the Hub answered {status}: {first_line(exc)}")
     transport = tuple(m.TransportError for m in map(sys.modules.get, ("httpx2", "httpx")) if m is not None)
     if transport and isinstance(exc, transport):  # huggingface_hub 2.x speaks httpx2
-        return HubError(f"cannot reach the Hub ({type(exc).__name__}: {first_line(exc)}); check the network or HF_ENDPOINT")
+        return HubError(
+            f"cannot reach the Hub ({type(exc).__name__}: {first_line(exc)}); check the network or HF_ENDPOINT"
+        )
     return None

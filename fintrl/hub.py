@@ -93,8 +93,10 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise HubError(f"invalid repo id {shown}: namespace and name use letters, digits, '-', '_' and '.', neither "
-                       "starts nor ends with '-' or '.', no '--' or '..', at most 96 characters in all") from None
+        raise HubError(
+            f"invalid repo id {shown}: namespace and name use letters, digits, '-', '_' and '.', neither "
+            "starts nor ends with '-' or '.', no '--' or '..', at most 96 characters in all"
+        ) from None
     return repo_id
 
 
@@ -122,8 +124,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 
-def _with_retries(fn: Callable[[], T], *, what: str, attempts: int | None = None,
-                  base_delay: float | None = None) -> T:
+def _with_retries(fn: Callable[[], T], *, what: str, attempts: int | None = None, base_delay: float | None = None) -> T:
     """`fn()`, tried again after a transient Hub failure (see `_is_transient`), waiting `base_delay` seconds (default
     `RETRY_BASE_DELAY`), then twice as long each time; the last failure, or any other error, propagates."""
     attempts = attempts or RETRY_ATTEMPTS
@@ -134,8 +135,9 @@ def _with_retries(fn: Callable[[], T], *, what: str, attempts: int | None = None
         except Exception as err:
             if attempt >= attempts or not _is_transient(err):
                 raise
-            logger.warning("the Hub failed on %s (%s); try %d of %d in %.1fs", what, _reason(err), attempt + 1,
-                           attempts, delay)
+            logger.warning(
+                "the Hub failed on %s (%s); try %d of %d in %.1fs", what, _reason(err), attempt + 1, attempts, delay
+            )
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
     raise AssertionError("unreachable")
@@ -167,12 +169,19 @@ def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str
     metrics = json.loads(_file_at(repo_id, METRICS, commit) or "{}")
     adapter = json.loads(_file_at(repo_id, ADAPTER_CONFIG, commit) or "{}")
     data = (yaml.safe_load(_file_at(repo_id, RECIPE, commit) or "{}") or {}).get("data", {})
-    date = _with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
-    return {"version": tag, "date": date.strftime("%Y-%m-%d"), "commit": commit,
-            "base_model": adapter.get("base_model_name_or_path"),
-            "data": data.get("preset") or data.get("source") or data.get("path"),
-            "n_train": metrics.get("data", {}).get("n_train"), "n_eval": metrics.get("data", {}).get("n_eval"),
-            **{k: metrics.get(k) for k in ("accuracy", "f1_macro", "f1_weighted")}}
+    date = _with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[
+        0
+    ].created_at
+    return {
+        "version": tag,
+        "date": date.strftime("%Y-%m-%d"),
+        "commit": commit,
+        "base_model": adapter.get("base_model_name_or_path"),
+        "data": data.get("preset") or data.get("source") or data.get("path"),
+        "n_train": metrics.get("data", {}).get("n_train"),
+        "n_eval": metrics.get("data", {}).get("n_eval"),
+        **{k: metrics.get(k) for k in ("accuracy", "f1_macro", "f1_weighted")},
+    }
 
 
 def list_versions(repo_id: str) -> list[dict[str, Any]]:
@@ -215,7 +224,7 @@ def _manifest(message: str | None) -> list[str] | None:
     lines = [line.strip() for line in (message or "").splitlines()]
     if MANIFEST_HEADER not in lines:
         return None
-    return [line for line in lines[lines.index(MANIFEST_HEADER) + 1:] if line]
+    return [line for line in lines[lines.index(MANIFEST_HEADER) + 1 :] if line]
 
 
 def _same_content(entry: Any, path: Path) -> bool:
@@ -248,20 +257,39 @@ def _plan(api: HfApi, repo_id: str, head: _Head, staged: dict[str, Path], tagged
     newest commit on this branch, a tagged version or a commit whose tag failed (the manifest in its description; a
     tagged commit made before manifests replaced the whole tree, so every file in it). Kept: everything else, and
     never `.gitattributes` or `.eval_results/**`."""
-    last = next((c for c in head.commits if c.commit_id in tagged
-                 or (c.title.startswith("fintrl v") and _manifest(c.message) is not None)), None)
+    last = next(
+        (
+            c
+            for c in head.commits
+            if c.commit_id in tagged or (c.title.startswith("fintrl v") and _manifest(c.message) is not None)
+        ),
+        None,
+    )
     ours: set[str] = set()
     if last is not None:
         manifest = _manifest(last.message)
-        ours = set(manifest) if manifest is not None else set(
-            _with_retries(lambda: api.list_repo_files(repo_id, revision=last.commit_id), what="list_repo_files"))
+        ours = (
+            set(manifest)
+            if manifest is not None
+            else set(
+                _with_retries(lambda: api.list_repo_files(repo_id, revision=last.commit_id), what="list_repo_files")
+            )
+        )
     leftovers = sorted(path for path in head.files if path not in staged and path != ".gitattributes")
     delete = [path for path in leftovers if path in ours and not _never_deleted(path)]
     return delete, [path for path in leftovers if path not in delete]
 
 
-def _commit(api: HfApi, repo_id: str, staged: dict[str, Path], delete: list[str], message: str, version: str,
-            parent: str | None, tagged: set[str]) -> str:
+def _commit(
+    api: HfApi,
+    repo_id: str,
+    staged: dict[str, Path],
+    delete: list[str],
+    message: str,
+    version: str,
+    parent: str | None,
+    tagged: set[str],
+) -> str:
     """One commit (retried); before a retry, a commit that landed while its answer was lost is recognised."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
@@ -279,8 +307,9 @@ def _commit(api: HfApi, repo_id: str, staged: dict[str, Path], delete: list[str]
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in staged.items()]
         operations += [CommitOperationDelete(path_in_repo=path) for path in delete]
         try:
-            return api.create_commit(repo_id, operations, commit_message=message, commit_description=description,
-                                     parent_commit=parent).oid
+            return api.create_commit(
+                repo_id, operations, commit_message=message, commit_description=description, parent_commit=parent
+            ).oid
         except ValueError as err:  # HfApi._validate_yaml: the Hub's 400 on the card's metadata
             if not str(err).startswith("Invalid metadata in README.md"):
                 raise
@@ -303,8 +332,9 @@ def _tag(api: HfApi, repo_id: str, version: str, commit: str, summary: str) -> N
     _with_retries(once, what=f"create_tag {version}")
 
 
-def publish(run_dir: Path, repo_id: str, *, version: str | None = None, private: bool = False,
-            base_model: str | None = None) -> Published:
+def publish(
+    run_dir: Path, repo_id: str, *, version: str | None = None, private: bool = False, base_model: str | None = None
+) -> Published:
     """Upload a run folder as one commit and tag it `version` (default: the next minor version).
 
     Everything that can refuse (repo id, run folder, base model, token, version, local paths) is checked before
@@ -341,10 +371,16 @@ def publish(run_dir: Path, repo_id: str, *, version: str | None = None, private:
     taken = [v["version"] for v in history]
     version = "v{}.{}.{}".format(*parse_version(version)) if version else next_version(taken)
     if version in taken:
-        raise HubError(f"{repo_id} already has {version} and published versions are immutable: "
-                          f"publish as {next_version(taken)} (--version) instead")
-    current = {"version": version, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-               "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}
+        raise HubError(
+            f"{repo_id} already has {version} and published versions are immutable: "
+            f"publish as {next_version(taken)} (--version) instead"
+        )
+    current = {
+        "version": version,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "accuracy": metrics["accuracy"],
+        "f1_macro": metrics["f1_macro"],
+    }
     versions = sorted([current, *history], key=lambda v: parse_version(v["version"]), reverse=True)
     card = render_card(run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base)
     summary = f"{version}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}"
@@ -358,17 +394,27 @@ def publish(run_dir: Path, repo_id: str, *, version: str | None = None, private:
         head = _read_head(api, repo_id, info.sha) if info is not None else None
         if head is not None and _is_fintrl_commit(head, version, staged, tagged):
             commit, reused = head.sha, True
-            logger.info("%s: the head is fintrl's untagged commit %s of %s; creating only its tag",
-                        repo_id, commit, version)
+            logger.info(
+                "%s: the head is fintrl's untagged commit %s of %s; creating only its tag", repo_id, commit, version
+            )
         else:
             if head is not None:
                 delete, kept = _plan(api, repo_id, head, staged, tagged)
             _with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), what="create_repo")
-            commit = _commit(api, repo_id, staged, delete, f"fintrl {summary}", version,
-                             head.sha if head is not None else None, tagged)
+            commit = _commit(
+                api,
+                repo_id,
+                staged,
+                delete,
+                f"fintrl {summary}",
+                version,
+                head.sha if head is not None else None,
+                tagged,
+            )
     if delete:
-        logger.info("removed %d file(s) an earlier version wrote and %s does not: %s", len(delete), version,
-                    ", ".join(delete))
+        logger.info(
+            "removed %d file(s) an earlier version wrote and %s does not: %s", len(delete), version, ", ".join(delete)
+        )
     if kept:
         logger.info("kept %d file(s) not written by fintrl: %s", len(kept), ", ".join(kept))
     try:
@@ -376,14 +422,17 @@ def publish(run_dir: Path, repo_id: str, *, version: str | None = None, private:
     except FintrlError:
         raise
     except Exception as err:
-        raise HubError(f"{repo_id}: the commit {commit[:12]} of {version} landed but creating its tag failed "
-                       f"({_reason(err)}); rerun the same `fintrl publish` to finish the tag") from err
+        raise HubError(
+            f"{repo_id}: the commit {commit[:12]} of {version} landed but creating its tag failed "
+            f"({_reason(err)}); rerun the same `fintrl publish` to finish the tag"
+        ) from err
     if reused:  # the run keeps the card as it was published (the one rendered now may differ in its date)
         try:
             card = _file_at(repo_id, CARD, commit) or card
         except Exception as err:
-            logger.warning("could not read the published card back (%s); the run gets the one rendered now",
-                           _reason(err))
+            logger.warning(
+                "could not read the published card back (%s); the run gets the one rendered now", _reason(err)
+            )
     run.file(CARD).write_text(card)
     logger.info("published %s %s (commit %s)", repo_id, version, commit)
     return Published(repo_id, version, commit, f"{api.endpoint}/{repo_id}/tree/{version}", tuple(kept), tuple(delete))

@@ -10,7 +10,9 @@ import numpy as np
 from fintrl.scoring import INVALID
 
 
-def _confidence_bins(probabilities: np.ndarray, y_true: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _confidence_bins(
+    probabilities: np.ndarray, y_true: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-label confidence, whether it was right, and its bin index (equal-width bins over [0, 1])."""
     confidence = probabilities.max(-1)
     correct = probabilities.argmax(-1) == np.asarray(y_true)
@@ -19,19 +21,27 @@ def _confidence_bins(probabilities: np.ndarray, y_true: np.ndarray, bins: int) -
 
 
 def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, bins: int = 10) -> float:
-    """Top-label ECE: |accuracy - confidence| per confidence bin, weighted by bin size (sklearn has no multi-class one)."""
+    """Top-label ECE: |accuracy - confidence| per confidence bin, weighted by bin size (none in sklearn for this)."""
     confidence, correct, which = _confidence_bins(probabilities, y_true, bins)
-    return float(sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
-                     for b in range(bins) if (which == b).any()))
+    return float(
+        sum(
+            abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
+            for b in range(bins)
+            if (which == b).any()
+        )
+    )
 
 
-def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str],
-                           probabilities: np.ndarray | None = None) -> dict[str, Any]:
+def classification_metrics(
+    y_true: list[int], y_pred: list[int], labels: list[str], probabilities: np.ndarray | None = None
+) -> dict[str, Any]:
     """Accuracy, P/R/F1 (macro, weighted, micro, per class), MCC, confusion matrix, ECE, invalid rate."""
     from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef, precision_recall_fscore_support
 
     if len(y_true) != len(y_pred) or not y_true:
-        raise ValueError(f"need as many predictions as gold labels, and at least one (got {len(y_pred)} / {len(y_true)})")
+        raise ValueError(
+            f"need as many predictions as gold labels, and at least one (got {len(y_pred)} / {len(y_true)})"
+        )
     ids = list(range(len(labels)))
     true, pred = np.asarray(y_true), np.asarray(y_pred)
     out: dict[str, Any] = {"n": len(true), "accuracy": float(accuracy_score(true, pred))}
@@ -39,20 +49,30 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
         p, r, f, _ = precision_recall_fscore_support(true, pred, labels=ids, average=avg, zero_division=0)
         out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
     p, r, f, s = precision_recall_fscore_support(true, pred, labels=ids, average=None, zero_division=0)
-    out["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                        for i, name in enumerate(labels)}
+    out["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(labels)
+    }
     out["mcc"] = float(matthews_corrcoef(true, pred))
     invalid = pred == INVALID
     out["invalid_rate"] = float(invalid.mean())
-    out["confusion_matrix"] = {"labels": labels + (["<invalid>"] if invalid.any() else []),
-                               "matrix": confusion_matrix(true, pred, labels=ids + ([INVALID] if invalid.any() else [])).tolist()}
+    out["confusion_matrix"] = {
+        "labels": labels + (["<invalid>"] if invalid.any() else []),
+        "matrix": confusion_matrix(true, pred, labels=ids + ([INVALID] if invalid.any() else [])).tolist(),
+    }
     if probabilities is not None:
         out["ece"] = expected_calibration_error(probabilities, true)
     return out
 
 
-def baselines(train_texts: list[str], train_labels: list[int], eval_texts: list[str], eval_labels: list[int],
-              labels: list[str], seed: int = 42) -> dict[str, dict[str, Any]]:
+def baselines(
+    train_texts: list[str],
+    train_labels: list[int],
+    eval_texts: list[str],
+    eval_labels: list[int],
+    labels: list[str],
+    seed: int = 42,
+) -> dict[str, dict[str, Any]]:
     """Majority class and TF-IDF + logistic regression on the same splits: how far above simple is the LLM?"""
     from sklearn.dummy import DummyClassifier
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -61,8 +81,10 @@ def baselines(train_texts: list[str], train_labels: list[int], eval_texts: list[
 
     models = {
         "majority": DummyClassifier(strategy="most_frequent"),
-        "tfidf_logreg": make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
-                                      LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", random_state=seed)),
+        "tfidf_logreg": make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
+            LogisticRegression(max_iter=2000, C=10.0, class_weight="balanced", random_state=seed),
+        ),
     }
     out = {}
     for name, clf in models.items():
@@ -70,12 +92,14 @@ def baselines(train_texts: list[str], train_labels: list[int], eval_texts: list[
         proba = np.zeros((len(eval_texts), len(labels)))
         proba[:, clf.classes_] = clf.predict_proba(eval_texts)
         full = classification_metrics(eval_labels, clf.predict(eval_texts).tolist(), labels, proba)
-        out[name] = {k: full[k] for k in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mcc")}
+        out[name] = {
+            k: full[k] for k in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "mcc")
+        }
     return out
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend: run folders and benchmarks are drawn on machines without a display."""
+    """matplotlib.pyplot on the file-only Agg backend: plots are drawn on machines without a display."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -73,13 +73,28 @@ def _build_tiny_mistral(folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1", folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "add_bos_token": True, "add_eos_token": False,
-    }))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+            }
+        )
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
     MistralForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -167,20 +182,27 @@ def renders_hidden_system_prompt(tokenizer: PreTrainedTokenizerBase) -> bool:
     return "system" in text.split(marker)[0].lower()
 
 
-def load_tokenizer(section: ModelSection, system_prompt: str | None = None, path: str | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    section: ModelSection, system_prompt: str | None = None, path: str | None = None
+) -> PreTrainedTokenizerBase:
     """Tokenizer with a usable chat template and pad token; never a hidden default system prompt."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path or resolve_model_path(section.name_or_path),
-                                                  revision=section.revision, trust_remote_code=section.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path or resolve_model_path(section.name_or_path),
+            revision=section.revision,
+            trust_remote_code=section.trust_remote_code,
+        )
     except ValueError as err:
         raise _model_error(section, err) from None
     if section.chat_template:
         template = Path(section.chat_template)
         tokenizer.chat_template = template.read_text() if template.is_file() else section.chat_template
     elif not tokenizer.chat_template:
-        logger.info("%s has no chat template: using fintrl's default ([INST] ... [/INST] answer</s>)", section.name_or_path)
+        logger.info(
+            "%s has no chat template: using fintrl's default ([INST] ... [/INST] answer</s>)", section.name_or_path
+        )
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     if system_prompt is None and renders_hidden_system_prompt(tokenizer):
         if "<|im_start|>" in tokenizer.get_vocab():
@@ -197,11 +219,15 @@ def _model_error(section: ModelSection, err: ValueError) -> Exception:
     """transformers' ValueErrors that a user can act on, as one line; anything else stays a bug report."""
     message = " ".join(str(err).split())
     if "custom code" in message or "trust_remote_code" in message:
-        return ModelError(f"{section.name_or_path} needs its own Python code to load; fintrl runs it only when you pass "
-                          "--trust-remote-code (or set model.trust_remote_code: true in your own recipe), so only if "
-                          "you trust its author")
+        return ModelError(
+            f"{section.name_or_path} needs its own Python code to load; fintrl runs it only when you pass "
+            "--trust-remote-code (or set model.trust_remote_code: true in your own recipe), so only if "
+            "you trust its author"
+        )
     if "Unrecognized" in message or "does not recognize" in message:
-        return ModelError(f"{section.name_or_path}: not a causal language model transformers can load ({message[:160]})")
+        return ModelError(
+            f"{section.name_or_path}: not a causal language model transformers can load ({message[:160]})"
+        )
     return err
 
 
@@ -226,7 +252,11 @@ def load_model(section: ModelSection, quantization: dict[str, Any] | None, path:
     from transformers import AutoModelForCausalLM
 
     dtype = torch_dtype(section.dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "revision": section.revision, "trust_remote_code": section.trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "revision": section.revision,
+        "trust_remote_code": section.trust_remote_code,
+    }
     if section.attn_implementation:
         kwargs["attn_implementation"] = section.attn_implementation
     quant = bnb_config(quantization, dtype)

@@ -25,32 +25,82 @@ class Preset:
     caveat: str = ""
 
 
-_FPB = dict(source="takala/financial_phrasebank", labels=("negative", "neutral", "positive"), task="sentiment",
-            license="cc-by-nc-sa-3.0", text_column="sentence")
-_FPB_CAVEAT = ("English financial news sentences; this config keeps those on which {} of the annotators agreed (higher "
-               "agreement, easier sentences). The Hub dataset has no evaluation split of its own. Non-commercial licence.")
+_FPB = dict(
+    source="takala/financial_phrasebank",
+    labels=("negative", "neutral", "positive"),
+    task="sentiment",
+    license="cc-by-nc-sa-3.0",
+    text_column="sentence",
+)
+_FPB_CAVEAT = (
+    "English financial news sentences; this config keeps those on which {} of the annotators agreed (higher "
+    "agreement, easier sentences). The Hub dataset has no evaluation split of its own. Non-commercial licence."
+)
 _TWEETS = "English finance tweets: short, informal, and from a limited period."
 TFN_TOPICS = (
-    "Analyst Update", "Fed | Central Banks", "Company | Product News", "Treasuries | Corporate Debt", "Dividend",
-    "Earnings", "Energy | Oil", "Financials", "Currencies", "General News | Opinion", "Gold | Metals | Materials",
-    "IPO", "Legal | Regulation", "M&A | Investments", "Macro", "Markets", "Politics", "Personnel Change",
-    "Stock Commentary", "Stock Movement",
+    "Analyst Update",
+    "Fed | Central Banks",
+    "Company | Product News",
+    "Treasuries | Corporate Debt",
+    "Dividend",
+    "Earnings",
+    "Energy | Oil",
+    "Financials",
+    "Currencies",
+    "General News | Opinion",
+    "Gold | Metals | Materials",
+    "IPO",
+    "Legal | Regulation",
+    "M&A | Investments",
+    "Macro",
+    "Markets",
+    "Politics",
+    "Personnel Change",
+    "Stock Commentary",
+    "Stock Movement",
 )  # id order of the dataset card (LABEL_0 .. LABEL_19)
 
 PRESETS: dict[str, Preset] = {
-    **{f"fpb_{level}": Preset(config_name=f"sentences_{level}", **_FPB, caveat=_FPB_CAVEAT.format(
-        "all" if level == "allagree" else f"at least {level[:2]} %")) for level in ("allagree", "75agree", "66agree", "50agree")},
+    **{
+        f"fpb_{level}": Preset(
+            config_name=f"sentences_{level}",
+            **_FPB,
+            caveat=_FPB_CAVEAT.format("all" if level == "allagree" else f"at least {level[:2]} %"),
+        )
+        for level in ("allagree", "75agree", "66agree", "50agree")
+    },
     # Card order: LABEL_0 Bearish, LABEL_1 Bullish, LABEL_2 Neutral (some forks swap 1 and 2).
-    "tfns": Preset(source="zeroshot/twitter-financial-news-sentiment", labels=("bearish", "bullish", "neutral"),
-                   task="sentiment", license="mit", caveat=_TWEETS),
-    "tfn_topic": Preset(source="zeroshot/twitter-financial-news-topic", labels=TFN_TOPICS, task="topic", license="mit",
-                        caveat=_TWEETS + " Some of the 20 topics are rare: their per-class scores are noisy."),
-    "fiqa": Preset(source="pauri32/fiqa-2018", labels=("negative", "neutral", "positive"), task="sentiment",
-                   license="unknown", text_column="sentence", label_column="score", score_thresholds=(-0.1, 0.1),
-                   caveat="FiQA-2018 task 1 headlines and posts: scores in [-1, 1] binned into three classes at +-0.1 by "
-                   "fintrl (as in FinGPT's evaluation), not by the authors. The data's licence is not stated."),
-    "quickstart": Preset(source=str(Path(__file__).parent / "resources" / "quickstart"),
-                         labels=("negative", "neutral", "positive"), task="sentiment", license="apache-2.0",
-                         caveat="A tiny hand-written sample for fintrl's quickstart: illustrative, not a benchmark. Its "
-                         "sentiment is deliberately unambiguous: scores on it say little about real financial text."),
+    "tfns": Preset(
+        source="zeroshot/twitter-financial-news-sentiment",
+        labels=("bearish", "bullish", "neutral"),
+        task="sentiment",
+        license="mit",
+        caveat=_TWEETS,
+    ),
+    "tfn_topic": Preset(
+        source="zeroshot/twitter-financial-news-topic",
+        labels=TFN_TOPICS,
+        task="topic",
+        license="mit",
+        caveat=_TWEETS + " Some of the 20 topics are rare: their per-class scores are noisy.",
+    ),
+    "fiqa": Preset(
+        source="pauri32/fiqa-2018",
+        labels=("negative", "neutral", "positive"),
+        task="sentiment",
+        license="unknown",
+        text_column="sentence",
+        label_column="score",
+        score_thresholds=(-0.1, 0.1),
+        caveat="FiQA-2018 task 1 headlines and posts: scores in [-1, 1] binned into three classes at +-0.1 by "
+        "fintrl (as in FinGPT's evaluation), not by the authors. The data's licence is not stated.",
+    ),
+    "quickstart": Preset(
+        source=str(Path(__file__).parent / "resources" / "quickstart"),
+        labels=("negative", "neutral", "positive"),
+        task="sentiment",
+        license="apache-2.0",
+        caveat="A tiny hand-written sample for fintrl's quickstart: illustrative, not a benchmark. Its "
+        "sentiment is deliberately unambiguous: scores on it say little about real financial text.",
+    ),
 }

@@ -24,10 +24,14 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name_or_path: str = Field(description="Hub id, local folder, or an offline name (see `fintrl.models.OFFLINE_MODELS`).")
+    name_or_path: str = Field(
+        description="Hub id, local folder, or an offline name (see `fintrl.models.OFFLINE_MODELS`)."
+    )
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    chat_template: str | None = Field(None, description="A Jinja chat template (or a path to one) to use instead of the model's.")
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template (or a path to one) to use instead of the model's."
+    )
     trust_remote_code: bool = False
     attn_implementation: str | None = None
 
@@ -60,17 +64,30 @@ class MixtureSource(_Section):
     """One source of a `data.mixture`: where it lives and how its rows join the mixture."""
 
     preset: str | None = Field(None, description="A named dataset (see `fintrl.data.PRESETS`).")
-    source: str | None = Field(None, description="Hub dataset id, a folder of split files, or a csv/jsonl/parquet file.")
+    source: str | None = Field(
+        None, description="Hub dataset id, a folder of split files, or a csv/jsonl/parquet file."
+    )
     path: str | None = Field(None, description="Local folder or file that replaces the preset's Hub source.")
-    name: str | None = Field(None, description="Name in per-source metrics; default: the preset, else the folder/file name.")
-    weight: float = Field(1.0, gt=0, description="Train rows taken = weight x the source's train rows: 2.0 = every row twice, "
-                          "0.5 = a seeded half, 1.5 = every row once + a seeded half.")
-    label_map: dict[str, str] | None = Field(None, description="This source's label name -> the mixture's (e.g. bearish: negative); "
-                                             "unmapped labels keep their name.")
+    name: str | None = Field(
+        None, description="Name in per-source metrics; default: the preset, else the folder/file name."
+    )
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="Train rows taken = weight x the source's train rows: 2.0 = every row twice, "
+        "0.5 = a seeded half, 1.5 = every row once + a seeded half.",
+    )
+    label_map: dict[str, str] | None = Field(
+        None,
+        description="This source's label name -> the mixture's (e.g. bearish: negative); "
+        "unmapped labels keep their name.",
+    )
     config_name: str | None = None
     text_column: str | None = Field(None, description="Default: the preset's, else `text`.")
     label_column: str | None = Field(None, description="Default: the preset's, else `label`.")
-    labels: list[str] | dict[int, str] | None = Field(None, description="This source's label names (default: the preset's).")
+    labels: list[str] | dict[int, str] | None = Field(
+        None, description="This source's label names (default: the preset's)."
+    )
 
     @field_validator("labels")
     @classmethod
@@ -97,25 +114,38 @@ class MixtureSource(_Section):
 
 class DataSection(_Section):
     preset: str | None = Field(None, description="A named dataset (see `fintrl.data.PRESETS`).")
-    source: str | None = Field(None, description="Hub dataset id, a folder of split files, or a csv/jsonl/parquet file.")
+    source: str | None = Field(
+        None, description="Hub dataset id, a folder of split files, or a csv/jsonl/parquet file."
+    )
     path: str | None = Field(None, description="Local folder or file that replaces the preset's Hub source.")
     config_name: str | None = None
     text_column: str = "text"
     label_column: str = "label"
-    labels: list[str] | dict[int, str] | None = Field(None, description="Label names, or an id -> name map for integer labels.")
+    labels: list[str] | dict[int, str] | None = Field(
+        None, description="Label names, or an id -> name map for integer labels."
+    )
     train_split: str = "train"
     eval_split: str = "validation"
-    validation_fraction: float = Field(0.1, gt=0, lt=1, description="Carved from train (stratified, seeded) when eval_split is absent.")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Carved from train (stratified, seeded) when eval_split is absent."
+    )
     max_train_samples: int | None = Field(None, gt=0)
     max_eval_samples: int | None = Field(None, gt=0)
-    balance: float = Field(0.0, ge=0, le=1, description="Class balancing by oversampling train rows: class c gets "
-                           "n_c + balance * (n_max - n_c) rows (0: as is, 1: all as large as the largest). Eval untouched.")
+    balance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Class balancing by oversampling train rows: class c gets "
+        "n_c + balance * (n_max - n_c) rows (0: as is, 1: all as large as the largest). Eval untouched.",
+    )
     seed: int = 42
     mixture: list[MixtureSource] | None = Field(
-        None, description="Several sources trained together (instead of preset/source/path): train rows weighted per "
+        None,
+        description="Several sources trained together (instead of preset/source/path): train rows weighted per "
         "source, label sets mapped (`label_map`) into one, eval = every source's eval split, scored per source and "
         "combined. `labels` then orders the mixture's label set; max_train_samples caps the mixed train rows, "
-        "max_eval_samples each source's eval rows; splits, validation_fraction and seed apply to every source.")
+        "max_eval_samples each source's eval rows; splits, validation_fraction and seed apply to every source.",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -129,7 +159,9 @@ class DataSection(_Section):
     @model_validator(mode="after")
     def _has_source(self) -> DataSection:
         if self.mixture is not None:
-            per_source = [k for k in SOURCE_FIELDS if getattr(self, k) != type(self).model_fields[k].default]  # by value: dumped recipes list defaults
+            per_source = [
+                k for k in SOURCE_FIELDS if getattr(self, k) != type(self).model_fields[k].default
+            ]  # by value: dumped recipes list defaults
             if per_source:
                 raise ValueError(f"`mixture` replaces {sorted(per_source)}: set them in each mixture entry")
             if not self.mixture:
@@ -166,8 +198,12 @@ class EvalSection(_Section):
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(512, gt=8, description="Prompt tokens kept; longer texts are truncated (and counted).")
     baselines: bool = True
-    curve_points: int = Field(0, ge=0, description="Learning curve: score `curve_samples` validation rows this many times, "
-                              "evenly over training, plus once before it (training_loss.png, metrics.json `learning_curve`).")
+    curve_points: int = Field(
+        0,
+        ge=0,
+        description="Learning curve: score `curve_samples` validation rows this many times, "
+        "evenly over training, plus once before it (training_loss.png, metrics.json `learning_curve`).",
+    )
     curve_samples: int = Field(256, gt=0, description="Validation rows (a fixed seeded sample) scored per curve point.")
 
 
@@ -175,8 +211,11 @@ class PublishSection(_Section):
     repo_id: str | None = None
     version: str | None = None
     private: bool = False
-    base_model: str | None = Field(None, description="The base model's Hub id, named in the published adapter and recipe "
-                                   "(default: the recipe's model when it is a Hub id or an offline name of one).")
+    base_model: str | None = Field(
+        None,
+        description="The base model's Hub id, named in the published adapter and recipe "
+        "(default: the recipe's model when it is a Hub id or an offline name of one).",
+    )
 
 
 class Recipe(_Section):
@@ -200,7 +239,10 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
         if self.quantization and self.lora is None:
-            raise ValueError("quantization: a 4/8-bit model cannot be fully fine-tuned; add a `lora:` section or set quantization: null")
+            raise ValueError(
+                "quantization: a 4/8-bit model cannot be fully fine-tuned; "
+                "add a `lora:` section or set quantization: null"
+            )
         for key in ("output_dir", "seed"):
             if key in self.train:
                 raise ValueError(f"train.{key}: set it at the top level (`{key}:`), not under train")
@@ -260,15 +302,17 @@ def _looks_numeric(s: str) -> bool:
 
 
 def _apply_override(raw: dict[str, Any], keys: list[str], value: Any) -> None:
-    """Set a nested value; integer parts index lists (`data.mixture.0.path`), and the index just past the end appends."""
+    """Set a nested value; integer parts index lists (`data.mixture.0.path`); the index just past the end appends."""
     node: Any = raw
     parent = "<recipe>"
     for i, k in enumerate(keys):
         last = i == len(keys) - 1
         if isinstance(node, list):
             if not k.isdigit() or int(k) > len(node):
-                raise RecipeError(f"--set {'.'.join(keys)}: `{parent}` is a list of {len(node)}; "
-                                  f"use an index 0..{len(node)} (the last one appends)")
+                raise RecipeError(
+                    f"--set {'.'.join(keys)}: `{parent}` is a list of {len(node)}; "
+                    f"use an index 0..{len(node)} (the last one appends)"
+                )
             index = int(k)
             if index == len(node):
                 node.append({})

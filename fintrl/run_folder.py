@@ -107,8 +107,10 @@ class RunFolder:
         if not self.is_run:
             raise RunFolderError(f"{self.path} is not a fintrl run folder (no {RECIPE}); `fintrl run RECIPE` makes one")
         if not self.is_finished:
-            raise RunFolderError(f"{self.path} holds no finished run (no {METRICS}); finish it with "
-                                 f"`fintrl run {self.path / RECIPE} --resume` before `fintrl {command}`")
+            raise RunFolderError(
+                f"{self.path} holds no finished run (no {METRICS}); finish it with "
+                f"`fintrl run {self.path / RECIPE} --resume` before `fintrl {command}`"
+            )
         return self
 
     def recipe(self) -> Recipe:
@@ -178,8 +180,9 @@ def locked(final: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunFolderError(f"another fintrl process is writing {final}; wait for it to finish or choose another "
-                                 "--output-dir") from None
+            raise RunFolderError(
+                f"another fintrl process is writing {final}; wait for it to finish or choose another --output-dir"
+            ) from None
         _restore_interrupted_swap(final)
         yield
 
@@ -198,20 +201,28 @@ def prepare(final: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Pa
     Returns the work folder (created, holding the recipe). The finished run at `final` is never touched here.
     """
     if resume and overwrite:
-        raise RecipeError("--resume and --overwrite exclude each other: --resume continues a run, --overwrite starts again")
+        raise RecipeError(
+            "--resume and --overwrite exclude each other: --resume continues a run, --overwrite starts again"
+        )
     run, work = RunFolder(final), work_folder(final)
     if final.exists() and any(final.iterdir()) and not run.is_run:
-        raise RunFolderError(f"{final} exists and is not a fintrl run folder; choose another --output-dir "
-                             "(fintrl never replaces a folder it did not make)")
+        raise RunFolderError(
+            f"{final} exists and is not a fintrl run folder; choose another --output-dir "
+            "(fintrl never replaces a folder it did not make)"
+        )
     unfinished = work.is_dir() or (run.is_run and not run.is_finished)
     if not (resume or overwrite):
         if run.is_finished:
-            raise RunFolderError(f"{final} already holds a finished run; use --output-dir DIR for a new one, --overwrite "
-                                 "to replace it once the new run succeeds, or --resume to train it further")
+            raise RunFolderError(
+                f"{final} already holds a finished run; use --output-dir DIR for a new one, --overwrite "
+                "to replace it once the new run succeeds, or --resume to train it further"
+            )
         if unfinished:
             where = work if work.is_dir() else final
-            raise RunFolderError(f"an unfinished run of {final} (failed or interrupted) is in {where}; --resume "
-                                 "continues it from its last checkpoint, --overwrite starts again")
+            raise RunFolderError(
+                f"an unfinished run of {final} (failed or interrupted) is in {where}; --resume "
+                "continues it from its last checkpoint, --overwrite starts again"
+            )
     if overwrite and work.is_dir():
         shutil.rmtree(work)
     if resume:
@@ -229,14 +240,17 @@ def eval_output(final: Path, *, overwrite: bool) -> Iterator[Path]:
     """
     with locked(final):
         if RunFolder(final).is_run or (final / ADAPTER_CONFIG).is_file():
-            raise RunFolderError(f"{final} is a run folder: eval never writes into a run's own files; choose another "
-                                 "--output-dir")
+            raise RunFolderError(
+                f"{final} is a run folder: eval never writes into a run's own files; choose another --output-dir"
+            )
         if final.exists() and any(final.iterdir()):
             if not (final / METRICS).is_file():
                 raise RunFolderError(f"{final} exists and holds no fintrl eval; choose another --output-dir")
             if not overwrite:
-                raise RunFolderError(f"{final} already holds an eval; --overwrite replaces it once the new eval "
-                                     "succeeds, or choose another --output-dir")
+                raise RunFolderError(
+                    f"{final} already holds an eval; --overwrite replaces it once the new eval "
+                    "succeeds, or choose another --output-dir"
+                )
         work = work_folder(final)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -256,13 +270,16 @@ def _prepare_resume(run: RunFolder, work: Path, recipe: Recipe) -> None:
         return
     differences = recipe_differences(source.recipe(), recipe)
     if differences:
-        raise RunFolderError(f"--resume: the recipe differs from the one the checkpoint was trained with in "
-                             f"{'; '.join(differences)}; resume with the same recipe, or --overwrite to start again")
+        raise RunFolderError(
+            f"--resume: the recipe differs from the one the checkpoint was trained with in "
+            f"{'; '.join(differences)}; resume with the same recipe, or --overwrite to start again"
+        )
     if source is run:  # a finished (or legacy unfinished) run: train further from a copy of its checkpoints
         if last_checkpoint(run.path) is None:
             if run.is_finished:
-                raise RunFolderError(f"--resume: {run.path} has no complete checkpoint to continue from; "
-                                     "--overwrite trains it again")
+                raise RunFolderError(
+                    f"--resume: {run.path} has no complete checkpoint to continue from; --overwrite trains it again"
+                )
             return
         work.mkdir(parents=True, exist_ok=True)
         shutil.copytree(run.file(CHECKPOINTS), work / CHECKPOINTS, dirs_exist_ok=True)
@@ -270,6 +287,7 @@ def _prepare_resume(run: RunFolder, work: Path, recipe: Recipe) -> None:
 
 def recipe_differences(old: Recipe, new: Recipe) -> list[str]:
     """`lora.r: 16 -> 32`-style lines for every value of RESUME_FIXED that changed."""
+
     def flat(node: Any, prefix: str) -> dict[str, Any]:
         if isinstance(node, dict) and node:
             return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}.{key}").items()}
@@ -295,12 +313,16 @@ def commit(work: Path, final: Path) -> None:
 
 
 def keep_if_resumable(work: Path, final: Path) -> None:
-    """After a failed attempt: keep the work folder when a checkpoint makes it resumable (and say so), else remove it."""
+    """After a failure: keep the work folder when a checkpoint makes it resumable (and say so); else remove it."""
     if last_checkpoint(work) is None:
         shutil.rmtree(work, ignore_errors=True)
     else:
-        logger.error("the unfinished run is kept in %s; `fintrl run RECIPE --output-dir %s --resume` continues it from "
-                     "its last checkpoint, --overwrite discards it", work, final)
+        logger.error(
+            "the unfinished run is kept in %s; `fintrl run RECIPE --output-dir %s --resume` continues it from "
+            "its last checkpoint, --overwrite discards it",
+            work,
+            final,
+        )
 
 
 def checkpoint_problem(folder: Path) -> str | None:

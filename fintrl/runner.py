@@ -63,23 +63,36 @@ def environment() -> dict[str, str | None]:
     return {"python": platform.python_version(), **{name: installed(name) for name in FRAMEWORKS}, "device": device}
 
 
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, data: LabeledData,
-             section: EvalSection, out_dir: Path, model_id: str = "") -> Report:
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    builder: PromptBuilder,
+    data: LabeledData,
+    section: EvalSection,
+    out_dir: Path,
+    model_id: str = "",
+) -> Report:
     """Score the eval split and compute the report (+ baselines); write predictions and plots into `out_dir`.
 
     The report is returned, not written: its owner (a run, or `fintrl eval`) adds what it knows and writes it once."""
     from fintrl.metrics import baselines, classification_metrics, plot_confusion_matrix, plot_reliability
     from fintrl.scoring import INVALID, LabelScorer
 
-    scorer = LabelScorer(model, tokenizer, builder, mode=section.mode, batch_size=section.batch_size,
-                         max_length=section.max_length)
+    scorer = LabelScorer(
+        model, tokenizer, builder, mode=section.mode, batch_size=section.batch_size, max_length=section.max_length
+    )
     texts, gold = data.eval["text"], data.eval["label"]
     start = time.perf_counter()
     result = scorer.score(texts)
     seconds = time.perf_counter() - start
     metrics = classification_metrics(gold, result.predictions, data.labels, result.probabilities)
-    metrics["scoring"] = {"mode": result.mode, "n_truncated": result.n_truncated, "max_length": section.max_length,
-                          "examples_per_second": round(len(texts) / seconds, 2), "n_invalid": result.n_invalid}
+    metrics["scoring"] = {
+        "mode": result.mode,
+        "n_truncated": result.n_truncated,
+        "max_length": section.max_length,
+        "examples_per_second": round(len(texts) / seconds, 2),
+        "n_invalid": result.n_invalid,
+    }
     metrics["model"] = portable_name(model_id)  # an offline name's Hub id, a Hub id, or a folder's name: never a path
     metrics["data"] = data.describe()
     metrics["environment"] = environment()
@@ -89,7 +102,9 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
         metrics["per_source"] = {}
         for name, rows in groups.items():
             sub_gold, sub_texts = [gold[i] for i in rows], [texts[i] for i in rows]
-            sub = classification_metrics(sub_gold, [result.predictions[i] for i in rows], data.labels, result.probabilities[rows])
+            sub = classification_metrics(
+                sub_gold, [result.predictions[i] for i in rows], data.labels, result.probabilities[rows]
+            )
             if section.baselines:
                 sub["baselines"] = baselines(data.train["text"], data.train["label"], sub_texts, sub_gold, data.labels)
             metrics["per_source"][name] = sub
@@ -97,8 +112,12 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder
     with (out_dir / PREDICTIONS).open("w") as f:
         for i, text in enumerate(texts):
             pred = result.predictions[i]
-            row = {"text": text, "gold": data.labels[gold[i]], "prediction": data.labels[pred] if pred != INVALID else None,
-                   "probabilities": dict(zip(data.labels, map(float, result.probabilities[i].round(6))))}
+            row = {
+                "text": text,
+                "gold": data.labels[gold[i]],
+                "prediction": data.labels[pred] if pred != INVALID else None,
+                "probabilities": dict(zip(data.labels, map(float, result.probabilities[i].round(6)))),
+            }
             if result.raw_outputs:
                 row["raw_output"] = result.raw_outputs[i]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -124,8 +143,13 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
             run_folder.keep_if_resumable(work, final)
             raise
         run_folder.commit(work, final)
-    logger.info("run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s", final, metrics["accuracy"],
-                metrics["f1_macro"], metrics["timings"])
+    logger.info(
+        "run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s",
+        final,
+        metrics["accuracy"],
+        metrics["f1_macro"],
+        metrics["timings"],
+    )
     if recipe.publish.repo_id:
         from fintrl.hub import publish
 
@@ -149,12 +173,15 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
         model = load_model(recipe.model, recipe.quantization)
     curve = None
     if recipe.eval.curve_points:
-        rows = random.Random(recipe.data.seed).sample(range(len(data.eval)), min(recipe.eval.curve_samples, len(data.eval)))
+        rows = random.Random(recipe.data.seed).sample(
+            range(len(data.eval)), min(recipe.eval.curve_samples, len(data.eval))
+        )
         sample = data.eval.select(sorted(rows))  # in eval order: with every row, the last point scores what eval does
         curve = LearningCurve(tokenizer, builder, recipe.eval, sample["text"], sample["label"])
     with timer.stage("train"):
-        trainer = build_trainer(recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir,
-                                callbacks=[curve] if curve else None)
+        trainer = build_trainer(
+            recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir, callbacks=[curve] if curve else None
+        )
         train_metrics = train(trainer, run_dir, resume)
     with timer.stage("eval"):
         metrics = evaluate(trainer.model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path)
@@ -169,5 +196,3 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     with timer.stage("card"):
         write_card(run_dir)
     return metrics
-
-

@@ -50,8 +50,15 @@ class ScoreResult:
 
 
 class LabelScorer:
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder,
-                 mode: str = "auto", batch_size: int = 16, max_length: int = 512) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        builder: PromptBuilder,
+        mode: str = "auto",
+        batch_size: int = 16,
+        max_length: int = 512,
+    ) -> None:
         if mode not in MODES:
             raise ScoringError(f"scoring mode {mode!r}: expected one of {MODES}")
         self.model, self.tokenizer, self.builder = model, tokenizer, builder
@@ -67,8 +74,11 @@ class LabelScorer:
 
     # -- tokenisation -------------------------------------------------------------------------------------
     def _encode_prompt(self, text: str) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(self.builder.messages(text), add_generation_prompt=True,
-                                                       tokenize=True, return_dict=False))
+        return list(
+            self.tokenizer.apply_chat_template(
+                self.builder.messages(text), add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
 
     def _label_token_ids(self) -> list[list[int]]:
         """Each answer's tokens exactly as they follow the prompt in training, up to the end-of-turn token."""
@@ -77,12 +87,17 @@ class LabelScorer:
         prompt = self._encode_prompt("x")
         sequences = []
         for answer in self.builder.answers:
-            full = list(self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
-                                                           tokenize=True, return_dict=False))
+            full = list(
+                self.tokenizer.apply_chat_template(
+                    messages + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=False
+                )
+            )
             if full[: len(prompt)] != prompt:
-                raise ScoringError("the chat template renders the prompt differently with and without an answer; "
-                                 "fintrl cannot align the label tokens (set model.chat_template)")
-            cont = full[len(prompt):]
+                raise ScoringError(
+                    "the chat template renders the prompt differently with and without an answer; "
+                    "fintrl cannot align the label tokens (set model.chat_template)"
+                )
+            cont = full[len(prompt) :]
             end = next((i for i, t in enumerate(cont) if t in stop), None)
             sequences.append(cont[: end + 1] if end is not None else cont)
         if len({tuple(s) for s in sequences}) != len(sequences):
@@ -117,8 +132,12 @@ class LabelScorer:
                 truncated += 1
             encoded.append(ids)
         if truncated:
-            logger.warning("%d of %d texts were longer than eval.max_length=%d tokens and were truncated",
-                           truncated, len(texts), self.max_length)
+            logger.warning(
+                "%d of %d texts were longer than eval.max_length=%d tokens and were truncated",
+                truncated,
+                len(texts),
+                self.max_length,
+            )
         return encoded, truncated
 
     # -- scoring ------------------------------------------------------------------------------------------
@@ -134,7 +153,7 @@ class LabelScorer:
         self.model.eval()
         with torch.inference_mode():
             prefix_len, prefix = self._shared_prefix(encoded) if self.mode != "generate" else (0, None)
-        batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         with torch.inference_mode():
             for batch in tqdm(batches, desc=f"scoring ({self.mode})", unit="batch", disable=not progress):
                 if self.mode == "generate":
@@ -175,8 +194,12 @@ class LabelScorer:
         ids = torch.tensor([encoded[0][:length]], device=self.model.device)
         return length, run_prefix(self.model, ids, self.model.config, logits_to_keep=1)
 
-    def _score_batch(self, rows: list[list[int]], prefix_len: int = 0, prefix: DynamicCache | None = None,
-                     ) -> tuple[list[int], np.ndarray]:
+    def _score_batch(
+        self,
+        rows: list[list[int]],
+        prefix_len: int = 0,
+        prefix: DynamicCache | None = None,
+    ) -> tuple[list[int], np.ndarray]:
         """Prompts are [shared prefix][padding][own tokens]: positions skip the padding, the mask hides it."""
         import torch
 
@@ -185,8 +208,9 @@ class LabelScorer:
         mask = torch.cat([own_mask.new_ones(batch, prefix_len), own_mask], dim=-1)
         positions = prefix_len + (own_mask.cumsum(-1) - 1).clamp(min=0)
         cache = expand_cache(prefix, batch, self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
         n_labels = len(self.label_ids)
         if self.mode == "first_token":
@@ -211,7 +235,7 @@ class LabelScorer:
             step_logp = torch.log_softmax(self._extend(cache, mask, [seq[:-1] for seq in self.label_ids]).float(), -1)
             for label, seq in enumerate(self.label_ids):
                 targets = torch.tensor(seq[1:], device=ids.device)
-                logp[:, label, 1: len(seq)] = step_logp[:, label, torch.arange(len(seq) - 1), targets]
+                logp[:, label, 1 : len(seq)] = step_logp[:, label, torch.arange(len(seq) - 1), targets]
         probs = torch.softmax(logp.sum(-1), dim=-1).cpu().numpy()
         return probs.argmax(-1).tolist(), probs
 
@@ -226,8 +250,9 @@ class LabelScorer:
         cache.batch_repeat_interleave(k)
         step_mask = torch.cat([mask.repeat_interleave(k, 0), torch.ones_like(steps)], dim=-1)
         step_pos = mask.sum(-1).repeat_interleave(k, 0)[:, None] + torch.arange(width, device=mask.device)
-        logits = self.model(input_ids=steps, attention_mask=step_mask, position_ids=step_pos, cache=cache,
-                            use_cache=True).logits
+        logits = self.model(
+            input_ids=steps, attention_mask=step_mask, position_ids=step_pos, cache=cache, use_cache=True
+        ).logits
         return logits.view(batch, k, width, -1)
 
     def _trie_readout(self, node_logp: dict[tuple[int, ...], torch.Tensor]) -> tuple[list[int], np.ndarray]:
@@ -242,7 +267,9 @@ class LabelScorer:
                 node = tuple(seq[:j])
                 kids = self._children[node]
                 if len(kids) > 1:
-                    logprob[:, label] += (node_logp[node][:, token] - torch.logsumexp(node_logp[node][:, kids], -1)).cpu()
+                    logprob[:, label] += (
+                        node_logp[node][:, token] - torch.logsumexp(node_logp[node][:, kids], -1)
+                    ).cpu()
         index = {tuple(seq): i for i, seq in enumerate(self.label_ids)}
         preds = []
         for b in range(batch):
@@ -257,9 +284,14 @@ class LabelScorer:
     def _generate(self, rows: list[list[int]]) -> list[str]:
         ids, mask = self._left_pad(rows)
         new = max(map(len, self.label_ids)) + 4
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                                  pad_token_id=self.tokenizer.pad_token_id)
-        return self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
 
 
 def parse_answer(text: str, answers: list[str]) -> int:

@@ -52,8 +52,9 @@ def looks_like_hub_id(name: str) -> bool:
     return not Path(name).expanduser().exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
-def resolve_target(target: str, *, recipe_path: str | None = None, overrides: list[str] = (),
-                   trust_remote_code: bool = False) -> Target:
+def resolve_target(
+    target: str, *, recipe_path: str | None = None, overrides: list[str] = (), trust_remote_code: bool = False
+) -> Target:
     """The recipe and adapter for `target`.
 
     >>> resolve_target("runs/quickstart").adapter
@@ -77,8 +78,10 @@ def resolve_target(target: str, *, recipe_path: str | None = None, overrides: li
             raise RecipeError(f"{target} holds neither an adapter ({ADAPTER_CONFIG}) nor a model (config.json)")
         return Target(_with_model(recipe, name_or_path=str(folder or name), revision=revision), None, None, target)
     if folder is None or not (folder / RECIPE).is_file():
-        raise RecipeError(f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the "
-                          "data and prompt")
+        raise RecipeError(
+            f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the "
+            "data and prompt"
+        )
     recipe = _with_model(load_recipe(folder / RECIPE, overrides=overrides), trust_remote_code=trust_remote_code)
     if folder is not local:  # downloaded: the base is the one the adapter config names
         recipe = _with_model(recipe, **_adapter_base(folder))
@@ -125,21 +128,29 @@ def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedToken
     from fintrl.models import load_model, load_tokenizer
 
     model_section = target.recipe.model
-    print(f"fintrl: loading base model {model_section.name_or_path}"
-          + (f" @ {model_section.revision}" if model_section.revision else "")
-          + (" (trusting its remote code)" if model_section.trust_remote_code else "")
-          + (f" with adapter {target.name}" if target.adapter else ""), file=sys.stderr)
+    print(
+        f"fintrl: loading base model {model_section.name_or_path}"
+        + (f" @ {model_section.revision}" if model_section.revision else "")
+        + (" (trusting its remote code)" if model_section.trust_remote_code else "")
+        + (f" with adapter {target.name}" if target.adapter else ""),
+        file=sys.stderr,
+    )
     model = load_model(model_section, target.recipe.quantization)
     if target.adapter is None:
         return model, load_tokenizer(model_section, target.recipe.prompt.system)
     from peft import PeftModel
 
-    tokenizer = load_tokenizer(model_section.model_copy(update={"chat_template": None, "revision": None}),
-                               target.recipe.prompt.system, path=target.adapter)
+    tokenizer = load_tokenizer(
+        model_section.model_copy(update={"chat_template": None, "revision": None}),
+        target.recipe.prompt.system,
+        path=target.adapter,
+    )
     try:
         return PeftModel.from_pretrained(model, target.adapter), tokenizer
     except RuntimeError as err:
         if "size mismatch" not in str(err) and "state_dict" not in str(err):
             raise
-        raise ModelError(f"adapter {target.name} does not fit base model {model_section.name_or_path} (its weight shapes "
-                         "differ): it was trained on another base") from None
+        raise ModelError(
+            f"adapter {target.name} does not fit base model {model_section.name_or_path} (its weight shapes "
+            "differ): it was trained on another base"
+        ) from None

@@ -95,7 +95,12 @@ class FintrlSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         import torch
 
-        if return_outputs or self.args.gradient_checkpointing or "attention_mask" not in inputs or "labels" not in inputs:
+        if (
+            return_outputs
+            or self.args.gradient_checkpointing
+            or "attention_mask" not in inputs
+            or "labels" not in inputs
+        ):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -108,9 +113,14 @@ class FintrlSFTTrainer(SFTTrainer):
         else:
             prefix = 0
         positions = torch.arange(prefix, ids.shape[1], device=ids.device).expand(len(ids), -1)
-        hidden = backbone(input_ids=ids[:, prefix:], attention_mask=mask, position_ids=positions, cache=cache,
-                          use_cache=cache is not None).last_hidden_state
-        targets = labels[:, prefix + 1:]  # hidden state t predicts token t + 1
+        hidden = backbone(
+            input_ids=ids[:, prefix:],
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
+        targets = labels[:, prefix + 1 :]  # hidden state t predicts token t + 1
         scored = targets != -100
         logits = causal_lm.get_output_embeddings()(hidden[:, :-1][scored]).float()
         per_token = torch.nn.functional.cross_entropy(logits, targets[scored], reduction="none")
@@ -134,8 +144,14 @@ class LearningCurve(TrainerCallback):
     The time it takes is kept apart (`seconds`) so that training throughput is not understated.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, builder: PromptBuilder, section: EvalSection,
-                 texts: list[str], gold: list[int]) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        builder: PromptBuilder,
+        section: EvalSection,
+        texts: list[str],
+        gold: list[int],
+    ) -> None:
         self.tokenizer, self.builder, self.section = tokenizer, builder, section
         self.texts, self.gold = texts, gold
         self.due: set[int] = set()
@@ -145,17 +161,33 @@ class LearningCurve(TrainerCallback):
         from fintrl.scoring import LabelScorer
 
         start = time.perf_counter()
-        scorer = LabelScorer(model, self.tokenizer, self.builder, mode=self.section.mode,
-                             batch_size=self.section.batch_size, max_length=self.section.max_length)
+        scorer = LabelScorer(
+            model,
+            self.tokenizer,
+            self.builder,
+            mode=self.section.mode,
+            batch_size=self.section.batch_size,
+            max_length=self.section.max_length,
+        )
         result = scorer.score(self.texts, progress=False)
         metrics = classification_metrics(self.gold, result.predictions, self.builder.labels)
         model.train()
-        state.log_history.append({"step": state.global_step, "epoch": state.epoch or 0.0,
-                                  "curve_accuracy": round(metrics["accuracy"], 4),
-                                  "curve_f1_macro": round(metrics["f1_macro"], 4), "curve_samples": len(self.texts)})
+        state.log_history.append(
+            {
+                "step": state.global_step,
+                "epoch": state.epoch or 0.0,
+                "curve_accuracy": round(metrics["accuracy"], 4),
+                "curve_f1_macro": round(metrics["f1_macro"], 4),
+                "curve_samples": len(self.texts),
+            }
+        )
         self.seconds += time.perf_counter() - start
-        logger.info("learning curve, step %d: accuracy %.3f, macro-F1 %.3f", state.global_step, metrics["accuracy"],
-                    metrics["f1_macro"])
+        logger.info(
+            "learning curve, step %d: accuracy %.3f, macro-F1 %.3f",
+            state.global_step,
+            metrics["accuracy"],
+            metrics["f1_macro"],
+        )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ANN201
         points = self.section.curve_points
@@ -168,12 +200,24 @@ class LearningCurve(TrainerCallback):
             self._score(state, model)
 
 
-def build_trainer(recipe: Recipe, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train_dataset: Dataset,
-                  run_dir: Path, callbacks: list[TrainerCallback] | None = None) -> SFTTrainer:
+def build_trainer(
+    recipe: Recipe,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Dataset,
+    run_dir: Path,
+    callbacks: list[TrainerCallback] | None = None,
+) -> SFTTrainer:
     import torch
 
-    trainer = FintrlSFTTrainer(model=model, args=sft_config(recipe, run_dir), train_dataset=train_dataset,
-                               processing_class=tokenizer, peft_config=lora_config(recipe.lora), callbacks=callbacks)
+    trainer = FintrlSFTTrainer(
+        model=model,
+        args=sft_config(recipe, run_dir),
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe.lora),
+        callbacks=callbacks,
+    )
     if not has_cuda():
         # TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); on CPU fp32 adapters are faster and
         # keep small AdamW updates from rounding away.
@@ -197,8 +241,12 @@ def train(trainer: SFTTrainer, run_dir: Path, resume: bool) -> dict[str, Any]:
             f.write(json.dumps(entry) + "\n")
     plot_training_curve(trainer.state.log_history, run_dir / TRAINING_CURVE_PNG)
     trainable, total = parameter_counts(trainer.model)
-    return {"resumed_from": Path(checkpoint).name if checkpoint else None,  # a checkpoint's name: no local path
-            "trainable_parameters": trainable, "total_parameters": total, **result.metrics}
+    return {
+        "resumed_from": Path(checkpoint).name if checkpoint else None,  # a checkpoint's name: no local path
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        **result.metrics,
+    }
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

@@ -1,48 +1,20 @@
-"""Shared by the Hub tests (test_hub.py, test_hub_faults.py, test_card.py): one tiny trained run, the tiny base
-model on the local Hub, and small helpers."""
+"""Helpers the tests share (fixtures live in conftest.py): tiny recipes, the real data's location, the tiny base on
+the local Hub, card snippets, and hashing a folder to prove it unchanged."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from fintrl import hub
-from fintrl.recipe import recipe_from_dict
-from tests.conftest import tiny_recipe_dict
-
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+SHARED_DATA = ROOT.parent / "shared" / "data"
 REPO = "fintrl-test/fin-sentiment"
 BASE_REPO = "fintrl-test/tiny-mistral"  # the tiny base on the local Hub (`upload_tiny_base`): what runs publish as base
 LABELS = ["negative", "neutral", "positive"]
-_TRAINED: dict = {}  # trained once per session, whichever module asks first
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> dict:
-    """One tiny run, trained hard enough (lr 1e-2, 12 steps; unquantized is faster on CPU) that greedy generation
-    answers a label and stops, from a copy of the quickstart data in a temporary folder (`data`: no path of it may
-    be published). Its recipe has a `publish:` section naming the base's Hub id (BASE_REPO): the call `fintrl run`
-    makes at the end is recorded. Tests that publish should publish a `copy_run` of it (publishing writes the run's
-    README.md); those that load the base from the local Hub call `upload_tiny_base` first."""
-    from fintrl.presets import PRESETS
-    from fintrl.runner import run
-
-    if not _TRAINED:
-        data_dir = Path(shutil.copytree(PRESETS["quickstart"].source, tmp_path_factory.mktemp("data") / "fin-news"))
-        run_dir = tmp_path_factory.mktemp("trained") / "run"
-        raw = tiny_recipe_dict(run_dir, path=str(data_dir))
-        raw["train"].update(learning_rate=1e-2, num_train_epochs=2, save_steps=1000)  # one checkpoint: they are slow
-        raw["quantization"] = None
-        raw["publish"] = {"repo_id": REPO, "base_model": BASE_REPO}
-        calls: list = []
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(hub, "publish", lambda *args, **kwargs: calls.append((args, kwargs)))
-            run(recipe_from_dict(raw))
-        assert (run_dir / "checkpoints" / "checkpoint-12").is_dir()  # saved at the end: --resume's, never published
-        _TRAINED.update(dir=run_dir, data=data_dir, publish_calls=calls)
-    return _TRAINED
 
 
 def upload_tiny_base(tiny_model_dir: str) -> str:
@@ -83,3 +55,33 @@ def python_block(markdown: str, containing: str) -> str:
 
 def lora_weights(model) -> dict:
     return {name.replace(".default", ""): t for name, t in model.state_dict().items() if "lora_" in name}
+
+
+def tiny_recipe_dict(output_dir: Path, **data: object) -> dict:
+    """A recipe that trains the tiny model in seconds on the packaged quickstart sample."""
+    return {
+        "model": {"name_or_path": "tiny-mistral"},
+        "lora": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
+        "data": {"preset": "quickstart", "max_train_samples": 24, "max_eval_samples": 12, **data},
+        "train": {"num_train_epochs": 1, "per_device_train_batch_size": 4, "save_steps": 3, "logging_steps": 1},
+        "eval": {"batch_size": 4, "baselines": True},
+        "output_dir": str(output_dir),
+    }
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not (path / "train.csv").is_file():
+        pytest.skip(f"{path} not present (real data lives in ../shared/data)")
+    return path
+
+
+def tree_hash(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (lock files aside: taking a lock is not a change) -> its sha256."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }

@@ -178,8 +178,16 @@ class LocalHub:
             self._server = None
 
     # -- fault injection -----------------------------------------------------
-    def inject(self, *, method: str | None = None, path_contains: str = "", fault: str | int = "500",
-               times: int = 1, delay: float = 0.0, after: bool = False) -> Fault:
+    def inject(
+        self,
+        *,
+        method: str | None = None,
+        path_contains: str = "",
+        fault: str | int = "500",
+        times: int = 1,
+        delay: float = 0.0,
+        after: bool = False,
+    ) -> Fault:
         """Make the next ``times`` matching requests fail with ``fault`` (see the module docstring)."""
         fault = str(fault)
         if fault not in FAULTS:

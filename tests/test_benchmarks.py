@@ -12,7 +12,8 @@ import pytest
 
 from benchmarks.bench_quality import FPB_LEVELS, fpb_agreement, paired_flips, plot_results
 from benchmarks.harness import run_worker
-from tests.conftest import REPO, shared_data
+from tests.helpers import ROOT as REPO
+from tests.helpers import shared_data
 
 
 def echo_worker(spec: dict) -> dict:  # run by run_worker in a fresh process
@@ -50,8 +51,11 @@ def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
     lines = [{"text": t, "gold": "neutral", "prediction": "positive" if t in wrong else "neutral"} for t in "abcdefz"]
     (run / "predictions.jsonl").write_text("\n".join(json.dumps(p) for p in lines))
     assert fpb_agreement(run, tmp_path / "data") == {  # "z" is no FPB sentence (a mixture's other source): left out
-        "100%": {"n": 2, "accuracy": 0.5}, "75-99%": {"n": 1, "accuracy": 1.0},
-        "66-74%": {"n": 1, "accuracy": 1.0}, "50-65%": {"n": 2, "accuracy": 0.0}}
+        "100%": {"n": 2, "accuracy": 0.5},
+        "75-99%": {"n": 1, "accuracy": 1.0},
+        "66-74%": {"n": 1, "accuracy": 1.0},
+        "50-65%": {"n": 2, "accuracy": 0.0},
+    }
     assert fpb_agreement(run, tmp_path / "nowhere") is None
 
 
@@ -76,9 +80,14 @@ def test_paired_flips_counts_rows_that_changed_and_tests_them(tmp_path: Path) ->
 
 def test_results_chart_is_drawn_from_the_rows_that_ran(tmp_path: Path) -> None:
     scores = {"accuracy": 0.8, "f1_macro": 0.7, "f1_weighted": 0.75}
-    report = {"meta": {"model": "m"}, "rows": [{"dataset": "fiqa", "method": "majority", **scores},
-                                               {"dataset": "tfns", "method": "fine_tuned", **scores},
-                                               {"dataset": "mixture", "method": "-", "error": "boom"}]}
+    report = {
+        "meta": {"model": "m"},
+        "rows": [
+            {"dataset": "fiqa", "method": "majority", **scores},
+            {"dataset": "tfns", "method": "fine_tuned", **scores},
+            {"dataset": "mixture", "method": "-", "error": "boom"},
+        ],
+    }
     chart = plot_results(report, tmp_path / "quality.png")
     assert chart is not None and chart.read_bytes()[:4] == b"\x89PNG"
     assert plot_results({**report, "rows": report["rows"][2:]}, tmp_path / "none.png") is None
@@ -88,9 +97,26 @@ def test_results_chart_is_drawn_from_the_rows_that_ran(tmp_path: Path) -> None:
 def test_bench_quality_quick_runs_end_to_end(tmp_path: Path) -> None:
     shared_data("fpb_allagree")
     out = tmp_path / "quality.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_quality", "--quick", "--datasets", "fpb_allagree",
-                           "--set", "eval.curve_points=2", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_quality",
+            "--quick",
+            "--datasets",
+            "fpb_allagree",
+            "--set",
+            "eval.curve_points=2",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"majority", "tfidf_logreg", "zero_shot", "fine_tuned"}

@@ -18,7 +18,7 @@ from fintrl import hub
 from fintrl.cli import main
 from fintrl.errors import RecipeError, RunFolderError
 from fintrl.recipe import recipe_from_dict
-from tests.helpers import BASE_REPO, REPO, copy_run, python_block, trained, upload_tiny_base  # noqa: F401  (fixture)
+from tests.helpers import BASE_REPO, REPO, copy_run, python_block, upload_tiny_base
 
 FPB = "takala/financial_phrasebank"
 
@@ -40,17 +40,31 @@ def prose(card: str) -> str:
     return " ".join(card.split())
 
 
-def test_card_metadata_for_a_hub_dataset(trained, tmp_path):  # noqa: F811
+def test_card_metadata_for_a_hub_dataset(trained, tmp_path):
     """A run on an offline model with a Hub base, on a Hub dataset config: the model-index the Hub reads, with F1's
     average as `args`, the dataset's config and revision; parsed by huggingface_hub as the Hub does."""
     run_dir = copy_run(trained["dir"], tmp_path / "run")
-    edit(run_dir, "recipe.yaml", lambda r: r["model"].update(name_or_path="smollm2-135m-instruct")
-         or r["data"].update(preset="fpb_50agree", path=None) or r["publish"].update(base_model=None))
-    edit(run_dir, "metrics.json", lambda m: m["data"].update(source=FPB, config_name="sentences_50agree",
-                                                           revision="4f9c1a2", license="cc-by-nc-sa-3.0"))
+    edit(
+        run_dir,
+        "recipe.yaml",
+        lambda r: (
+            r["model"].update(name_or_path="smollm2-135m-instruct")
+            or r["data"].update(preset="fpb_50agree", path=None)
+            or r["publish"].update(base_model=None)
+        ),
+    )
+    edit(
+        run_dir,
+        "metrics.json",
+        lambda m: m["data"].update(
+            source=FPB, config_name="sentences_50agree", revision="4f9c1a2", license="cc-by-nc-sa-3.0"
+        ),
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    versions = [{"version": "v1.1.0", "date": "2025-01-02", "accuracy": 0.8, "f1_macro": 0.7},
-                {"version": "v1.0.0", "date": "2025-01-01", "accuracy": None, "f1_macro": None}]
+    versions = [
+        {"version": "v1.1.0", "date": "2025-01-02", "accuracy": 0.8, "f1_macro": 0.7},
+        {"version": "v1.0.0", "date": "2025-01-01", "accuracy": None, "f1_macro": None},
+    ]
     text = fcard.render_card(run_dir, repo_id="org/fin", versions=versions, version="v1.1.0")
     (run_dir / "README.md").write_text(text)
 
@@ -62,21 +76,29 @@ def test_card_metadata_for_a_hub_dataset(trained, tmp_path):  # noqa: F811
     assert meta["license"] == "cc-by-nc-sa-3.0" and meta["datasets"] == [FPB]
     assert {"fintrl", "lora", "finance"} <= set(meta["tags"]) and "custom" not in header(text)
     [result] = meta["model-index"][0]["results"]
-    assert result["dataset"] == {"name": "fpb_50agree", "type": FPB, "config": "sentences_50agree",
-                                 "split": metrics["data"]["eval_split"], "revision": "4f9c1a2"}
+    assert result["dataset"] == {
+        "name": "fpb_50agree",
+        "type": FPB,
+        "config": "sentences_50agree",
+        "split": metrics["data"]["eval_split"],
+        "revision": "4f9c1a2",
+    }
     assert [(m["type"], m["name"], m.get("args"), m["value"]) for m in result["metrics"]] == [
         ("accuracy", "Accuracy", None, round(metrics["accuracy"], 4)),
         ("f1", "Macro F1", {"average": "macro"}, round(metrics["f1_macro"], 4)),
-        ("f1", "Weighted F1", {"average": "weighted"}, round(metrics["f1_weighted"], 4))]
+        ("f1", "Weighted F1", {"average": "weighted"}, round(metrics["f1_weighted"], 4)),
+    ]
     assert [(r.metric_type, r.metric_args, r.dataset_config) for r in data.eval_results] == [
-        ("accuracy", None, "sentences_50agree"), ("f1", {"average": "macro"}, "sentences_50agree"),
-        ("f1", {"average": "weighted"}, "sentences_50agree")]
+        ("accuracy", None, "sentences_50agree"),
+        ("f1", {"average": "macro"}, "sentences_50agree"),
+        ("f1", {"average": "weighted"}, "sentences_50agree"),
+    ]
     assert "| v1.1.0 | 2025-01-02 | 0.800 | 0.700 |" in text and "| v1.0.0 | 2025-01-01 | - | - |" in text
     assert 'AutoPeftModelForCausalLM.from_pretrained("org/fin", revision="v1.1.0")' in text
     assert "Non-commercial" in text and "at least 50 % of the annotators agreed" in prose(text)  # the preset's caveat
 
 
-def test_card_metadata_for_local_data_and_a_mixture(trained, tmp_path):  # noqa: F811
+def test_card_metadata_for_local_data_and_a_mixture(trained, tmp_path):
     """Local data has no Hub id: no model-index entry, no `type: custom`, no `datasets`; a mixture's Hub sources
     each get their own entry, from their own eval split."""
     text = (trained["dir"] / "README.md").read_text()  # written by the run itself
@@ -91,11 +113,27 @@ def test_card_metadata_for_local_data_and_a_mixture(trained, tmp_path):  # noqa:
     edit(run_dir, "recipe.yaml", lambda r: r.update(data={"mixture": mixture, "labels": r["data"]["labels"]}))
 
     def report(m: dict) -> None:
-        m["data"]["mixture"] = [{"name": "fpb", "source": FPB, "config_name": "sentences_allagree",
-                                 "eval_split": "carved", "weight": 1.0, "n_train": 20, "n_eval": 6,
-                                 "license": "cc-by-nc-sa-3.0"},
-                                {"name": "mine", "source": "mine", "eval_split": "validation", "weight": 2.0,
-                                 "n_train": 4, "n_eval": 6, "license": None}]
+        m["data"]["mixture"] = [
+            {
+                "name": "fpb",
+                "source": FPB,
+                "config_name": "sentences_allagree",
+                "eval_split": "carved",
+                "weight": 1.0,
+                "n_train": 20,
+                "n_eval": 6,
+                "license": "cc-by-nc-sa-3.0",
+            },
+            {
+                "name": "mine",
+                "source": "mine",
+                "eval_split": "validation",
+                "weight": 2.0,
+                "n_train": 4,
+                "n_eval": 6,
+                "license": None,
+            },
+        ]
         m["per_source"] = {"fpb": {**m, "accuracy": 0.5}, "mine": {**m, "accuracy": 0.25}}
 
     edit(run_dir, "metrics.json", report)
@@ -111,7 +149,7 @@ def metadata_load_text(text: str) -> dict:
     return yaml.safe_load(header(text))
 
 
-def test_card_tells_the_truth(trained):  # noqa: F811
+def test_card_tells_the_truth(trained):
     run_dir = trained["dir"]
     card, metrics = (run_dir / "README.md").read_text(), json.loads((run_dir / "metrics.json").read_text())
     text = prose(card)
@@ -133,14 +171,17 @@ def test_card_tells_the_truth(trained):  # noqa: F811
     size = (run_dir / "adapter_model.safetensors").stat().st_size
     assert f"adapter weights on disk: {fcard._size(size)}" in text
     # the plots, and the data's own caveats
-    for alt, name in (("Confusion matrix", "confusion_matrix.png"), ("Reliability diagram", "reliability.png"),
-                      ("Training loss", "training_loss.png")):
+    for alt, name in (
+        ("Confusion matrix", "confusion_matrix.png"),
+        ("Reliability diagram", "reliability.png"),
+        ("Training loss", "training_loss.png"),
+    ):
         assert f"![{alt}]({name})" in text and (run_dir / name).is_file()
     assert "illustrative, not a benchmark" in text
     assert "Source: `quickstart`" in text and str(trained["data"]) not in text and str(run_dir) not in text
 
 
-def test_quantized_card_and_its_4bit_snippet(trained, local_hub, tmp_path, capsys, tiny_model_dir):  # noqa: F811
+def test_quantized_card_and_its_4bit_snippet(trained, local_hub, tmp_path, capsys, tiny_model_dir):
     """A recipe that quantized: the card says the metrics are 4-bit ones, and its PEFT snippet loads the base in 4-bit
     from the Hub as measured, pinned to the version."""
     upload_tiny_base(tiny_model_dir)
@@ -162,16 +203,22 @@ def test_quantized_card_and_its_4bit_snippet(trained, local_hub, tmp_path, capsy
     assert isinstance(namespace["answer"], str) and capsys.readouterr().out.strip() == namespace["answer"]
 
 
-def test_portable_values_and_the_base_model(trained, tmp_path):  # noqa: F811
+def test_portable_values_and_the_base_model(trained, tmp_path):
     assert fcard.portable_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert fcard.portable_name(str(tmp_path / "data" / "fpb")) == "fpb"
     assert fcard.portable_name(str(tmp_path)) == tmp_path.name
     for kept in ("tiny-mistral", "org/name@v1.0.0", "org/name"):
         assert fcard.portable_name(kept) == kept
-    old = {"model": "/home/me/models/base", "data": {"source": "/home/me/data/fpb", "mixture": [{"source": "/x/y"}]},
-           "train": {"resumed_from": "/home/me/runs/r/checkpoints/checkpoint-40"}}
-    assert fcard.portable_report(old) == {"model": "base", "data": {"source": "fpb", "mixture": [{"source": "y"}]},
-                                          "train": {"resumed_from": "checkpoint-40"}}
+    old = {
+        "model": "/home/me/models/base",
+        "data": {"source": "/home/me/data/fpb", "mixture": [{"source": "/x/y"}]},
+        "train": {"resumed_from": "/home/me/runs/r/checkpoints/checkpoint-40"},
+    }
+    assert fcard.portable_report(old) == {
+        "model": "base",
+        "data": {"source": "fpb", "mixture": [{"source": "y"}]},
+        "train": {"resumed_from": "checkpoint-40"},
+    }
 
     recipe = recipe_from_dict({"model": {"name_or_path": "smollm2-135m-instruct"}, "data": {"preset": "quickstart"}})
     assert fcard.base_model_hub_id(recipe) == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -180,8 +227,9 @@ def test_portable_values_and_the_base_model(trained, tmp_path):  # noqa: F811
         fcard.base_model_hub_id(recipe, "a/b/c")
     for local in ("tiny-mistral", str(tmp_path)):
         with pytest.raises(RecipeError, match="has no Hub id"):
-            fcard.base_model_hub_id(recipe.model_copy(update={"model": recipe.model.model_copy(
-                update={"name_or_path": local})}))
+            fcard.base_model_hub_id(
+                recipe.model_copy(update={"model": recipe.model.model_copy(update={"name_or_path": local})})
+            )
 
     from fintrl.checks import _publish_problems
     from fintrl.recipe import PublishSection
@@ -190,17 +238,24 @@ def test_portable_values_and_the_base_model(trained, tmp_path):  # noqa: F811
     [problem] = _publish_problems(PublishSection(base_model="no slash"))
     assert problem.startswith("publish.base_model: 'no slash' is not a Hub model id")
 
-    published = fcard.portable_recipe(recipe_from_dict({
-        "model": {"name_or_path": str(tmp_path), "chat_template": str(trained["dir"] / "chat_template.jinja")},
-        "data": {"mixture": [{"path": str(tmp_path / "a")}, {"source": "org/ds"}]}, "output_dir": str(tmp_path / "r")}),
-        base_model="org/base", run_name="r")
+    published = fcard.portable_recipe(
+        recipe_from_dict(
+            {
+                "model": {"name_or_path": str(tmp_path), "chat_template": str(trained["dir"] / "chat_template.jinja")},
+                "data": {"mixture": [{"path": str(tmp_path / "a")}, {"source": "org/ds"}]},
+                "output_dir": str(tmp_path / "r"),
+            }
+        ),
+        base_model="org/base",
+        run_name="r",
+    )
     assert published["model"]["name_or_path"] == "org/base" and published["output_dir"] == "r"
     assert published["model"]["chat_template"] == (trained["dir"] / "chat_template.jinja").read_text()
     assert [(m["path"], m["source"]) for m in published["data"]["mixture"]] == [("a", None), (None, "org/ds")]
 
 
 @pytest.mark.parametrize("where", ["train_log.jsonl", "recipe.yaml", "tokenizer_config.json"])
-def test_a_local_path_in_any_file_refuses_the_publish(trained, local_hub, tmp_path, capsys, where):  # noqa: F811
+def test_a_local_path_in_any_file_refuses_the_publish(trained, local_hub, tmp_path, capsys, where):
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     secret = str(Path.home() / "private" / "notes")
     if where == "train_log.jsonl":
@@ -218,16 +273,21 @@ def test_a_local_path_in_any_file_refuses_the_publish(trained, local_hub, tmp_pa
     assert not any(method == "POST" for method, _ in local_hub.requests) and local_hub.repos == {}
 
 
-def test_a_run_from_before_portable_reports_publishes_portable_ones(trained, local_hub, tmp_path):  # noqa: F811
+def test_a_run_from_before_portable_reports_publishes_portable_ones(trained, local_hub, tmp_path):
     run_dir = copy_run(trained["dir"], tmp_path / "run")
-    edit(run_dir, "metrics.json", lambda m: m.update(model=str(tmp_path / "models" / "tiny-mistral"))
-         or m["data"].update(source=str(trained["data"])))
+    edit(
+        run_dir,
+        "metrics.json",
+        lambda m: (
+            m.update(model=str(tmp_path / "models" / "tiny-mistral")) or m["data"].update(source=str(trained["data"]))
+        ),
+    )
     hub.publish(run_dir, REPO)
     metrics = json.loads(Path(hf_hub_download(REPO, "metrics.json")).read_text())
     assert (metrics["model"], metrics["data"]["source"]) == ("tiny-mistral", "fin-news")
 
 
-def test_fintrl_card_command(trained, tmp_path, capsys):  # noqa: F811
+def test_fintrl_card_command(trained, tmp_path, capsys):
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     (run_dir / "README.md").unlink()
     assert main(["card", str(run_dir), "--repo", "org/fin"]) == 0

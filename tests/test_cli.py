@@ -8,7 +8,7 @@ import pytest
 from fintrl.cli import main
 from fintrl.recipe import recipe_from_dict
 from fintrl.runner import run
-from tests.conftest import tiny_recipe_dict
+from tests.helpers import tiny_recipe_dict
 
 LABELS = {"negative", "neutral", "positive"}
 
@@ -36,12 +36,22 @@ def test_eval_run_folder_in_every_mode(run_dir: Path, tmp_path: Path, capsys: py
 
 
 def test_eval_refuses_a_different_label_set(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["eval", str(run_dir), "--set", "data.labels=[negative, neutral, positive, mixed]", "--output-dir", str(tmp_path)])
+    code = main(
+        [
+            "eval",
+            str(run_dir),
+            "--set",
+            "data.labels=[negative, neutral, positive, mixed]",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 3 and "label sets differ" in capsys.readouterr().err
 
 
-def test_predict_texts_and_stdin(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_texts_and_stdin(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import io
 
     assert main(["predict", str(run_dir), "--text", "Profit doubled.", "--text", "Plant closes."]) == 0
@@ -59,8 +69,23 @@ def test_zero_shot_base_model_needs_a_recipe(tmp_path: Path, capsys: pytest.Capt
     assert main(["eval", "tiny-mistral"]) == 2
     assert "give a recipe" in capsys.readouterr().err
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "tiny_test.yaml"
-    assert main(["eval", "tiny-mistral", "--recipe", str(recipe), "--set", "data.max_eval_samples=6",
-                 "--set", "eval.baselines=false", "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "tiny-mistral",
+                "--recipe",
+                str(recipe),
+                "--set",
+                "data.max_eval_samples=6",
+                "--set",
+                "eval.baselines=false",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 6
 
 
@@ -70,16 +95,24 @@ def test_quiet_by_default_and_verbose_on_request(local_hub, tmp_path: Path) -> N
     import subprocess
     import sys
 
-    env = {**os.environ, "HF_ENDPOINT": local_hub.endpoint, "HF_TOKEN": local_hub.token, "HF_HOME": str(tmp_path),
-           "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": local_hub.endpoint,
+        "HF_TOKEN": local_hub.token,
+        "HF_HOME": str(tmp_path),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
 
     def fintrl(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fintrl.cli", *argv], env=env, capture_output=True, text=True,
-                              timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "fintrl.cli", *argv], env=env, capture_output=True, text=True, timeout=120
+        )
 
     quiet = fintrl("versions", "fintrl-test/none")
     assert quiet.returncode == 6 and quiet.stderr.strip().splitlines() == [
-        "fintrl: error: fintrl-test/none: no such repo on " + local_hub.endpoint + " (or the token cannot see it)"]
+        "fintrl: error: fintrl-test/none: no such repo on " + local_hub.endpoint + " (or the token cannot see it)"
+    ]
     loud = fintrl("-v", "versions", "fintrl-test/none")
     assert loud.returncode == 6 and "HTTP Request" in loud.stderr and "Traceback" in loud.stderr
 
@@ -89,8 +122,12 @@ def test_no_library_chatter_around_a_prediction(run_dir: Path) -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "fintrl.cli", "predict", str(run_dir), "--text", "Profit rose."],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "fintrl.cli", "predict", str(run_dir), "--text", "Profit rose."],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["label"] in LABELS
     for noise in ("gemm_4bit_forward", "DeprecationWarning", "FutureWarning", "HTTP Request"):

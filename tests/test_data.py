@@ -6,12 +6,16 @@ from fintrl.data import PromptBuilder, load_labeled_data
 from fintrl.errors import DataError
 from fintrl.presets import PRESETS, TFN_TOPICS
 from fintrl.recipe import DataSection, PromptSection, RecipeError
-from tests.conftest import SHARED_DATA, shared_data
+from tests.helpers import SHARED_DATA, shared_data
 
 
 def test_presets_label_orders() -> None:
     assert PRESETS["tfns"].labels == ("bearish", "bullish", "neutral")  # card: 0 Bearish, 1 Bullish, 2 Neutral
-    assert len(TFN_TOPICS) == 20 and TFN_TOPICS[3] == "Treasuries | Corporate Debt" and TFN_TOPICS[17] == "Personnel Change"
+    assert (
+        len(TFN_TOPICS) == 20
+        and TFN_TOPICS[3] == "Treasuries | Corporate Debt"
+        and TFN_TOPICS[17] == "Personnel Change"
+    )
     assert PRESETS["fpb_allagree"].license == "cc-by-nc-sa-3.0"
 
 
@@ -54,9 +58,17 @@ def test_validation_carved_deterministically_and_stratified(tmp_path: Path) -> N
 
 
 def test_integer_labels_with_id_map_and_empty_texts_counted(tmp_path: Path) -> None:
-    _csv(tmp_path / "train.csv", [("a", 0), ("b", 1), ("", 1), ("c", 2), ("d", 0), ("e", 1), ("f", 2), ("g", 0), ("h", 1), ("i", 2)])
-    data = load_labeled_data(DataSection(path=str(tmp_path / "train.csv"), labels={0: "bearish", 1: "bullish", 2: "neutral"},
-                                         validation_fraction=0.34))
+    _csv(
+        tmp_path / "train.csv",
+        [("a", 0), ("b", 1), ("", 1), ("c", 2), ("d", 0), ("e", 1), ("f", 2), ("g", 0), ("h", 1), ("i", 2)],
+    )
+    data = load_labeled_data(
+        DataSection(
+            path=str(tmp_path / "train.csv"),
+            labels={0: "bearish", 1: "bullish", 2: "neutral"},
+            validation_fraction=0.34,
+        )
+    )
     assert data.labels == ["bearish", "bullish", "neutral"]
     assert data.dropped == {"train_empty_text": 1}
     assert len(data.train) + len(data.eval) == 9

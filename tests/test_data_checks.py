@@ -108,15 +108,23 @@ def test_csv_rows_the_parser_rejects_name_the_file(tmp_path: Path) -> None:
 
 
 def test_numbers_as_texts_in_jsonl(tmp_path: Path) -> None:
-    rows = [{"text": "Profit rose", "label": "up"}, {"text": 12.5, "label": "down"}, {"text": None, "label": "up"},
-            {"text": ["a", "list"], "label": "down"}, {"text": 3, "label": "up"}]
+    rows = [
+        {"text": "Profit rose", "label": "up"},
+        {"text": 12.5, "label": "down"},
+        {"text": None, "label": "up"},
+        {"text": ["a", "list"], "label": "down"},
+        {"text": 3, "label": "up"},
+    ]
     path = _file(tmp_path / "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     message = _fails(DataSection(path=str(path)), "data.text_column", "train.jsonl", "3 rows are not text")
     assert "row 2: 12.5 (float)" in message and "(list)" in message and "row 3" not in message  # null is not "not text"
 
 
 def test_null_and_empty_texts_are_dropped_and_counted(tmp_path: Path) -> None:
-    rows = [{"text": t, "label": y} for t, y in _rows(20, UP_DOWN)] + [{"text": None, "label": "up"}, {"text": " ", "label": "down"}]
+    rows = [{"text": t, "label": y} for t, y in _rows(20, UP_DOWN)] + [
+        {"text": None, "label": "up"},
+        {"text": " ", "label": "down"},
+    ]
     path = _file(tmp_path / "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     data = load_labeled_data(DataSection(path=str(path), validation_fraction=0.2))
     assert data.dropped == {"train_empty_text": 2} and len(data.train) + len(data.eval) == 20
@@ -125,8 +133,19 @@ def test_null_and_empty_texts_are_dropped_and_counted(tmp_path: Path) -> None:
 def test_unknown_labels_and_missing_columns_are_data_errors(tmp_path: Path) -> None:
     _csv(tmp_path / "d" / "train.csv", _rows(10, UP_DOWN))
     _csv(tmp_path / "d" / "validation.csv", [("a", "up"), ("b", "sideways")])
-    _fails(DataSection(path=str(tmp_path / "d")), "data.label_column", "validation.csv", "outside the label set", "sideways")
-    _fails(DataSection(path=str(tmp_path / "d"), text_column="sentence"), "data.text_column", "train.csv", "'sentence' not found")
+    _fails(
+        DataSection(path=str(tmp_path / "d")),
+        "data.label_column",
+        "validation.csv",
+        "outside the label set",
+        "sideways",
+    )
+    _fails(
+        DataSection(path=str(tmp_path / "d"), text_column="sentence"),
+        "data.text_column",
+        "train.csv",
+        "'sentence' not found",
+    )
 
 
 def test_one_class_only(tmp_path: Path) -> None:
@@ -146,7 +165,9 @@ def test_max_train_samples_that_leaves_one_class_names_the_key(tmp_path: Path) -
 def test_class_missing_from_eval(tmp_path: Path) -> None:
     _csv(tmp_path / "d" / "train.csv", _rows(9, ["up", "down", "flat"]))
     _csv(tmp_path / "d" / "validation.csv", _rows(4, UP_DOWN, "eval"))
-    message = _fails(DataSection(path=str(tmp_path / "d")), str(tmp_path / "d"), "classes ['flat'] have train rows but no eval rows")
+    message = _fails(
+        DataSection(path=str(tmp_path / "d")), str(tmp_path / "d"), "classes ['flat'] have train rows but no eval rows"
+    )
     assert "add eval rows" in message
     capped = DataSection(path=str(tmp_path / "d"), max_eval_samples=1)  # the cap leaves one class
     _fails(capped, "raise data.max_eval_samples (now 1)")
@@ -165,13 +186,19 @@ def test_labels_without_rows_are_only_warned_about(tmp_path: Path, caplog: pytes
 def test_too_few_rows_to_carve(tmp_path: Path, n: int) -> None:
     path = _csv(tmp_path / "train.csv", _rows(n, ["up", "down", "flat"]))
     if n == 9:  # 10% of 9 rows is 1 eval row for 3 classes
-        message = _fails(DataSection(path=str(path)), "data.validation_fraction", "train.csv", "9 train rows gives 1 eval row")
+        message = _fails(
+            DataSection(path=str(path)), "data.validation_fraction", "train.csv", "9 train rows gives 1 eval row"
+        )
         assert "give an eval split file" in message and "raise data.validation_fraction to >= 0.34" in message
         fixed = load_labeled_data(DataSection(path=str(path), validation_fraction=0.34))  # the fix works
         assert set(fixed.eval["label"]) == {0, 1, 2}
     else:  # one row per class: stratification cannot work
-        message = _fails(DataSection(path=str(path), validation_fraction=0.5), "data.validation_fraction", "train.csv",
-                         "a single train row")
+        message = _fails(
+            DataSection(path=str(path), validation_fraction=0.5),
+            "data.validation_fraction",
+            "train.csv",
+            "a single train row",
+        )
         assert "give an eval split file" in message and "Traceback" not in message
 
 
@@ -184,12 +211,20 @@ def test_duplicated_file_reports_train_eval_overlap(tmp_path: Path, caplog: pyte
     assert checks == {"train_duplicates": 1, "eval_duplicates": 1, "train_eval_overlap": 21}
     assert len(data.train) == 21 and len(data.eval) == 21  # reported, not dropped
     lines = [r.getMessage() for r in caplog.records if "also in train" in r.getMessage()]
-    assert len(lines) == 1 and "21 of 21 eval rows" in lines[0] and "'text 0'" in lines[0] and str(tmp_path / "d") in lines[0]
+    assert (
+        len(lines) == 1
+        and "21 of 21 eval rows" in lines[0]
+        and "'text 0'" in lines[0]
+        and str(tmp_path / "d") in lines[0]
+    )
 
 
 def test_clean_data_reports_zero_counts() -> None:
     assert load_labeled_data(DataSection(preset="quickstart")).describe()["checks"] == {
-        "train_duplicates": 0, "eval_duplicates": 0, "train_eval_overlap": 0}
+        "train_duplicates": 0,
+        "eval_duplicates": 0,
+        "train_eval_overlap": 0,
+    }
 
 
 def test_mixture_uses_the_same_overlap_check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -201,7 +236,12 @@ def test_mixture_uses_the_same_overlap_check(tmp_path: Path, caplog: pytest.LogC
         data = load_labeled_data(DataSection(mixture=[{"path": str(tmp_path / "a")}, {"path": str(tmp_path / "b")}]))
     assert data.describe()["checks"] == {"train_duplicates": 0, "eval_duplicates": 0, "train_eval_overlap": 4}
     assert [p["checks"]["train_eval_overlap"] for p in data.mixture] == [0, 0]  # across sources, not within one
-    assert sum("data.mixture: 4 of 8 eval rows have a text that is also in train" in r.getMessage() for r in caplog.records) == 1
+    assert (
+        sum(
+            "data.mixture: 4 of 8 eval rows have a text that is also in train" in r.getMessage() for r in caplog.records
+        )
+        == 1
+    )
 
 
 def test_mixture_source_errors_keep_their_type(tmp_path: Path) -> None:

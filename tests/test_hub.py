@@ -16,14 +16,13 @@ from safetensors.torch import load_file, save_file
 from fintrl import hub
 from fintrl.cli import main
 from fintrl.errors import HubError, RecipeError, RunFolderError
-from tests.helpers import (  # noqa: F401  (trained: fixture)
+from tests.helpers import (
     BASE_REPO,
     LABELS,
     REPO,
     copy_run,
     lora_weights,
     python_block,
-    trained,
     upload_tiny_base,
 )
 
@@ -41,11 +40,11 @@ def other_run(run_dir: Path, dest: Path, scale: float | None = None, **metrics: 
     return run2
 
 
-def test_run_publishes_from_the_recipe_section(trained):  # noqa: F811
+def test_run_publishes_from_the_recipe_section(trained):
     assert trained["publish_calls"] == [((trained["dir"], REPO), {"version": None, "private": False})]
 
 
-def test_publish_versions_and_card_pipeline(trained, local_hub, tmp_path, capsys, tiny_model_dir):  # noqa: F811
+def test_publish_versions_and_card_pipeline(trained, local_hub, tmp_path, capsys, tiny_model_dir):
     upload_tiny_base(tiny_model_dir)  # the base the adapter names, on the (local) Hub as it would be on the real one
     run_dir = trained["dir"]
     adapter_config = (run_dir / "adapter_config.json").read_bytes()
@@ -63,20 +62,37 @@ def test_publish_versions_and_card_pipeline(trained, local_hub, tmp_path, capsys
     metrics1 = json.loads((run_dir / "metrics.json").read_text())
     assert [c.title for c in api.list_repo_commits(REPO)] == [  # one commit per version
         "fintrl v1.1.0: accuracy 0.875, macro-F1 0.750",
-        f"fintrl v1.0.0: accuracy {metrics1['accuracy']:.3f}, macro-F1 {metrics1['f1_macro']:.3f}", "initial commit"]
-    assert {(t.name, t.target_commit) for t in api.list_repo_refs(REPO).tags} == {("v1.0.0", v1["commit"]),
-                                                                                  ("v1.1.0", v2.commit)}
+        f"fintrl v1.0.0: accuracy {metrics1['accuracy']:.3f}, macro-F1 {metrics1['f1_macro']:.3f}",
+        "initial commit",
+    ]
+    assert {(t.name, t.target_commit) for t in api.list_repo_refs(REPO).tags} == {
+        ("v1.0.0", v1["commit"]),
+        ("v1.1.0", v2.commit),
+    }
     files = set(api.list_repo_files(REPO, revision="v1.0.0"))
     top_level = {p.name for p in run_dir.iterdir() if p.is_file()}
     assert files == top_level | {".gitattributes"} and (run_dir / "checkpoints").is_dir()
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja", "README.md",
-            "recipe.yaml", "metrics.json", "predictions.jsonl", "confusion_matrix.png", "reliability.png",
-            "training_loss.png", "train_log.jsonl"} <= files
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "README.md",
+        "recipe.yaml",
+        "metrics.json",
+        "predictions.jsonl",
+        "confusion_matrix.png",
+        "reliability.png",
+        "training_loss.png",
+        "train_log.jsonl",
+    } <= files
 
     def at(version: str, name: str) -> Path:
         return Path(hf_hub_download(REPO, name, revision=version))
 
-    assert at("v1.0.0", "adapter_model.safetensors").read_bytes() == (run_dir / "adapter_model.safetensors").read_bytes()
+    assert (
+        at("v1.0.0", "adapter_model.safetensors").read_bytes() == (run_dir / "adapter_model.safetensors").read_bytes()
+    )
     assert at("v1.1.0", "adapter_model.safetensors").read_bytes() == (run2 / "adapter_model.safetensors").read_bytes()
     assert json.loads(at("v1.0.0", "metrics.json").read_text()) == metrics1
     assert json.loads(at("v1.0.0", "adapter_config.json").read_text())["base_model_name_or_path"] == BASE_REPO
@@ -86,7 +102,9 @@ def test_publish_versions_and_card_pipeline(trained, local_hub, tmp_path, capsys
     assert main(["versions", REPO, "--json"]) == 0
     versions = json.loads(capsys.readouterr().out)
     assert [(v["version"], v["commit"], v["accuracy"]) for v in versions] == [
-        ("v1.1.0", v2.commit, 0.875), ("v1.0.0", v1["commit"], metrics1["accuracy"])]
+        ("v1.1.0", v2.commit, 0.875),
+        ("v1.0.0", v1["commit"], metrics1["accuracy"]),
+    ]
     assert all(v["base_model"] == BASE_REPO and v["data"] == "quickstart" and v["n_train"] == 24 for v in versions)
     assert main(["versions", REPO]) == 0
     table = capsys.readouterr().out.splitlines()
@@ -115,11 +133,15 @@ def test_publish_versions_and_card_pipeline(trained, local_hub, tmp_path, capsys
     from transformers import AutoTokenizer, pipeline
 
     with pytest.raises(OSError, match="v1.0.0 is not a valid git identifier"):
-        pipeline("text-generation", model=REPO, revision="v1.0.0",
-                 tokenizer=AutoTokenizer.from_pretrained(REPO, revision="v1.0.0"))
+        pipeline(
+            "text-generation",
+            model=REPO,
+            revision="v1.0.0",
+            tokenizer=AutoTokenizer.from_pretrained(REPO, revision="v1.0.0"),
+        )
 
 
-def test_no_local_path_leaves_the_machine(trained, local_hub, tmp_path, fintrl_home):  # noqa: F811
+def test_no_local_path_leaves_the_machine(trained, local_hub, tmp_path, fintrl_home):
     """A run trained from data in a temporary folder, published twice: no file of any revision names the data, run,
     model cache, home, working or temp folder; the recipe and report name things by portable values."""
     run_dir, data_dir = trained["dir"], trained["data"]
@@ -134,11 +156,21 @@ def test_no_local_path_leaves_the_machine(trained, local_hub, tmp_path, fintrl_h
     def text(data: bytes) -> bool:
         return b"\0" not in data
 
-    leaks = [(name, path) for name, data in uploaded for path in local
-             if path.encode() in data and (text(data) or len(path) > 12)]  # binaries: only long paths, not by chance
+    leaks = [
+        (name, path)
+        for name, data in uploaded
+        for path in local
+        if path.encode() in data and (text(data) or len(path) > 12)
+    ]  # binaries: only long paths, not by chance
     assert leaks == []
-    assert {"README.md", "recipe.yaml", "metrics.json", "adapter_config.json", "train_log.jsonl",
-            "predictions.jsonl"} <= {name for name, data in uploaded if text(data)}
+    assert {
+        "README.md",
+        "recipe.yaml",
+        "metrics.json",
+        "adapter_config.json",
+        "train_log.jsonl",
+        "predictions.jsonl",
+    } <= {name for name, data in uploaded if text(data)}
 
     recipe = yaml.safe_load(Path(hf_hub_download(REPO, "recipe.yaml", revision="v1.0.0")).read_text())
     assert recipe["model"]["name_or_path"] == BASE_REPO
@@ -148,7 +180,7 @@ def test_no_local_path_leaves_the_machine(trained, local_hub, tmp_path, fintrl_h
     assert metrics == json.loads((run_dir / "metrics.json").read_text())  # portable where it was written
 
 
-def test_a_base_without_hub_id_needs_base_model(trained, local_hub, tmp_path, capsys):  # noqa: F811
+def test_a_base_without_hub_id_needs_base_model(trained, local_hub, tmp_path, capsys):
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     recipe["publish"]["base_model"] = None  # tiny-mistral: a local model, no Hub id of its own
@@ -167,8 +199,14 @@ def test_a_base_without_hub_id_needs_base_model(trained, local_hub, tmp_path, ca
     assert config["base_model_name_or_path"] == recipe["model"]["name_or_path"] == "other-org/base"
 
 
-def test_predict_a_published_repo_without_offline_names(trained, local_hub, tmp_path, capsys, monkeypatch,  # noqa: F811
-                                                        tiny_model_dir):
+def test_predict_a_published_repo_without_offline_names(
+    trained,
+    local_hub,
+    tmp_path,
+    capsys,
+    monkeypatch,
+    tiny_model_dir,
+):
     """`fintrl predict org/name` on a fresh machine: the published recipe names the Hub base, and no offline model
     stands in for it (none is known here); the scores are those of the run folder the repo was published from."""
     upload_tiny_base(tiny_model_dir)
@@ -187,7 +225,7 @@ def test_predict_a_published_repo_without_offline_names(trained, local_hub, tmp_
     assert published["probabilities"] == pytest.approx(local["probabilities"], abs=1e-5)
 
 
-def test_predict_pins_a_version(trained, local_hub, tmp_path, capsys, tiny_model_dir):  # noqa: F811
+def test_predict_pins_a_version(trained, local_hub, tmp_path, capsys, tiny_model_dir):
     """`fintrl predict org/name@v1.0.0` scores that version's adapter while main holds v1.1.0 (other weights)."""
     upload_tiny_base(tiny_model_dir)
     run1 = copy_run(trained["dir"], tmp_path / "run1")
@@ -203,7 +241,7 @@ def test_predict_pins_a_version(trained, local_hub, tmp_path, capsys, tiny_model
     assert latest == v2 and v1 != pytest.approx(v2, abs=1e-3)
 
 
-def test_existing_version_is_refused_before_upload(trained, local_hub, capsys):  # noqa: F811
+def test_existing_version_is_refused_before_upload(trained, local_hub, capsys):
     run_dir = trained["dir"]
     hub.publish(run_dir, REPO, version="v2.0.0")
     commits = len(HfApi().list_repo_commits(REPO))
@@ -219,13 +257,13 @@ def test_existing_version_is_refused_before_upload(trained, local_hub, capsys): 
 
 
 @pytest.mark.parametrize("version", ["1.0", "v1.0.0-rc1", "latest", "v1.0.0.0"])
-def test_bad_version_is_refused_before_anything(trained, local_hub, version):  # noqa: F811
+def test_bad_version_is_refused_before_anything(trained, local_hub, version):
     with pytest.raises(RecipeError, match="not a semantic version"):
         hub.publish(trained["dir"], REPO, version=version)
     assert local_hub.repos == {}
 
 
-def test_failed_upload_leaves_no_tag(trained, local_hub, monkeypatch, tmp_path):  # noqa: F811
+def test_failed_upload_leaves_no_tag(trained, local_hub, monkeypatch, tmp_path):
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     card = (run_dir / "README.md").read_text()
 
@@ -241,7 +279,7 @@ def test_failed_upload_leaves_no_tag(trained, local_hub, monkeypatch, tmp_path):
     assert hub.publish(run_dir, REPO).version == "v1.0.0"  # the same version goes through on retry
 
 
-def test_token_never_leaks(trained, local_hub, tmp_path, monkeypatch, capsys, caplog):  # noqa: F811
+def test_token_never_leaks(trained, local_hub, tmp_path, monkeypatch, capsys, caplog):
     """The token comes from the `hf auth login` file here; it must reach the Hub and nothing else."""
     from huggingface_hub import constants
 
@@ -256,27 +294,35 @@ def test_token_never_leaks(trained, local_hub, tmp_path, monkeypatch, capsys, ca
     assert local_hub.seen_tokens and set(local_hub.seen_tokens) == {local_hub.token}
     token = local_hub.token.encode()
     leaks = [p for p in run_dir.rglob("*") if p.is_file() and token in p.read_bytes()]
-    leaks += [f"{repo.repo_id}@{c.sha}:{name}" for repo in local_hub.repos.values() for c in repo.commits.values()
-              for name, data in c.files.items() if token in data]
+    leaks += [
+        f"{repo.repo_id}@{c.sha}:{name}"
+        for repo in local_hub.repos.values()
+        for c in repo.commits.values()
+        for name, data in c.files.items()
+        if token in data
+    ]
     assert leaks == []
     out = capsys.readouterr()
     assert local_hub.token not in out.out + out.err + caplog.text
     assert local_hub.repos[("model", REPO)].private
 
 
-def test_publish_without_token_is_refused(trained, local_hub, monkeypatch):  # noqa: F811
+def test_publish_without_token_is_refused(trained, local_hub, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(HubError, match="needs a Hugging Face token"):
         hub.publish(trained["dir"], REPO)
     assert local_hub.requests == []
 
 
-def test_not_a_run_folder(trained, local_hub, tmp_path, capsys):  # noqa: F811
+def test_not_a_run_folder(trained, local_hub, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "no_metrics").mkdir()
     shutil.copy(trained["dir"] / "recipe.yaml", tmp_path / "no_metrics")
-    for folder, message in (("missing", "no such run folder"), ("empty", "not a fintrl run folder"),
-                            ("no_metrics", "no finished run")):
+    for folder, message in (
+        ("missing", "no such run folder"),
+        ("empty", "not a fintrl run folder"),
+        ("no_metrics", "no finished run"),
+    ):
         with pytest.raises(RunFolderError, match=message):
             hub.publish(tmp_path / folder, REPO)
     assert main(["publish", str(tmp_path / "empty"), "--repo", REPO]) == 5

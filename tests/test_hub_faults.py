@@ -15,7 +15,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from fintrl import hub
 from fintrl.cli import main
 from fintrl.errors import HubError
-from tests.helpers import REPO, copy_run, trained  # noqa: F401  (fixture)
+from tests.helpers import REPO, copy_run
 
 
 @pytest.fixture(autouse=True)
@@ -45,21 +45,21 @@ def with_metrics(run_dir: Path, **changes) -> Path:
     return run_dir
 
 
-def test_publish_survives_two_500s_on_commit(trained, local_hub, tmp_path):  # noqa: F811
+def test_publish_survives_two_500s_on_commit(trained, local_hub, tmp_path):
     fault = local_hub.inject(method="POST", path_contains="/commit/", fault="500", times=2)
     result = hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
     assert fault.hits == 2 and posts(local_hub, "/commit/") == 3
     assert titles() == ["fintrl v1.0.0", "initial commit"] and tags() == {"v1.0.0": result.commit}
 
 
-def test_publish_survives_a_dropped_preupload(trained, local_hub, tmp_path):  # noqa: F811
+def test_publish_survives_a_dropped_preupload(trained, local_hub, tmp_path):
     fault = local_hub.inject(method="POST", path_contains="/preupload/", fault="drop")
     result = hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
     assert fault.hits == 1 and posts(local_hub, "/preupload/") == 2
     assert tags() == {"v1.0.0": result.commit}
 
 
-def test_commit_whose_answer_was_lost_is_not_made_twice(trained, local_hub, tmp_path):  # noqa: F811
+def test_commit_whose_answer_was_lost_is_not_made_twice(trained, local_hub, tmp_path):
     """The commit lands, the connection drops before the answer: the retry finds fintrl's commit and tags it."""
     fault = local_hub.inject(method="POST", path_contains="/commit/", fault="drop", after=True)
     result = hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
@@ -67,7 +67,7 @@ def test_commit_whose_answer_was_lost_is_not_made_twice(trained, local_hub, tmp_
     assert titles() == ["fintrl v1.0.0", "initial commit"] and tags() == {"v1.0.0": result.commit}
 
 
-def test_reading_versions_retries_downloads(trained, local_hub, tmp_path):  # noqa: F811
+def test_reading_versions_retries_downloads(trained, local_hub, tmp_path):
     hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
     fault = local_hub.inject(path_contains="/resolve/", fault="503", times=2)
     fault_refs = local_hub.inject(path_contains="/refs", fault="drop")
@@ -76,11 +76,14 @@ def test_reading_versions_retries_downloads(trained, local_hub, tmp_path):  # no
     assert fault.hits == 2 and fault_refs.hits == 1
 
 
-@pytest.mark.parametrize(("fault", "message"), [
-    ("503", "the Hub failed (503) after retries"),
-    ("drop", "cannot reach the Hub (RemoteProtocolError"),
-])
-def test_persistent_failure_is_one_line_exit_6_and_no_version(trained, local_hub, tmp_path, capsys, fault, message):  # noqa: F811
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("503", "the Hub failed (503) after retries"),
+        ("drop", "cannot reach the Hub (RemoteProtocolError"),
+    ],
+)
+def test_persistent_failure_is_one_line_exit_6_and_no_version(trained, local_hub, tmp_path, capsys, fault, message):
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     card = (run_dir / "README.md").read_text()
     injected = local_hub.inject(method="POST", path_contains="/commit/", fault=fault, times=50)
@@ -92,7 +95,7 @@ def test_persistent_failure_is_one_line_exit_6_and_no_version(trained, local_hub
     assert (run_dir / "README.md").read_text() == card
 
 
-def test_4xx_is_not_retried(trained, local_hub, tmp_path, monkeypatch):  # noqa: F811
+def test_4xx_is_not_retried(trained, local_hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
     with pytest.raises(Exception) as err:
         hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
@@ -100,7 +103,7 @@ def test_4xx_is_not_retried(trained, local_hub, tmp_path, monkeypatch):  # noqa:
     assert len(local_hub.requests) == 1  # model_info, once
 
 
-def test_tag_failure_then_rerun_finishes_the_tag(trained, local_hub, tmp_path, capsys):  # noqa: F811
+def test_tag_failure_then_rerun_finishes_the_tag(trained, local_hub, tmp_path, capsys):
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     fault = local_hub.inject(method="POST", path_contains="/tag/", fault="500", times=hub.RETRY_ATTEMPTS)
     assert main(["publish", str(run_dir), "--repo", REPO]) == 6
@@ -114,10 +117,12 @@ def test_tag_failure_then_rerun_finishes_the_tag(trained, local_hub, tmp_path, c
     assert (result.version, result.commit) == ("v1.0.0", landed) and tags() == {"v1.0.0": landed}
     assert posts(local_hub, "/commit/") == commits_before and posts(local_hub, "/preupload/") == preuploads_before
     assert titles() == ["fintrl v1.0.0", "initial commit"]
-    assert (run_dir / "README.md").read_text() == Path(hf_hub_download(REPO, "README.md", revision="v1.0.0")).read_text()
+    assert (run_dir / "README.md").read_text() == Path(
+        hf_hub_download(REPO, "README.md", revision="v1.0.0")
+    ).read_text()
 
 
-def test_untagged_commit_of_another_run_is_not_reused(trained, local_hub, tmp_path):  # noqa: F811
+def test_untagged_commit_of_another_run_is_not_reused(trained, local_hub, tmp_path):
     """Another run published after a failed tag gets its own commit; the untagged commit's files are fintrl's."""
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     (run_dir / "extra.txt").write_text("only in the untagged commit\n")
@@ -133,7 +138,7 @@ def test_untagged_commit_of_another_run_is_not_reused(trained, local_hub, tmp_pa
 
 
 @pytest.mark.parametrize("repo_id", ["a/b/c", "-bad-/x", "x" * 200, "no_slash", "org/na--me", "org/", ""])
-def test_invalid_repo_ids_are_refused_before_any_request(trained, local_hub, capsys, repo_id):  # noqa: F811
+def test_invalid_repo_ids_are_refused_before_any_request(trained, local_hub, capsys, repo_id):
     with pytest.raises(HubError, match="invalid repo id"):
         hub.publish(trained["dir"], repo_id)
     with pytest.raises(HubError, match="invalid repo id"):
@@ -146,7 +151,7 @@ def test_invalid_repo_ids_are_refused_before_any_request(trained, local_hub, cap
     assert local_hub.requests == []
 
 
-def test_bad_card_metadata_fails_the_publish(trained, local_hub, tmp_path, monkeypatch):  # noqa: F811
+def test_bad_card_metadata_fails_the_publish(trained, local_hub, tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "render_card", lambda *args, **kwargs: "---\ntags: [fintrl\nlicense: mit\n---\n# card\n")
     with pytest.raises(HubError, match="rejected the model card's metadata: .*ParserError"):
         hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
@@ -154,7 +159,7 @@ def test_bad_card_metadata_fails_the_publish(trained, local_hub, tmp_path, monke
     assert tags() == {} and titles() == ["initial commit"]
 
 
-def test_publish_keeps_what_others_added(trained, local_hub, tmp_path, caplog):  # noqa: F811
+def test_publish_keeps_what_others_added(trained, local_hub, tmp_path, caplog):
     """Someone adds NOTES.md and .eval_results/a.yaml to main between publishes: they stay, in every later version;
     a file fintrl wrote in v1.0.0 and not in v1.1.0 goes."""
     api = HfApi()
@@ -162,8 +167,14 @@ def test_publish_keeps_what_others_added(trained, local_hub, tmp_path, caplog): 
     (run1 / "extra_v1.txt").write_text("only in v1\n")
     v1 = hub.publish(run1, REPO)
     assert "extra_v1.txt" in api.list_repo_files(REPO, revision="v1.0.0")
-    api.create_commit(REPO, [CommitOperationAdd("NOTES.md", b"# notes by a colleague\n"),
-                             CommitOperationAdd(".eval_results/a.yaml", b"- task: x\n")], commit_message="notes")
+    api.create_commit(
+        REPO,
+        [
+            CommitOperationAdd("NOTES.md", b"# notes by a colleague\n"),
+            CommitOperationAdd(".eval_results/a.yaml", b"- task: x\n"),
+        ],
+        commit_message="notes",
+    )
     caplog.set_level(logging.INFO, logger="fintrl.hub")
     run2 = with_metrics(copy_run(trained["dir"], tmp_path / "run2"), accuracy=0.875)
     v2 = hub.publish(run2, REPO)
@@ -181,12 +192,15 @@ def test_publish_keeps_what_others_added(trained, local_hub, tmp_path, caplog): 
     assert Path(hf_hub_download(REPO, "NOTES.md", revision="v1.2.0")).read_text() == "# notes by a colleague\n"
 
 
-def test_version_from_an_older_fintrl_is_replaced_whole(trained, local_hub, tmp_path):  # noqa: F811
+def test_version_from_an_older_fintrl_is_replaced_whole(trained, local_hub, tmp_path):
     """Commits made before manifests replaced the whole tree: every file in such a tagged commit is fintrl's."""
     api = HfApi()
     api.create_repo(REPO)
-    old = api.create_commit(REPO, [CommitOperationAdd("old_only.txt", b"v1\n"), CommitOperationAdd(".eval_results/e.yaml",
-                            b"- x\n")], commit_message="fintrl v1.0.0: accuracy 0.500, macro-F1 0.400")
+    old = api.create_commit(
+        REPO,
+        [CommitOperationAdd("old_only.txt", b"v1\n"), CommitOperationAdd(".eval_results/e.yaml", b"- x\n")],
+        commit_message="fintrl v1.0.0: accuracy 0.500, macro-F1 0.400",
+    )
     api.create_tag(REPO, tag="v1.0.0", revision=old.oid)
     v2 = hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
     files = set(api.list_repo_files(REPO, revision="v1.1.0"))

@@ -19,8 +19,6 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import load_file, save_file
 
-from tests.hub_server import local_hub  # noqa: F401  (fixture)
-
 REPO = "fintrl-test/tiny-mistral"
 
 
@@ -48,7 +46,7 @@ def write_model_folder(folder, hidden_size: int):
 
 
 @pytest.fixture
-def published(local_hub, tmp_path):  # noqa: F811
+def published(local_hub, tmp_path):
     """A repo with one upload (hidden_size=8) tagged ``v1``."""
     api = HfApi()
     api.create_repo(REPO)
@@ -57,7 +55,7 @@ def published(local_hub, tmp_path):  # noqa: F811
     return api, info
 
 
-def test_endpoint_is_loopback_and_fixture_points_clients_at_it(local_hub):  # noqa: F811
+def test_endpoint_is_loopback_and_fixture_points_clients_at_it(local_hub):
     from huggingface_hub import constants
 
     assert local_hub.endpoint.startswith("http://127.0.0.1:")
@@ -65,7 +63,7 @@ def test_endpoint_is_loopback_and_fixture_points_clients_at_it(local_hub):  # no
     assert local_hub.token.startswith("hf_test_")
 
 
-def test_create_repo_then_exist_ok(local_hub):  # noqa: F811
+def test_create_repo_then_exist_ok(local_hub):
     api = HfApi()
     url = api.create_repo(REPO)
     assert url == f"{local_hub.endpoint}/{REPO}" and url.repo_id == REPO
@@ -121,7 +119,7 @@ def test_tag_pins_content_after_a_later_commit(published, tmp_path):
     assert {f.path for f in api.list_repo_tree(REPO, revision="v1")} >= {"config.json", "README.md"}
 
 
-def test_transformers_loads_config_at_tag(published, tmp_path, local_hub):  # noqa: F811
+def test_transformers_loads_config_at_tag(published, tmp_path, local_hub):
     """transformers asks model_info for the tag's sha, then downloads by sha."""
     from transformers import AutoConfig, MistralConfig
 
@@ -132,7 +130,7 @@ def test_transformers_loads_config_at_tag(published, tmp_path, local_hub):  # no
     assert ("GET", f"/{REPO}/resolve/{info.oid}/config.json") in local_hub.requests
 
 
-def test_transformers_model_round_trip(local_hub, tmp_path):  # noqa: F811
+def test_transformers_model_round_trip(local_hub, tmp_path):
     """save_pretrained -> upload_folder -> tag -> from_pretrained(revision=tag)."""
     from transformers import AutoModelForCausalLM, MistralConfig
 
@@ -147,7 +145,7 @@ def test_transformers_model_round_trip(local_hub, tmp_path):  # noqa: F811
         assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
-def test_peft_adapter_round_trip(local_hub, tmp_path):  # noqa: F811
+def test_peft_adapter_round_trip(local_hub, tmp_path):
     """peft downloads by tag name directly (``resolve/v1/...``), not by sha."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, MistralConfig
@@ -179,19 +177,19 @@ def test_missing_repo_revision_and_file(published, tmp_path):
         hf_hub_download(REPO, "missing.json", cache_dir=cache)
 
 
-def test_private_repo_is_hidden_without_token(local_hub):  # noqa: F811
+def test_private_repo_is_hidden_without_token(local_hub):
     HfApi().create_repo(REPO, private=True)
     assert HfApi().model_info(REPO).private is True
     with pytest.raises(RepositoryNotFoundError):
         HfApi(token=False).model_info(REPO)
 
 
-def test_server_only_ever_sees_the_fake_token(published, tmp_path, local_hub):  # noqa: F811
+def test_server_only_ever_sees_the_fake_token(published, tmp_path, local_hub):
     hf_hub_download(REPO, "config.json", revision="v1", cache_dir=tmp_path / "cache")
     assert local_hub.seen_tokens and set(local_hub.seen_tokens) == {local_hub.token}
 
 
-def test_wrong_token_is_refused_and_recorded(local_hub):  # noqa: F811
+def test_wrong_token_is_refused_and_recorded(local_hub):
     with pytest.raises(HfHubHTTPError) as err:
         HfApi(token="hf_not_the_right_one").create_repo(REPO)
     assert err.value.response.status_code == 401
@@ -208,7 +206,7 @@ BAD_CARDS = {
 
 
 @pytest.mark.parametrize("problem", sorted(BAD_CARDS))
-def test_validate_yaml_rejects_bad_metadata(local_hub, tmp_path, problem):  # noqa: F811
+def test_validate_yaml_rejects_bad_metadata(local_hub, tmp_path, problem):
     from huggingface_hub.utils import get_session
 
     api = HfApi()
@@ -219,12 +217,13 @@ def test_validate_yaml_rejects_bad_metadata(local_hub, tmp_path, problem):  # no
         api.upload_folder(folder_path=folder, repo_id=REPO)
     assert [c.title for c in api.list_repo_commits(REPO)] == ["initial commit"]  # refused before any upload
     assert not any("/preupload/" in path for _, path in local_hub.requests)
-    answer = get_session().post(f"{local_hub.endpoint}/api/validate-yaml",
-                                json={"content": BAD_CARDS[problem], "repoType": "model"})
+    answer = get_session().post(
+        f"{local_hub.endpoint}/api/validate-yaml", json={"content": BAD_CARDS[problem], "repoType": "model"}
+    )
     assert answer.status_code == 400 and answer.json()["errors"][0]["message"]  # the real Hub's shape
 
 
-def test_validate_yaml_accepts_good_metadata(local_hub):  # noqa: F811
+def test_validate_yaml_accepts_good_metadata(local_hub):
     from huggingface_hub import DatasetCard, ModelCard
 
     ModelCard(GOOD_CARD).validate()
@@ -234,7 +233,7 @@ def test_validate_yaml_accepts_good_metadata(local_hub):  # noqa: F811
 
 
 # -- fault injection -------------------------------------------------------------------------------------------------
-def test_injected_errors_hit_the_next_matching_requests(published, local_hub):  # noqa: F811
+def test_injected_errors_hit_the_next_matching_requests(published, local_hub):
     api, info = published
     fault = local_hub.inject(method="GET", path_contains=f"/api/models/{REPO}", fault="503", times=2)
     for _ in range(2):
@@ -250,7 +249,7 @@ def test_injected_errors_hit_the_next_matching_requests(published, local_hub):  
     assert err.value.response.status_code == 502 and api.list_repo_refs(REPO).tags[0].name == "v1"
 
 
-def test_dropped_connection_is_a_transport_error(published, local_hub):  # noqa: F811
+def test_dropped_connection_is_a_transport_error(published, local_hub):
     import httpx2
 
     api, info = published
@@ -261,7 +260,7 @@ def test_dropped_connection_is_a_transport_error(published, local_hub):  # noqa:
     assert [p for _, p in local_hub.requests].count(f"/api/models/{REPO}/refs") == 2  # both requests arrived
 
 
-def test_fault_after_handling_loses_only_the_answer(published, local_hub):  # noqa: F811
+def test_fault_after_handling_loses_only_the_answer(published, local_hub):
     api, info = published
     local_hub.inject(method="POST", path_contains="/tag/", fault="500", after=True)
     with pytest.raises(HfHubHTTPError) as err:
@@ -270,7 +269,7 @@ def test_fault_after_handling_loses_only_the_answer(published, local_hub):  # no
     assert {t.name for t in api.list_repo_refs(REPO).tags} == {"v1", "v2"}  # the tag was made all the same
 
 
-def test_slow_answer_and_client_timeout(published, local_hub):  # noqa: F811
+def test_slow_answer_and_client_timeout(published, local_hub):
     import time
 
     import httpx2
@@ -287,11 +286,16 @@ def test_slow_answer_and_client_timeout(published, local_hub):  # noqa: F811
     assert api.model_info(REPO).sha == info.oid  # the server lives on
 
 
-def test_faults_are_bounded(local_hub):  # noqa: F811
+def test_faults_are_bounded(local_hub):
     from tests.hub_server import MAX_FAULT_DELAY
 
-    for bad in ({"fault": "418"}, {"fault": "slow", "delay": MAX_FAULT_DELAY + 1}, {"fault": "slow"},
-                {"times": 0}, {"times": 10**6}):
+    for bad in (
+        {"fault": "418"},
+        {"fault": "slow", "delay": MAX_FAULT_DELAY + 1},
+        {"fault": "slow"},
+        {"times": 0},
+        {"times": 10**6},
+    ):
         with pytest.raises(ValueError):
             local_hub.inject(**bad)
     local_hub.inject(fault="500", times=3)

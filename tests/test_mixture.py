@@ -10,7 +10,7 @@ import yaml
 from fintrl.data import load_labeled_data, weighted_indices
 from fintrl.errors import DataError
 from fintrl.recipe import DataSection, RecipeError, load_recipe, recipe_from_dict
-from tests.conftest import tiny_recipe_dict
+from tests.helpers import tiny_recipe_dict
 from tests.test_data import _csv
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -18,7 +18,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 @pytest.fixture
 def sources(tmp_path: Path) -> dict[str, Path]:
-    """Three tiny sources: `a` and `b` negative/neutral/positive (10 and 6 train rows), `t` bearish/bullish/neutral (8)."""
+    """Three tiny sources: `a` and `b` negative/neutral/positive (10 and 6 train rows), `t` bearish/bullish/neutral."""
     sent = ["negative", "neutral", "positive"]
     tweet = ["bearish", "bullish", "neutral"]
     folders = {}
@@ -31,11 +31,14 @@ def sources(tmp_path: Path) -> dict[str, Path]:
 
 
 def _mixture(sources: dict[str, Path], **data: object) -> DataSection:
-    return DataSection(mixture=[
-        {"path": str(sources["a"])},
-        {"path": str(sources["b"]), "weight": 2.0},
-        {"path": str(sources["t"]), "weight": 0.5, "label_map": {"bearish": "negative", "bullish": "positive"}},
-    ], **data)
+    return DataSection(
+        mixture=[
+            {"path": str(sources["a"])},
+            {"path": str(sources["b"]), "weight": 2.0},
+            {"path": str(sources["t"]), "weight": 0.5, "label_map": {"bearish": "negative", "bullish": "positive"}},
+        ],
+        **data,
+    )
 
 
 def test_weighted_indices() -> None:
@@ -67,8 +70,16 @@ def test_label_map_into_one_label_set(sources: dict[str, Path]) -> None:
     data = load_labeled_data(_mixture(sources))
     assert data.labels == ["negative", "neutral", "positive"]  # union, first appearance
     names = data.train.features["label"].names
-    t_eval = [(text, names[label]) for text, label, s in zip(data.eval["text"], data.eval["label"], data.eval["source"]) if s == "t"]
-    assert t_eval == [("t eval 0", "negative"), ("t eval 1", "positive"), ("t eval 2", "neutral")]  # bearish, bullish, neutral
+    t_eval = [
+        (text, names[label])
+        for text, label, s in zip(data.eval["text"], data.eval["label"], data.eval["source"])
+        if s == "t"
+    ]
+    assert t_eval == [
+        ("t eval 0", "negative"),
+        ("t eval 1", "positive"),
+        ("t eval 2", "neutral"),
+    ]  # bearish, bullish, neutral
     ordered = load_labeled_data(_mixture(sources, labels=["positive", "neutral", "negative"]))
     assert ordered.labels == ["positive", "neutral", "negative"]
     assert ordered.eval.features["label"].names == ordered.labels
@@ -78,9 +89,13 @@ def test_unmapped_labels_join_the_union_or_fail_against_given_labels(sources: di
     entries = [{"path": str(sources["a"])}, {"path": str(sources["t"])}]
     data = load_labeled_data(DataSection(mixture=entries))
     assert data.labels == ["negative", "neutral", "positive", "bearish", "bullish"]
-    with pytest.raises(RecipeError, match=r"data.mixture.1 \(t\): labels \['bearish', 'bullish'\] are not in data.labels"):
+    with pytest.raises(
+        RecipeError, match=r"data.mixture.1 \(t\): labels \['bearish', 'bullish'\] are not in data.labels"
+    ):
         load_labeled_data(DataSection(mixture=entries, labels=["negative", "neutral", "positive"]))
-    with pytest.raises(RecipeError, match=r"data.mixture.1 \(t\).label_map: \['Bearish'\] are not labels of this source"):
+    with pytest.raises(
+        RecipeError, match=r"data.mixture.1 \(t\).label_map: \['Bearish'\] are not labels of this source"
+    ):
         load_labeled_data(DataSection(mixture=[entries[0], {**entries[1], "label_map": {"Bearish": "negative"}}]))
 
 
@@ -103,10 +118,16 @@ BASE = {"model": {"name_or_path": "tiny-mistral"}}
     ("data", "message"),
     [
         ({"mixture": [{"preset": "fiqa", "weight": 0}]}, "data.mixture.0.weight: Input should be greater than 0"),
-        ({"mixture": [{"preset": "fiqa"}, {"weight": 2.0}]}, "data.mixture.1: Value error, give one of `preset`, `source` or `path`"),
+        (
+            {"mixture": [{"preset": "fiqa"}, {"weight": 2.0}]},
+            "data.mixture.1: Value error, give one of `preset`, `source` or `path`",
+        ),
         ({"mixture": [{"preset": "fiqa", "wieght": 2}]}, "data.mixture.0.wieght: unknown key (did you mean `weight`?)"),
         ({"mixture": [{"preset": "fiqa", "label_map": {"a": " "}}]}, "data.mixture.0.label_map"),
-        ({"mixture": [{"preset": "fiqa"}, {"preset": "fiqa"}]}, "duplicate source names ['fiqa']; give each entry a distinct `name`"),
+        (
+            {"mixture": [{"preset": "fiqa"}, {"preset": "fiqa"}]},
+            "duplicate source names ['fiqa']; give each entry a distinct `name`",
+        ),
         ({"mixture": [{"preset": "fiqa"}], "path": "x"}, "`mixture` replaces ['path']"),
         ({"mixture": []}, "`mixture` needs at least one source"),
     ],
@@ -118,10 +139,14 @@ def test_bad_mixtures_name_the_key(data: dict, message: str) -> None:
 
 
 def test_set_overrides_index_lists(tmp_path: Path) -> None:
-    recipe = load_recipe(RECIPES / "mixture_smollm2.yaml", overrides=[
-        "data.mixture.0.path=../shared/data/fpb_50agree", "data.mixture.2.weight=0.25",
-        "data.mixture.3.preset=fpb_allagree",  # the index just past the end appends an entry
-    ])
+    recipe = load_recipe(
+        RECIPES / "mixture_smollm2.yaml",
+        overrides=[
+            "data.mixture.0.path=../shared/data/fpb_50agree",
+            "data.mixture.2.weight=0.25",
+            "data.mixture.3.preset=fpb_allagree",  # the index just past the end appends an entry
+        ],
+    )
     mixture = recipe.data.mixture
     assert mixture[0].path == "../shared/data/fpb_50agree" and mixture[0].preset == "fpb_50agree"
     assert mixture[2].weight == 0.25 and mixture[2].label_map == {"bearish": "negative", "bullish": "positive"}
@@ -145,7 +170,9 @@ def test_run_scores_every_source(tmp_path: Path, sources: dict[str, Path]) -> No
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     per_source = saved["per_source"]
     assert list(per_source) == ["a", "b", "t"] and [m["n"] for m in per_source.values()] == [4, 3, 3]
-    assert saved["n"] == 10 and sum(m["accuracy"] * m["n"] for m in per_source.values()) == pytest.approx(10 * metrics["accuracy"])
+    assert saved["n"] == 10 and sum(m["accuracy"] * m["n"] for m in per_source.values()) == pytest.approx(
+        10 * metrics["accuracy"]
+    )
     assert set(per_source["t"]["baselines"]) == {"majority", "tfidf_logreg"}
     assert [p["name"] for p in saved["data"]["mixture"]] == ["a", "b", "t"]
     assert (tmp_path / "run" / "README.md").is_file()  # the card renders for a mixture

@@ -15,15 +15,21 @@ from fintrl.recipe import ModelSection
 def test_tiny_model_gets_default_template_and_pad(tiny_tokenizer) -> None:
     assert tiny_tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE
     assert tiny_tokenizer.pad_token == "<unk>" and len(tiny_tokenizer) == 32000
-    ids = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "neutral"}],
-                                             tokenize=True, return_dict=False)
+    ids = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "neutral"}],
+        tokenize=True,
+        return_dict=False,
+    )
     assert ids[0] == tiny_tokenizer.bos_token_id and ids[1] != tiny_tokenizer.bos_token_id  # exactly one BOS
     assert ids[-1] == tiny_tokenizer.eos_token_id
 
 
 def test_hidden_system_prompt_detected(tiny_tokenizer) -> None:
-    smol_style = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}{{ '<|im_start|>system\nYou are "
-                  "SmolLM<|im_end|>\n' }}{% endif %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}")
+    smol_style = (
+        "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}{{ '<|im_start|>system\nYou are "
+        "SmolLM<|im_end|>\n' }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    )
     tiny_tokenizer.chat_template, original = smol_style, tiny_tokenizer.chat_template
     try:
         assert renders_hidden_system_prompt(tiny_tokenizer)
@@ -34,7 +40,9 @@ def test_hidden_system_prompt_detected(tiny_tokenizer) -> None:
 
 
 NF4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
-AVX512BF16 = pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs")
+AVX512BF16 = pytest.mark.skipif(
+    not has_avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs"
+)
 
 
 def _packed(model) -> list[bool]:  # noqa: ANN001

@@ -24,7 +24,11 @@ BASE = {"model": {"name_or_path": "tiny-mistral"}, "data": {"preset": "quickstar
 
 
 def test_overrides_and_output_dir(tmp_path: Path) -> None:
-    recipe = load_recipe(_write(tmp_path, BASE), overrides=["train.learning_rate=1e-4", "lora.r=32", "data.labels=[a, b]"], output_dir="x")
+    recipe = load_recipe(
+        _write(tmp_path, BASE),
+        overrides=["train.learning_rate=1e-4", "lora.r=32", "data.labels=[a, b]"],
+        output_dir="x",
+    )
     assert recipe.train["learning_rate"] == pytest.approx(1e-4)
     assert recipe.lora["r"] == 32
     assert recipe.data.labels == ["a", "b"]
@@ -40,7 +44,10 @@ def test_yaml_exponent_floats_are_numbers(tmp_path: Path) -> None:
     ("patch", "message"),
     [
         ({"modle": {}}, "modle: unknown key (did you mean `model`?)"),
-        ({"data": {"preset": "quickstart", "text_colum": "x"}}, "data.text_colum: unknown key (did you mean `text_column`?)"),
+        (
+            {"data": {"preset": "quickstart", "text_colum": "x"}},
+            "data.text_colum: unknown key (did you mean `text_column`?)",
+        ),
         ({"eval": {"batch_size": "big"}}, "eval.batch_size"),
         ({"data": {"preset": "quickstart", "labels": ["a", "a"]}}, "duplicate label names"),
         ({"data": {"preset": "quickstart", "labels": ["a", " "]}}, "non-empty"),
@@ -57,7 +64,9 @@ def test_bad_recipes_name_the_key(patch: dict, message: str) -> None:
 
 
 def test_library_fields_did_you_mean() -> None:
-    recipe = recipe_from_dict({**BASE, "train": {"learnig_rate": 1.0}, "lora": {"rr": 3}, "quantization": {"load_in_4bitt": True}})
+    recipe = recipe_from_dict(
+        {**BASE, "train": {"learnig_rate": 1.0}, "lora": {"rr": 3}, "quantization": {"load_in_4bitt": True}}
+    )
     with pytest.raises(RecipeError) as err:
         check_library_fields(recipe)
     text = str(err.value)

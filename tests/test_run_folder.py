@@ -13,8 +13,7 @@ from fintrl.errors import RunFolderError
 from fintrl.recipe import recipe_from_dict
 from fintrl.run_folder import last_checkpoint, recipe_differences, work_folder
 from fintrl.runner import run
-from tests.conftest import tiny_recipe_dict
-from tests.test_bad_inputs import tree_hash
+from tests.helpers import tiny_recipe_dict, tree_hash
 
 
 def tiny(out: Path, **train) -> dict:
@@ -42,8 +41,9 @@ def test_recipe_differences_name_the_keys() -> None:
     assert recipe_differences(a, b) == ["lora.r: 4 -> 8"]  # output_dir may change between attempts
 
 
-def test_a_late_failure_keeps_the_finished_run_and_the_attempt_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_late_failure_keeps_the_finished_run_and_the_attempt_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     run(recipe_from_dict(tiny(out)))
     before = tree_hash(out)
@@ -71,8 +71,9 @@ def test_a_late_failure_keeps_the_finished_run_and_the_attempt_resumes(tmp_path:
     assert not list(tmp_path.glob(".run.replaced-*"))
 
 
-def test_an_unfinished_first_run_is_reported_then_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unfinished_first_run_is_reported_then_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import fintrl.runner
 
     out = tmp_path / "run"
@@ -91,4 +92,3 @@ def test_an_unfinished_first_run_is_reported_then_resumed(tmp_path: Path, monkey
     assert "unfinished run" in capsys.readouterr().err
     assert main(["run", str(recipe), "--resume"]) == 0
     assert (out / "metrics.json").is_file() and not work_folder(out).exists()
-

@@ -11,8 +11,14 @@ from fintrl.presets import TFN_TOPICS
 from fintrl.recipe import PromptSection
 from fintrl.scoring import INVALID, LabelScorer, parse_answer
 
-TEXTS = ["Fed raises rates by 25bp", "Shares of XYZ jump 10% after earnings", "Company appoints new CFO",
-         "New IPO priced at $20 per share", "Gold slips as dollar firms", "Dividend cut by half"]
+TEXTS = [
+    "Fed raises rates by 25bp",
+    "Shares of XYZ jump 10% after earnings",
+    "Company appoints new CFO",
+    "New IPO priced at $20 per share",
+    "Gold slips as dollar firms",
+    "Dividend cut by half",
+]
 LABEL_SETS = {
     "shared_prefix_multi_token": ["Stock Commentary", "Stock Movement", "Stock", "IPO", "Fed | Central Banks"],
     "three": ["negative", "neutral", "positive"],
@@ -55,15 +61,21 @@ def test_trie_matches_constrained_generate(tiny_model, tiny_tokenizer, labels) -
     result = scorer.score(TEXTS, progress=False)
     encoded, _ = scorer.encode(TEXTS)
     for i, prompt in enumerate(encoded):
+
         def allowed(_batch_id: int, ids: torch.Tensor, start: int = len(prompt)) -> list[int]:
             done = ids[start:].tolist()
             nxt = {seq[len(done)] for seq in scorer.label_ids if seq[: len(done)] == done and len(seq) > len(done)}
             return sorted(nxt) or [tiny_tokenizer.eos_token_id]
 
-        out = tiny_model.generate(torch.tensor([prompt]), prefix_allowed_tokens_fn=allowed, do_sample=False,
-                                  max_new_tokens=max(map(len, scorer.label_ids)), eos_token_id=tiny_tokenizer.eos_token_id,
-                                  pad_token_id=tiny_tokenizer.pad_token_id)
-        generated = out[0, len(prompt):].tolist()
+        out = tiny_model.generate(
+            torch.tensor([prompt]),
+            prefix_allowed_tokens_fn=allowed,
+            do_sample=False,
+            max_new_tokens=max(map(len, scorer.label_ids)),
+            eos_token_id=tiny_tokenizer.eos_token_id,
+            pad_token_id=tiny_tokenizer.pad_token_id,
+        )
+        generated = out[0, len(prompt) :].tolist()
         assert generated == scorer.label_ids[result.predictions[i]], f"text {i}"
     assert INVALID not in result.predictions
     np.testing.assert_allclose(result.probabilities.sum(1), 1, atol=1e-6)
@@ -76,8 +88,12 @@ def test_trie_probabilities_are_renormalised_path_products(tiny_model, tiny_toke
     probs = scorer.score(TEXTS[:2], progress=False).probabilities
     stock = [labels.index(x) for x in ("Stock Commentary", "Stock Movement", "Stock")]
     # the three "Stock..." labels share their first token, so together they hold P(first token = "Stock")
-    first = LabelScorer(tiny_model, tiny_tokenizer, PromptBuilder(fixed, ["Stock", "IPO", "Fed | Central Banks"]), mode="first_token")
-    np.testing.assert_allclose(probs[:, stock].sum(1), first.score(TEXTS[:2], progress=False).probabilities[:, 0], atol=1e-4)
+    first = LabelScorer(
+        tiny_model, tiny_tokenizer, PromptBuilder(fixed, ["Stock", "IPO", "Fed | Central Banks"]), mode="first_token"
+    )
+    np.testing.assert_allclose(
+        probs[:, stock].sum(1), first.score(TEXTS[:2], progress=False).probabilities[:, 0], atol=1e-4
+    )
 
 
 def test_auto_uses_first_token_when_exact(tiny_model, tiny_tokenizer) -> None:
@@ -96,7 +112,9 @@ def test_auto_uses_first_token_when_exact(tiny_model, tiny_tokenizer) -> None:
 def test_batching_and_order_do_not_change_results(tiny_model, tiny_tokenizer) -> None:
     builder = _builder(LABEL_SETS["shared_prefix_multi_token"])
     one = LabelScorer(tiny_model, tiny_tokenizer, builder, mode="loglik", batch_size=1).score(TEXTS, progress=False)
-    many = LabelScorer(tiny_model, tiny_tokenizer, builder, mode="loglik", batch_size=6).score(TEXTS[::-1], progress=False)
+    many = LabelScorer(tiny_model, tiny_tokenizer, builder, mode="loglik", batch_size=6).score(
+        TEXTS[::-1], progress=False
+    )
     np.testing.assert_allclose(one.probabilities, many.probabilities[::-1], atol=2e-4)
 
 
@@ -111,7 +129,9 @@ def test_truncation_is_counted_and_empty_text_rejected(tiny_model, tiny_tokenize
 
 
 def test_generate_mode_reports_invalid(tiny_model, tiny_tokenizer) -> None:
-    result = LabelScorer(tiny_model, tiny_tokenizer, _builder(LABEL_SETS["three"]), mode="generate").score(TEXTS, progress=False)
+    result = LabelScorer(tiny_model, tiny_tokenizer, _builder(LABEL_SETS["three"]), mode="generate").score(
+        TEXTS, progress=False
+    )
     assert len(result.raw_outputs) == len(TEXTS)
     assert result.n_invalid == sum(parse_answer(t, LABEL_SETS["three"]) == INVALID for t in result.raw_outputs)
 

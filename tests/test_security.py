@@ -22,19 +22,30 @@ def evil_base(folder: Path, marker: Path) -> Path:
     """A tiny Mistral whose config points at custom classes; importing them writes `marker`."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    config = MistralConfig(vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, num_key_value_heads=1)
+    config = MistralConfig(
+        vocab_size=32000,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     MistralForCausalLM(config).save_pretrained(folder)
     payload = f"from pathlib import Path\nPath({str(marker)!r}).write_text('pwned')\n"
     (folder / "configuration_evil.py").write_text(
-        payload + "from transformers import MistralConfig\n\nclass EvilConfig(MistralConfig):\n    model_type = 'evil'\n")
+        payload
+        + "from transformers import MistralConfig\n\nclass EvilConfig(MistralConfig):\n    model_type = 'evil'\n"
+    )
     (folder / "modeling_evil.py").write_text(
         payload + "from transformers import MistralForCausalLM\nfrom .configuration_evil import EvilConfig\n\n"
-        "class EvilModel(MistralForCausalLM):\n    config_class = EvilConfig\n")
+        "class EvilModel(MistralForCausalLM):\n    config_class = EvilConfig\n"
+    )
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = "evil"  # no class of that name ships with transformers: only the repo's code can load it
-    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig",
-                          "AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    config["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModelForCausalLM": "modeling_evil.EvilModel",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -51,8 +62,12 @@ def adapter_repo(folder: Path, base: str, recipe_base: str, tiny_model_dir: str)
     config = json.loads((folder / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = base
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    recipe = {"model": {"name_or_path": recipe_base, "trust_remote_code": True}, "quantization": None,
-              "data": {"preset": "quickstart", "labels": LABELS}, "output_dir": "runs/x"}
+    recipe = {
+        "model": {"name_or_path": recipe_base, "trust_remote_code": True},
+        "quantization": None,
+        "data": {"preset": "quickstart", "labels": LABELS},
+        "output_dir": "runs/x",
+    }
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     (folder / "metrics.json").write_text(json.dumps({"data": {"labels": LABELS}}))
     return folder
@@ -84,10 +99,18 @@ def test_a_recipe_in_a_download_cannot_turn_on_remote_code(planted, capsys) -> N
     assert json.loads(captured.out.splitlines()[-1])["label"] in LABELS
 
 
-@pytest.mark.parametrize("command", [["predict", "mallory/adapter", "--text", "Profit rose."],
-                                     ["eval", "mallory/adapter", "--set", "data.max_eval_samples=4"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "mallory/adapter", "--text", "Profit rose."],
+        ["eval", "mallory/adapter", "--set", "data.max_eval_samples=4"],
+    ],
+)
 def test_a_hostile_base_is_refused_without_the_flag(planted, command, tmp_path, capsys) -> None:
-    code = main([*command, "--set", "quantization=null"] + (["--output-dir", str(tmp_path / "e")] if command[0] == "eval" else []))
+    code = main(
+        [*command, "--set", "quantization=null"]
+        + (["--output-dir", str(tmp_path / "e")] if command[0] == "eval" else [])
+    )
     err = capsys.readouterr().err
     assert code == 4, err
     assert not planted["marker"].exists()

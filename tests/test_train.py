@@ -11,7 +11,7 @@ from fintrl.models import load_model, load_tokenizer
 from fintrl.recipe import recipe_from_dict
 from fintrl.runner import run
 from fintrl.train import build_trainer, sft_config
-from tests.conftest import tiny_recipe_dict
+from tests.helpers import tiny_recipe_dict
 
 
 def test_loss_falls_on_the_answer_only(tmp_path: Path, tiny_model_dir: str) -> None:
@@ -19,8 +19,13 @@ def test_loss_falls_on_the_answer_only(tmp_path: Path, tiny_model_dir: str) -> N
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model)
     builder = PromptBuilder(recipe.prompt, data.labels, data.task)
-    trainer = build_trainer(recipe, load_model(recipe.model, recipe.quantization), tokenizer,
-                            builder.sft_dataset(data.train.select(range(4))), tmp_path / "run")
+    trainer = build_trainer(
+        recipe,
+        load_model(recipe.model, recipe.quantization),
+        tokenizer,
+        builder.sft_dataset(data.train.select(range(4))),
+        tmp_path / "run",
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     for row in range(4):
         kept = batch["labels"][row][batch["labels"][row] != -100].tolist()
@@ -32,10 +37,12 @@ def test_loss_falls_on_the_answer_only(tmp_path: Path, tiny_model_dir: str) -> N
     assert type(trainer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
 
 
-@pytest.mark.parametrize(("train", "expected"), [({}, False), ({"gradient_checkpointing": True}, True),
-                                                 ({"activation_checkpointing": True}, True)])
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [({}, False), ({"gradient_checkpointing": True}, True), ({"activation_checkpointing": True}, True)],
+)
 def test_checkpointing_setting_survives_the_transformers_5_rename(tmp_path: Path, train: dict, expected: bool) -> None:
-    """transformers 5 ignores the old `gradient_checkpointing` once `activation_checkpointing` (fintrl's default) is set."""
+    """transformers 5 ignores the old `gradient_checkpointing` once `activation_checkpointing` (our default) is set."""
     import warnings
 
     recipe = recipe_from_dict({**tiny_recipe_dict(tmp_path), "train": train})
@@ -49,9 +56,20 @@ def test_checkpointing_setting_survives_the_transformers_5_rename(tmp_path: Path
 def test_run_folder_contents(tmp_path: Path) -> None:
     out = tmp_path / "run"
     metrics = run(recipe_from_dict(tiny_recipe_dict(out)))
-    for name in ("recipe.yaml", "adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json",
-                 "chat_template.jinja", "metrics.json", "predictions.jsonl", "README.md", "train_log.jsonl",
-                 "confusion_matrix.png", "reliability.png", "training_loss.png"):
+    for name in (
+        "recipe.yaml",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "metrics.json",
+        "predictions.jsonl",
+        "README.md",
+        "train_log.jsonl",
+        "confusion_matrix.png",
+        "reliability.png",
+        "training_loss.png",
+    ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "per_class", "n"} <= set(saved)
@@ -96,11 +114,25 @@ def test_cli_run_with_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[st
     from fintrl.cli import main
 
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "tiny_test.yaml"
-    code = main(["run", str(recipe), "--output-dir", str(tmp_path / "cli"), "--set", "data.max_train_samples=16",
-                 "--set", "data.max_eval_samples=8", "--set", "train.max_steps=2", "--set", "eval.baselines=false"])
+    code = main(
+        [
+            "run",
+            str(recipe),
+            "--output-dir",
+            str(tmp_path / "cli"),
+            "--set",
+            "data.max_train_samples=16",
+            "--set",
+            "data.max_eval_samples=8",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "eval.baselines=false",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out  # the Trainer also prints its log dicts
-    summary = json.loads(out[out.index('{\n  "output_dir"'):])
+    summary = json.loads(out[out.index('{\n  "output_dir"') :])
     assert summary["output_dir"] == str(tmp_path / "cli") and 0 <= summary["accuracy"] <= 1
     assert (tmp_path / "cli" / "metrics.json").is_file()
 
@@ -117,7 +149,9 @@ def test_prefix_sharing_loss_and_gradients_match_trl(tmp_path: Path, tiny_model_
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model)
     builder = PromptBuilder(recipe.prompt, data.labels, data.task)
-    trainer = build_trainer(recipe, load_model(recipe.model, None), tokenizer, builder.sft_dataset(data.train), tmp_path / "run")
+    trainer = build_trainer(
+        recipe, load_model(recipe.model, None), tokenizer, builder.sft_dataset(data.train), tmp_path / "run"
+    )
     trainer.model.eval()  # no LoRA dropout: both paths must be deterministic
     for layer in trainer.model.modules():  # make the adapters non-trivial so gradients reach every layer
         if hasattr(layer, "lora_B"):
