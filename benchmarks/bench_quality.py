@@ -119,8 +119,9 @@ def row(dataset: str, method: str, metrics: dict[str, Any], **extra: Any) -> dic
 
 # -- one dataset ------------------------------------------------------------------------------------------------
 def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from fintrl.data import PromptBuilder, load_labeled_data
+    from fintrl.data import load_labeled_data
     from fintrl.metrics import baselines
+    from fintrl.prompts import PromptBuilder
     from fintrl.runner import evaluate, run
     from fintrl.targets import Target, load_for_inference
 

@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_torch(args.threads)
 
-    from fintrl.data import PromptBuilder
     from fintrl.errors import ScoringError
     from fintrl.models import load_model, load_tokenizer
     from fintrl.presets import TFN_TOPICS
+    from fintrl.prompts import PromptBuilder
     from fintrl.recipe import ModelSection, PromptSection
     from fintrl.scoring import INVALID, LabelScorer, parse_answer
 

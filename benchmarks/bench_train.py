@@ -125,9 +125,10 @@ def variant_overrides(text: str) -> list[str]:
 def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from fintrl.checks import check_library_fields
-    from fintrl.data import PromptBuilder, load_labeled_data
+    from fintrl.data import load_labeled_data
+    from fintrl.library_checks import check_library_fields
     from fintrl.models import load_model, load_tokenizer
+    from fintrl.prompts import PromptBuilder
     from fintrl.recipe import load_recipe
 
     overrides = [f"model.name_or_path={spec['model']}", f"train.max_steps={spec['steps']}"]

@@ -34,9 +34,10 @@ TINY_CONFIG = dict(
 
 def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """Recipe (with the check's overrides), tokenizer, labelled data and prompt builder, all through fintrl."""
-    from fintrl.checks import check_library_fields
-    from fintrl.data import PromptBuilder, load_labeled_data
+    from fintrl.data import load_labeled_data
+    from fintrl.library_checks import check_library_fields
     from fintrl.models import has_cuda, load_tokenizer
+    from fintrl.prompts import PromptBuilder
     from fintrl.recipe import load_recipe
 
     overrides = [f"model.name_or_path={spec['tokenizer']}", f"train.max_steps={spec['steps']}"]
@@ -150,10 +151,10 @@ def score(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from peft import get_peft_model
 
-    from fintrl.data import PromptBuilder
     from fintrl.errors import ScoringError
     from fintrl.models import has_cuda, lora_config
     from fintrl.presets import TFN_TOPICS
+    from fintrl.prompts import PromptBuilder
     from fintrl.recipe import PromptSection
     from fintrl.scoring import LabelScorer
 

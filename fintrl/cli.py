@@ -67,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fintrl.data import PromptBuilder, load_labeled_data
+    from fintrl.data import load_labeled_data
+    from fintrl.prompts import PromptBuilder
     from fintrl.runner import evaluate
     from fintrl.targets import load_for_inference, resolve_target
 
@@ -124,7 +125,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fintrl.data import PromptBuilder
+    from fintrl.prompts import PromptBuilder
     from fintrl.scoring import LabelScorer
     from fintrl.targets import load_for_inference, resolve_target
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from fintrl import data_checks
 from fintrl.errors import DataError, FintrlError, RecipeError
 from fintrl.presets import PRESETS, Preset
-from fintrl.recipe import SOURCE_FIELDS, DataSection, MixtureSource, PromptSection, label_names
+from fintrl.recipe import SOURCE_FIELDS, DataSection, MixtureSource, label_names
+from fintrl.sampling import balance_classes, weighted_indices
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -178,21 +179,6 @@ def load_labeled_data(section: DataSection) -> LabeledData:
     return data
 
 
-def balance_classes(train: Dataset, balance: float, seed: int) -> Dataset:
-    """Oversample: class c gets round(n_c + balance * (n_max - n_c)) rows (every row int(k) times plus a seeded
-    sample), so rare classes are seen more often without dropping any row of the common ones."""
-    labels = train["label"]
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
-    largest = max(len(rows) for rows in by_class.values())
-    rows = []
-    for y, members in sorted(by_class.items()):
-        target = len(members) + balance * (largest - len(members))
-        rows += [members[j] for j in weighted_indices(len(members), target / len(members), seed + y)]
-    return train.select(rows).shuffle(seed=seed)
-
-
 def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
     """One source; `in_mixture`: class-coverage problems and duplicates are the mixture's to raise and warn about."""
     from datasets import ClassLabel, Dataset, Features, Value
@@ -286,16 +272,6 @@ def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
 
 SOURCE_COLUMN = "source"
 _PER_SOURCE_FIELDS = {*SOURCE_FIELDS, "labels"}
-
-
-def weighted_indices(n: int, weight: float, seed: int) -> list[int]:
-    """round(weight * n) row indices: every row int(weight) times, plus a seeded sample (no repeats) for the rest."""
-    import numpy as np
-
-    copies = int(weight)
-    extra = min(n, max(0, round(weight * n) - copies * n))
-    sample = np.random.default_rng(seed).choice(n, size=extra, replace=False) if extra else []
-    return list(range(n)) * copies + sorted(int(i) for i in sample)
 
 
 def load_mixture(section: DataSection) -> LabeledData:
@@ -414,35 +390,3 @@ def load_mixture(section: DataSection) -> LabeledData:
         mixture=provenance,
         checks=checks,
     )
-
-
-class PromptBuilder:
-    """Turns a text into chat messages and a label into the answer the model learns to give."""
-
-    def __init__(self, prompt: PromptSection, labels: list[str], task: str | None = None) -> None:
-        self.prompt = prompt
-        self.labels = labels
-        verbalizers = prompt.verbalizers or {}
-        unknown = set(verbalizers) - set(labels)
-        if unknown:
-            raise RecipeError(f"prompt.verbalizers: {sorted(unknown)} are not labels {labels}")
-        self.answers = [verbalizers.get(name, name) for name in labels]
-        if len(set(self.answers)) != len(self.answers) or not all(a.strip() for a in self.answers):
-            raise RecipeError(f"prompt.verbalizers: answers must be distinct and non-empty, got {self.answers}")
-        self.task = prompt.task if "task" in prompt.model_fields_set or task is None else task
-        try:
-            self.instruction = prompt.instruction.format(task=self.task, labels=", ".join(self.answers))
-        except (KeyError, IndexError) as err:
-            raise RecipeError(f"prompt.instruction: unknown placeholder {err}; use {{task}} and {{labels}}") from None
-
-    def messages(self, text: str) -> list[dict[str, str]]:
-        user = self.prompt.template.format(instruction=self.instruction, text=text)
-        system = [{"role": "system", "content": self.prompt.system}] if self.prompt.system else []
-        return [*system, {"role": "user", "content": user}]
-
-    def example(self, text: str, label: int) -> dict[str, list[dict[str, str]]]:
-        """A conversational prompt-completion example: TRL puts the loss on the completion only."""
-        return {"prompt": self.messages(text), "completion": [{"role": "assistant", "content": self.answers[label]}]}
-
-    def sft_dataset(self, ds: Dataset) -> Dataset:
-        return ds.map(lambda row: self.example(row["text"], row["label"]), remove_columns=ds.column_names)

@@ -7,13 +7,13 @@ A published repo works on anyone's machine:
 - its adapter_config.json and recipe.yaml name the base model by its Hub id (an offline name's, or `--base-model`);
   a base with no Hub id (a local folder) is refused before anything is uploaded;
 - no path of this machine leaves it: the recipe and report are published with portable values, and every staged text
-  file is checked for the run's, data's, model's, home, working and temp folders (`fintrl.card.stage`): one found
+  file is checked for the run's, data's, model's, home, working and temp folders (`fintrl.staging.stage`): one found
   refuses the publish, naming the file.
 
 Publishing is safe to rerun and shares the repo with people:
 - repo ids are checked before any request (`check_repo_id`);
 - transient Hub failures (5xx answers, dropped or timed-out connections) are retried with exponential backoff
-  (`_with_retries`: `RETRY_ATTEMPTS` tries, `RETRY_BASE_DELAY` doubling); 4xx answers never are;
+  (`fintrl.retry`); 4xx answers never are;
 - the commit deletes only files fintrl itself wrote in the last version (listed in that commit's description,
   `fintrl files:`), never `.gitattributes` or `.eval_results/**`; files others added are kept (and named);
 - the tag comes after the commit: if tagging fails, rerunning the same publish finds fintrl's untagged commit of that
@@ -26,20 +26,20 @@ import hashlib
 import json
 import logging
 import re
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fintrl.card import base_model_hub_id, render_card, stage, staged_files
+from fintrl.card import render_card
 from fintrl.errors import FintrlError, HubError, RecipeError, RunFolderError, first_line
+from fintrl.retry import T, reason, with_retries
 from fintrl.run_folder import ADAPTER_CONFIG, CARD, METRICS, RECIPE, RunFolder
+from fintrl.staging import base_model_hub_id, stage, staged_files
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -47,12 +47,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VERSION_TAG = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
-RETRY_ATTEMPTS = 4  # tries per Hub call, the first included
-RETRY_BASE_DELAY = 1.0  # seconds before the second try; doubles each time (1, 2, 4): tests shrink it
-RETRY_MAX_DELAY = 30.0
 MANIFEST_HEADER = "fintrl files:"  # in each commit's description, followed by the files fintrl wrote, one a line
 NEVER_DELETED = (".gitattributes", ".eval_results/")  # a path equal to, or under, one of these
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,52 +96,9 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def _is_transient(exc: BaseException | None) -> bool:
-    """A 5xx answer or a dropped / timed-out connection, also when huggingface_hub wrapped it (a download that could
-    not reach the Hub raises LocalEntryNotFoundError *from* the original error). 4xx answers never are."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    transport = tuple(m.TransportError for m in map(sys.modules.get, ("httpx2", "httpx")) if m is not None)
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None:
-            return exc.response.status_code >= 500
-        if transport and isinstance(exc, transport):
-            return True
-        exc = exc.__cause__
-    return False
-
-
-def _reason(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if response is not None and hasattr(response, "status_code"):
-        return f"HTTP {response.status_code}"
-    return f"{type(exc).__name__}: {first_line(exc)}"
-
-
-def _with_retries(fn: Callable[[], T], *, what: str, attempts: int | None = None, base_delay: float | None = None) -> T:
-    """`fn()`, tried again after a transient Hub failure (see `_is_transient`), waiting `base_delay` seconds (default
-    `RETRY_BASE_DELAY`), then twice as long each time; the last failure, or any other error, propagates."""
-    attempts = attempts or RETRY_ATTEMPTS
-    delay = RETRY_BASE_DELAY if base_delay is None else base_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as err:
-            if attempt >= attempts or not _is_transient(err):
-                raise
-            logger.warning(
-                "the Hub failed on %s (%s); try %d of %d in %.1fs", what, _reason(err), attempt + 1, attempts, delay
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_DELAY)
-    raise AssertionError("unreachable")
-
-
 def _version_tags(api: HfApi, repo_id: str) -> dict[str, str]:
     """`vX.Y.Z` tag -> commit sha; other tags are not fintrl versions and are left alone."""
-    refs = _with_retries(lambda: api.list_repo_refs(repo_id), what="list_repo_refs")
+    refs = with_retries(lambda: api.list_repo_refs(repo_id), what="list_repo_refs")
     return {t.name: t.target_commit for t in refs.tags if VERSION_TAG.fullmatch(t.name)}
 
 
@@ -161,7 +114,7 @@ def _file_at(repo_id: str, filename: str, commit: str) -> str | None:
                 raise
             return None
 
-    return _with_retries(download, what=f"downloading {filename}")
+    return with_retries(download, what=f"downloading {filename}")
 
 
 def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str, Any]:
@@ -169,9 +122,7 @@ def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str
     metrics = json.loads(_file_at(repo_id, METRICS, commit) or "{}")
     adapter = json.loads(_file_at(repo_id, ADAPTER_CONFIG, commit) or "{}")
     data = (yaml.safe_load(_file_at(repo_id, RECIPE, commit) or "{}") or {}).get("data", {})
-    date = _with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[
-        0
-    ].created_at
+    date = with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
     return {
         "version": tag,
         "date": date.strftime("%Y-%m-%d"),
@@ -212,7 +163,7 @@ def _read_head(api: HfApi, repo_id: str, sha: str, retry: bool = True) -> _Head:
     from huggingface_hub.hf_api import RepoFile
 
     def call(fn: Callable[[], T], what: str) -> T:
-        return _with_retries(fn, what=what) if retry else fn()
+        return with_retries(fn, what=what) if retry else fn()
 
     commits = call(lambda: api.list_repo_commits(repo_id, revision=sha), "list_repo_commits")
     tree = call(lambda: list(api.list_repo_tree(repo_id, revision=sha, recursive=True)), "list_repo_tree")
@@ -272,7 +223,7 @@ def _plan(api: HfApi, repo_id: str, head: _Head, staged: dict[str, Path], tagged
             set(manifest)
             if manifest is not None
             else set(
-                _with_retries(lambda: api.list_repo_files(repo_id, revision=last.commit_id), what="list_repo_files")
+                with_retries(lambda: api.list_repo_files(repo_id, revision=last.commit_id), what="list_repo_files")
             )
         )
     leftovers = sorted(path for path in head.files if path not in staged and path != ".gitattributes")
@@ -316,7 +267,7 @@ def _commit(
             problems = " ".join(line.strip(" -") for line in str(err).splitlines()[1:]) or first_line(err)
             raise HubError(f"the Hub rejected the model card's metadata: {problems}") from None
 
-    return _with_retries(once, what="create_commit")
+    return with_retries(once, what="create_commit")
 
 
 def _tag(api: HfApi, repo_id: str, version: str, commit: str, summary: str) -> None:
@@ -329,7 +280,7 @@ def _tag(api: HfApi, repo_id: str, version: str, commit: str, summary: str) -> N
             if err.response.status_code != 409 or _version_tags(api, repo_id).get(version) != commit:
                 raise
 
-    _with_retries(once, what=f"create_tag {version}")
+    with_retries(once, what=f"create_tag {version}")
 
 
 def publish(
@@ -364,7 +315,7 @@ def publish(
         except RepositoryNotFoundError:
             return None
 
-    info = _with_retries(model_info, what="model_info")
+    info = with_retries(model_info, what="model_info")
     if info is not None and private and not info.private:
         raise HubError(f"{repo_id} exists and is public: --private cannot hide it; change its visibility on the Hub")
     history = list_versions(repo_id) if info is not None else []
@@ -400,7 +351,7 @@ def publish(
         else:
             if head is not None:
                 delete, kept = _plan(api, repo_id, head, staged, tagged)
-            _with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), what="create_repo")
+            with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), what="create_repo")
             commit = _commit(
                 api,
                 repo_id,
@@ -424,14 +375,14 @@ def publish(
     except Exception as err:
         raise HubError(
             f"{repo_id}: the commit {commit[:12]} of {version} landed but creating its tag failed "
-            f"({_reason(err)}); rerun the same `fintrl publish` to finish the tag"
+            f"({reason(err)}); rerun the same `fintrl publish` to finish the tag"
         ) from err
     if reused:  # the run keeps the card as it was published (the one rendered now may differ in its date)
         try:
             card = _file_at(repo_id, CARD, commit) or card
         except Exception as err:
             logger.warning(
-                "could not read the published card back (%s); the run gets the one rendered now", _reason(err)
+                "could not read the published card back (%s); the run gets the one rendered now", reason(err)
             )
     run.file(CARD).write_text(card)
     logger.info("published %s %s (commit %s)", repo_id, version, commit)

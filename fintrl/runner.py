@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fintrl import run_folder
-from fintrl.card import portable_name
 from fintrl.checks import check_recipe
-from fintrl.data import LabeledData, PromptBuilder, load_labeled_data
+from fintrl.data import LabeledData, load_labeled_data
+from fintrl.prompts import PromptBuilder
 from fintrl.recipe import EvalSection, Recipe
 from fintrl.run_folder import CONFUSION_MATRIX_PNG, PREDICTIONS, RELIABILITY_PNG, Report, RunFolder
+from fintrl.staging import portable_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

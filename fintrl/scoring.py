@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 
-from fintrl.data import PromptBuilder
 from fintrl.errors import ScoringError
 from fintrl.prefix import expand_cache, run_prefix
+from fintrl.prompts import PromptBuilder
 from fintrl.recipe import ScoringMode
 
 if TYPE_CHECKING:

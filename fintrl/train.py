@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from trl import SFTConfig
 
-    from fintrl.data import PromptBuilder
+    from fintrl.prompts import PromptBuilder
     from fintrl.recipe import EvalSection
 
 logger = logging.getLogger(__name__)

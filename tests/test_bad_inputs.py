@@ -534,7 +534,7 @@ def test_bad_hub_input(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr("fintrl.hub.RETRY_BASE_DELAY", 0.001)
+    monkeypatch.setattr("fintrl.retry.RETRY_BASE_DELAY", 0.001)
     if arrange:
         arrange(Ctx(tmp_path, finished), local_hub)
 

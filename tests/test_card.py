@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.repocard import metadata_load
 
 from fintrl import card as fcard
-from fintrl import hub
+from fintrl import hub, staging
 from fintrl.cli import main
 from fintrl.errors import RecipeError, RunFolderError
 from fintrl.recipe import recipe_from_dict
@@ -204,30 +204,30 @@ def test_quantized_card_and_its_4bit_snippet(trained, local_hub, tmp_path, capsy
 
 
 def test_portable_values_and_the_base_model(trained, tmp_path):
-    assert fcard.portable_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert fcard.portable_name(str(tmp_path / "data" / "fpb")) == "fpb"
-    assert fcard.portable_name(str(tmp_path)) == tmp_path.name
+    assert staging.portable_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert staging.portable_name(str(tmp_path / "data" / "fpb")) == "fpb"
+    assert staging.portable_name(str(tmp_path)) == tmp_path.name
     for kept in ("tiny-mistral", "org/name@v1.0.0", "org/name"):
-        assert fcard.portable_name(kept) == kept
+        assert staging.portable_name(kept) == kept
     old = {
         "model": "/home/me/models/base",
         "data": {"source": "/home/me/data/fpb", "mixture": [{"source": "/x/y"}]},
         "train": {"resumed_from": "/home/me/runs/r/checkpoints/checkpoint-40"},
     }
-    assert fcard.portable_report(old) == {
+    assert staging.portable_report(old) == {
         "model": "base",
         "data": {"source": "fpb", "mixture": [{"source": "y"}]},
         "train": {"resumed_from": "checkpoint-40"},
     }
 
     recipe = recipe_from_dict({"model": {"name_or_path": "smollm2-135m-instruct"}, "data": {"preset": "quickstart"}})
-    assert fcard.base_model_hub_id(recipe) == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert fcard.base_model_hub_id(recipe, "org/base") == "org/base"
+    assert staging.base_model_hub_id(recipe) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert staging.base_model_hub_id(recipe, "org/base") == "org/base"
     with pytest.raises(RecipeError, match="not a Hub model id"):
-        fcard.base_model_hub_id(recipe, "a/b/c")
+        staging.base_model_hub_id(recipe, "a/b/c")
     for local in ("tiny-mistral", str(tmp_path)):
         with pytest.raises(RecipeError, match="has no Hub id"):
-            fcard.base_model_hub_id(
+            staging.base_model_hub_id(
                 recipe.model_copy(update={"model": recipe.model.model_copy(update={"name_or_path": local})})
             )
 
@@ -238,7 +238,7 @@ def test_portable_values_and_the_base_model(trained, tmp_path):
     [problem] = _publish_problems(PublishSection(base_model="no slash"))
     assert problem.startswith("publish.base_model: 'no slash' is not a Hub model id")
 
-    published = fcard.portable_recipe(
+    published = staging.portable_recipe(
         recipe_from_dict(
             {
                 "model": {"name_or_path": str(tmp_path), "chat_template": str(trained["dir"] / "chat_template.jinja")},

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.data import PromptBuilder, load_labeled_data
+from fintrl.data import load_labeled_data
 from fintrl.errors import DataError
 from fintrl.presets import PRESETS, TFN_TOPICS
+from fintrl.prompts import PromptBuilder
 from fintrl.recipe import DataSection, PromptSection, RecipeError
 from tests.helpers import SHARED_DATA, shared_data
 

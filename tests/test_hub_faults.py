@@ -15,12 +15,13 @@ from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from fintrl import hub
 from fintrl.cli import main
 from fintrl.errors import HubError
+from fintrl.retry import RETRY_ATTEMPTS
 from tests.helpers import REPO, copy_run
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(hub, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr("fintrl.retry.RETRY_BASE_DELAY", 0.01)
 
 
 def titles() -> list[str]:
@@ -90,7 +91,7 @@ def test_persistent_failure_is_one_line_exit_6_and_no_version(trained, local_hub
     assert main(["publish", str(run_dir), "--repo", REPO]) == 6
     lines = error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith("fintrl: error: ") and message in lines[0]
-    assert injected.hits == hub.RETRY_ATTEMPTS
+    assert injected.hits == RETRY_ATTEMPTS
     assert tags() == {} and titles() == ["initial commit"]
     assert (run_dir / "README.md").read_text() == card
 
@@ -105,11 +106,11 @@ def test_4xx_is_not_retried(trained, local_hub, tmp_path, monkeypatch):
 
 def test_tag_failure_then_rerun_finishes_the_tag(trained, local_hub, tmp_path, capsys):
     run_dir = copy_run(trained["dir"], tmp_path / "run")
-    fault = local_hub.inject(method="POST", path_contains="/tag/", fault="500", times=hub.RETRY_ATTEMPTS)
+    fault = local_hub.inject(method="POST", path_contains="/tag/", fault="500", times=RETRY_ATTEMPTS)
     assert main(["publish", str(run_dir), "--repo", REPO]) == 6
     [line] = error_lines(capsys)
     assert "commit" in line and "landed" in line and "rerun the same `fintrl publish` to finish the tag" in line
-    assert fault.hits == hub.RETRY_ATTEMPTS and tags() == {} and titles() == ["fintrl v1.0.0", "initial commit"]
+    assert fault.hits == RETRY_ATTEMPTS and tags() == {} and titles() == ["fintrl v1.0.0", "initial commit"]
     landed = HfApi().model_info(REPO).sha
 
     commits_before, preuploads_before = posts(local_hub, "/commit/"), posts(local_hub, "/preupload/")
@@ -126,7 +127,7 @@ def test_untagged_commit_of_another_run_is_not_reused(trained, local_hub, tmp_pa
     """Another run published after a failed tag gets its own commit; the untagged commit's files are fintrl's."""
     run_dir = copy_run(trained["dir"], tmp_path / "run")
     (run_dir / "extra.txt").write_text("only in the untagged commit\n")
-    local_hub.inject(method="POST", path_contains="/tag/", fault="500", times=hub.RETRY_ATTEMPTS)
+    local_hub.inject(method="POST", path_contains="/tag/", fault="500", times=RETRY_ATTEMPTS)
     with pytest.raises(HubError, match="landed"):
         hub.publish(run_dir, REPO)
     other = hub.publish(with_metrics(copy_run(trained["dir"], tmp_path / "other"), accuracy=0.5), REPO)

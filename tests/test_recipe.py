@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fintrl.checks import check_library_fields, check_recipe
+from fintrl.checks import check_recipe
+from fintrl.library_checks import check_library_fields
 from fintrl.recipe import RecipeError, load_recipe, parse_override, recipe_from_dict
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from fintrl.data import PromptBuilder
 from fintrl.errors import ScoringError
 from fintrl.metrics import classification_metrics, expected_calibration_error
 from fintrl.presets import TFN_TOPICS
+from fintrl.prompts import PromptBuilder
 from fintrl.recipe import PromptSection
 from fintrl.scoring import INVALID, LabelScorer, parse_answer
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.data import PromptBuilder, load_labeled_data
+from fintrl.data import load_labeled_data
 from fintrl.errors import RunFolderError
 from fintrl.models import load_model, load_tokenizer
+from fintrl.prompts import PromptBuilder
 from fintrl.recipe import recipe_from_dict
 from fintrl.runner import run
 from fintrl.train import build_trainer, sft_config
