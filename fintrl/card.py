@@ -28,6 +28,7 @@ from fintrl.run_folder import (
     TRAINING_CURVE_PNG,
     Report,
     RunFolder,
+    run_name,
 )
 from fintrl.staging import is_hub_id, portable_name, portable_report
 
@@ -169,7 +170,7 @@ def render_card(
     data = metrics["data"]
     builder = PromptBuilder(recipe.prompt, data["labels"], data.get("task"))
     base = base_model_name(recipe, base_model)
-    repo_id = repo_id or recipe.publish.repo_id or f"your-org/{Path(run_dir).resolve().name}"
+    repo_id = repo_id or recipe.publish.repo_id or f"your-org/{run_name(run_dir)}"
     results = eval_results(recipe, metrics)
     sources = data.get("mixture") or [data]
     dataset_ids = [s["source"] for s in sources if is_hub_id(s.get("source"))]

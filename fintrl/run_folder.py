@@ -147,6 +147,9 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it; mkstemp makes it private
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -156,6 +159,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 def work_folder(final: Path) -> Path:
     return final.parent / f".{final.name}.incomplete"
+
+
+def run_name(folder: Path) -> str:
+    """The name a run folder has, or will have once its work folder is swapped into place."""
+    name = Path(folder).resolve().name
+    return name[1 : -len(".incomplete")] if name.startswith(".") and name.endswith(".incomplete") else name
 
 
 def _lock_path(final: Path) -> Path:

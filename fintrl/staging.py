@@ -22,6 +22,7 @@ from fintrl.run_folder import (
     RECIPE,
     Report,
     RunFolder,
+    run_name,
 )
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def portable_name(name: str | None) -> str | None:
     return mapped if is_hub_id(mapped) else Path(mapped).name or mapped
 
 
-def portable_recipe(recipe: Recipe, *, base_model: str, run_name: str) -> dict[str, Any]:
+def portable_recipe(recipe: Recipe, *, base_model: str, folder_name: str) -> dict[str, Any]:
     """The recipe as published: the base model's Hub id, data locations and output folder by name, a chat template
     file by its contents."""
     raw = recipe.model_dump(mode="json")
@@ -67,7 +68,7 @@ def portable_recipe(recipe: Recipe, *, base_model: str, run_name: str) -> dict[s
     for section in (raw["data"], *(raw["data"].get("mixture") or [])):
         for key in ("path", "source"):
             section[key] = portable_name(section.get(key))
-    raw["output_dir"] = run_name
+    raw["output_dir"] = folder_name
     return raw
 
 
@@ -168,7 +169,7 @@ def stage(run_dir: Path, staging: Path, *, recipe: Recipe, card: str, base: str)
     config["base_model_name_or_path"] = base
     config["revision"] = config.get("revision") or recipe.model.revision  # PEFT loads the base at this revision
     (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    recipe_raw = portable_recipe(recipe, base_model=base, run_name=run_dir.resolve().name)
+    recipe_raw = portable_recipe(recipe, base_model=base, folder_name=run_name(run_dir))
     (staging / RECIPE).write_text(yaml.safe_dump(recipe_raw, sort_keys=False, allow_unicode=True))
     metrics = run.metrics()
     if portable_report(metrics) != metrics:  # a run made before reports were portable

@@ -247,7 +247,7 @@ def test_portable_values_and_the_base_model(trained, tmp_path):
             }
         ),
         base_model="org/base",
-        run_name="r",
+        folder_name="r",
     )
     assert published["model"]["name_or_path"] == "org/base" and published["output_dir"] == "r"
     assert published["model"]["chat_template"] == (trained["dir"] / "chat_template.jinja").read_text()

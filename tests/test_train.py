@@ -57,6 +57,9 @@ def test_checkpointing_setting_survives_the_transformers_5_rename(tmp_path: Path
 def test_run_folder_contents(tmp_path: Path) -> None:
     out = tmp_path / "run"
     metrics = run(recipe_from_dict(tiny_recipe_dict(out)))
+    card = (out / "README.md").read_text()
+    assert "\n# run\n" in card and "incomplete" not in card  # rendered in the work folder, named as the run
+    assert (out / "metrics.json").stat().st_mode & 0o044  # readable like every other file of the run
     for name in (
         "recipe.yaml",
         "adapter_config.json",
