@@ -22,15 +22,6 @@ from benchmarks.harness import (
     sync,
 )
 
-TINY_CONFIG = dict(
-    hidden_size=256,
-    intermediate_size=512,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=2048,
-)
-
 
 def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """Recipe (with the check's overrides), tokenizer, labelled data and prompt builder, all through fintrl."""
@@ -62,10 +53,10 @@ def build_model(recipe: Any, tiny: bool) -> tuple[Any, dict[str, Any]]:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from fintrl.models import bnb_config, has_cuda, torch_dtype
+    from fintrl.models import TINY_MISTRAL, bnb_config, has_cuda, torch_dtype
 
     start = time.perf_counter()
-    config = MistralConfig(**TINY_CONFIG) if tiny else MistralConfig()
+    config = MistralConfig(**TINY_MISTRAL) if tiny else MistralConfig()
     dtype = torch_dtype(recipe.model.dtype)
     device = "cuda" if has_cuda() else "cpu"
     with torch.device("meta"):

@@ -65,6 +65,17 @@ def _build_smollm2(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+# The tiny random Mistral's shape (tests, smoke runs; the GPU check builds the same shape there).
+TINY_MISTRAL = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+)
+
+
 def _build_tiny_mistral(folder: Path) -> None:
     """A random 4-layer Mistral with the real Mistral-7B tokenizer (from the `mistral-common` wheel): for tests."""
     import mistral_common
@@ -86,15 +97,7 @@ def _build_tiny_mistral(folder: Path) -> None:
         )
     )
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-    )
+    config = MistralConfig(vocab_size=len(tokenizer), **TINY_MISTRAL)
     torch.manual_seed(0)
     MistralForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
