@@ -53,6 +53,17 @@ def test_publish_survives_two_500s_on_commit(trained, local_hub, tmp_path):
     assert titles() == ["fintrl v1.0.0", "initial commit"] and tags() == {"v1.0.0": result.commit}
 
 
+def test_publish_survives_slow_answers(trained, local_hub, tmp_path):
+    """A Hub that answers slowly (under the clients' timeouts) slows the publish down, nothing else."""
+    slow = [
+        local_hub.inject(method="POST", path_contains=part, fault="slow", delay=1.0)
+        for part in ("/preupload/", "/commit/", "/tag/")
+    ]
+    result = hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
+    assert [f.hits for f in slow] == [1, 1, 1] and posts(local_hub, "/commit/") == 1
+    assert tags() == {"v1.0.0": result.commit}
+
+
 def test_publish_survives_a_dropped_preupload(trained, local_hub, tmp_path):
     fault = local_hub.inject(method="POST", path_contains="/preupload/", fault="drop")
     result = hub.publish(copy_run(trained["dir"], tmp_path / "run"), REPO)
