@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
@@ -47,22 +49,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fintrl.runner import run
+    from fintrl.stats import summary
 
     recipe = load_recipe(args.recipe, overrides=args.overrides, output_dir=args.output_dir)
     args.work_folder = run_folder.work_folder(Path(recipe.output_dir))  # for the Ctrl-C hint
     metrics = run(recipe, resume=args.resume, overwrite=args.overwrite)
-    summary = {k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")}
-    print(
-        json.dumps(
-            {
-                "output_dir": recipe.output_dir,
-                **summary,
-                "baselines": metrics.get("baselines", {}),
-                "timings_s": metrics.get("timings", {}),
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps(summary(metrics, recipe.output_dir), indent=2))  # headline metrics with intervals, baselines, ...
     return 0
 
 
@@ -70,6 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fintrl.data import load_labeled_data
     from fintrl.prompts import PromptBuilder
     from fintrl.runner import evaluate
+    from fintrl.stats import summary
     from fintrl.targets import load_for_inference, resolve_target
 
     target = resolve_target(
@@ -87,19 +80,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         model, tokenizer = load_for_inference(target)
         builder = PromptBuilder(recipe.prompt, data.labels, data.task)
-        metrics = evaluate(model, tokenizer, builder, data, recipe.eval, work, target.name)
+        calibration = None if args.uncalibrated else target.calibration  # the run's calibration.json, by default
+        metrics = evaluate(model, tokenizer, builder, data, recipe.eval, work, target.name, calibration)
         RunFolder(work).write_metrics(metrics)
-    print(
-        json.dumps(
-            {
-                "output_dir": str(out_dir),
-                **{k: round(metrics[k], 4) for k in ("accuracy", "f1_macro", "f1_weighted")},
-                "invalid_rate": metrics["invalid_rate"],
-                "baselines": metrics.get("baselines", {}),
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps(summary(metrics, str(out_dir)), indent=2))
     return 0
 
 
@@ -125,12 +109,15 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from fintrl.calibration import prediction_rows
     from fintrl.prompts import PromptBuilder
     from fintrl.scoring import LabelScorer
     from fintrl.targets import load_for_inference, resolve_target
 
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise RunFolderError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another file")
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        raise RecipeError(f"--min-confidence {args.min_confidence}: give a probability, between 0 and 1")
     texts = _read_texts(args)
     target = resolve_target(
         args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
@@ -152,17 +139,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         max_length=recipe.eval.max_length,
     )
     result = scorer.score(texts)
-    lines = [
-        json.dumps(
-            {
-                "text": text,
-                "label": labels[pred],
-                "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probs)},
-            },
-            ensure_ascii=False,
-        )
-        for text, pred, probs in zip(texts, result.predictions, result.probabilities)
-    ]
+    probabilities = result.probabilities if args.uncalibrated else target.calibrate(result.probabilities, result.mode)
+    rows = prediction_rows(texts, labels, result.predictions, probabilities, args.min_confidence)  # abstain below it
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     if args.output:
         write_atomic(Path(args.output), "".join(line + "\n" for line in lines))
     else:
@@ -200,6 +179,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_versions(args: argparse.Namespace) -> int:
     from fintrl.hub import list_versions
 
+    if args.compare:
+        from fintrl.compare import cmd_compare  # `versions org/name --compare OLD NEW`
+
+        return cmd_compare(args)
     versions = list_versions(args.repo)
     if args.json:
         print(json.dumps(versions, indent=2))
@@ -280,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--overwrite", action="store_true", help="replace an existing output (once the new one is written)"
         )
+        p.add_argument("--uncalibrated", action="store_true", help="raw probabilities: not the run's calibration.json")
         p.set_defaults(func=func)
         if name == "eval":
             p.add_argument("--output-dir", help="where metrics.json, predictions and plots go (never a run folder)")
@@ -287,6 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
             p.add_argument("--input", help="file with one text per line, or - for stdin")
             p.add_argument("--output", help="JSONL file (default: stdout)")
+            p.add_argument("--min-confidence", type=float, metavar="P", help="`abstain` where the label's p < P")
+
+    p = sub.add_parser("serve", help="classify over HTTP: POST /classify, a try-it page at /, docs at /docs")
+    p.add_argument("target", help="as for predict: run folder, adapter folder, or Hub repo id (org/name@v1.0.0)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="most texts scored together (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a text waits for others to batch with")
+    p.add_argument(
+        "--api-key",
+        help="require this key (Authorization: Bearer KEY or X-API-Key) on all but /health, the page and the docs "
+        "(default: $FINTRL_API_KEY; none: open)",
+    )
+    p.add_argument("--recipe", help="recipe giving labels and prompt (default: the run folder's / repo's)")
+    _add_overrides(p)
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the base model run its own Python code (never taken from a downloaded recipe)",
+    )
+    p.set_defaults(func="fintrl.serve:cmd_serve")  # imported when run: the commands' own modules
 
     p = sub.add_parser("card", help="(re)render a run folder's model card README.md")
     p.add_argument("run_dir")
@@ -310,7 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("versions", help="list a repo's published versions with their metrics, highest first")
     p.add_argument("repo", help="org/name")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare org/name@OLD org/name@NEW instead")
+    p.add_argument("--output", help="with --compare: also write the comparison as JSON")
     p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("compare", help="is B better than A? paired bootstrap and McNemar on the same eval rows")
+    for side in ("a", "b"):
+        p.add_argument(side, help="run folder, eval output folder, adapter folder or Hub repo (org/name@v1.0.0)")
+    p.add_argument("--output", help="also write the comparison as JSON")
+    p.add_argument("--trust-remote-code", action="store_true", help="let a base model run its own code (scoring)")
+    p.set_defaults(func="fintrl.compare:cmd_compare")
     return parser
 
 
@@ -333,6 +347,14 @@ def _configure_logging(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
 
 
+def _command(func: Callable[[argparse.Namespace], int] | str) -> Callable[[argparse.Namespace], int]:
+    """A command function, or "module:function" for commands that live in their own module (imported when run)."""
+    if callable(func):
+        return func
+    module, _, name = func.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _resume_hint(args: argparse.Namespace) -> str:
     work = getattr(args, "work_folder", None)
     if work is None:
@@ -347,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
-        return args.func(args)
+        return _command(args.func)(args)
     except KeyboardInterrupt:
         print(f"fintrl: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130

@@ -43,6 +43,7 @@ class ScoreResult:
     mode: str
     n_truncated: int = 0
     raw_outputs: list[str] = field(default_factory=list)  # `generate` mode only
+    truncated: list[bool] = field(default_factory=list)  # per text: cut to max_length (`n_truncated` counts them)
 
     @property
     def n_invalid(self) -> int:
@@ -119,22 +120,27 @@ class LabelScorer:
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Prompt ids per text; over-long texts are cut (tokens of the text, template kept) and counted."""
+        encoded, truncated = self.encode_each(texts)
+        return encoded, sum(truncated)
+
+    def encode_each(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """As `encode`, with a flag per text instead of the count: True where that text was cut to max_length."""
         empty = [i for i, t in enumerate(texts) if not t or not t.strip()]
         if empty:
             raise ScoringError(f"{len(empty)} empty texts (first rows: {empty[:5]}); remove them before scoring")
-        encoded, truncated = [], 0
+        encoded, truncated = [], []
         for text in texts:
             ids = self._encode_prompt(text)
-            if len(ids) > self.max_length:
+            truncated.append(len(ids) > self.max_length)
+            if truncated[-1]:
                 text_ids = self.tokenizer(text, add_special_tokens=False).input_ids
                 keep = max(1, len(text_ids) - (len(ids) - self.max_length))
                 ids = self._encode_prompt(self.tokenizer.decode(text_ids[:keep]))[: self.max_length]
-                truncated += 1
             encoded.append(ids)
-        if truncated:
+        if any(truncated):
             logger.warning(
                 "%d of %d texts were longer than eval.max_length=%d tokens and were truncated",
-                truncated,
+                sum(truncated),
                 len(texts),
                 self.max_length,
             )
@@ -145,7 +151,7 @@ class LabelScorer:
         import torch
         from tqdm.auto import tqdm
 
-        encoded, truncated = self.encode(texts)
+        encoded, truncated = self.encode_each(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # length-sorted: little padding
         predictions = [INVALID] * len(texts)
         probabilities = np.zeros((len(texts), len(self.label_ids)))
@@ -169,7 +175,7 @@ class LabelScorer:
                 preds, probs = self._score_batch([encoded[i] for i in batch], prefix_len, prefix)
                 for row, i in enumerate(batch):
                     predictions[i], probabilities[i] = preds[row], probs[row]
-        return ScoreResult(predictions, probabilities, self.mode, truncated, raw)
+        return ScoreResult(predictions, probabilities, self.mode, sum(truncated), raw, truncated)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         import torch

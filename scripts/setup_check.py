@@ -35,8 +35,20 @@ except ImportError:
 
 def requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = project["dependencies"] + project.get("optional-dependencies", {}).get("dev", [])
+    deps = project["dependencies"] + extra_requirements(project, "dev")
     return [Requirement(d) for d in deps]
+
+
+def extra_requirements(project: dict, extra: str) -> list[str]:
+    """An extra's requirements, with the extras of fintrl itself that it names (`fintrl[serve]`) expanded."""
+    out = []
+    for dep in project.get("optional-dependencies", {}).get(extra, []):
+        req = Requirement(dep)
+        if req.name == project["name"]:
+            out += [d for name in sorted(req.extras) for d in extra_requirements(project, name)]
+        else:
+            out.append(dep)
+    return out
 
 
 def met(req: Requirement) -> bool:

@@ -124,3 +124,34 @@ def test_bench_quality_quick_runs_end_to_end(tmp_path: Path) -> None:
     assert [p["step"] for p in rows["fine_tuned"]["learning_curve"]] == [0, 2, 4]
     assert "| fpb_allagree | fine_tuned" in done.stdout and "learning curve" in done.stdout
     assert out.with_suffix(".png").is_file()
+
+
+def test_bench_serve_quick_runs_end_to_end(trained: dict, tmp_path: Path) -> None:
+    """Two real `fintrl serve` processes (batching on and off) on the tiny run, a bounded load on loopback."""
+    out = tmp_path / "serve.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_serve",
+            "--quick",
+            "--target",
+            str(trained["dir"]),
+            "--requests",
+            "12",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(r["concurrency"], r["batching"]): r for r in report["rows"]}
+    assert set(rows) == {(1, "on"), (1, "off"), (8, "on"), (8, "off")}
+    assert all(r["requests"] == 12 and 0 < r["p50_ms"] <= r["p99_ms"] for r in rows.values())
+    assert rows[(8, "on")]["batches"] < 12 and rows[(8, "off")]["batches"] == 12  # batched, and not
+    assert report["servers"]["exit_codes"] == {"on": 130, "off": 130}  # both stopped by Ctrl-C, cleanly
+    assert [r["concurrency"] for r in report["ratios"]] == [1, 8] and "| clients | batching |" in done.stdout
