@@ -357,21 +357,14 @@ PAIRED_METHODS = (
 
 
 def paired_flips(old_run: Path, new_run: Path) -> dict[str, Any] | None:
-    """Rows one run gets right and the other wrong, with McNemar's exact p-value. On a few hundred validation rows a
-    0.01 accuracy gap is often noise; only the rows that flipped can tell, as both runs score the same rows."""
-    from scipy.stats import binomtest
+    """Rows one run gets right and the other wrong, with McNemar's exact p-value (`fintrl.paired.flips`, what
+    `fintrl compare` reports). On a few hundred validation rows a 0.01 accuracy gap is often noise; only the rows that
+    flipped can tell, as both runs score the same rows. None unless both runs hold predictions on the same rows."""
+    from fintrl.paired import flips, read_predictions, same_rows
+    from fintrl.run_folder import PREDICTIONS
 
-    runs = [
-        [json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()]
-        for d in (old_run, new_run)
-        if (d / "predictions.jsonl").is_file()
-    ]
-    if len(runs) != 2 or [(p["text"], p["gold"]) for p in runs[0]] != [(p["text"], p["gold"]) for p in runs[1]]:
-        return None
-    gained = sum(n["prediction"] == n["gold"] != o["prediction"] for o, n in zip(*runs))
-    lost = sum(o["prediction"] == o["gold"] != n["prediction"] for o, n in zip(*runs))
-    p_value = float(binomtest(gained, gained + lost).pvalue) if gained + lost else 1.0
-    return {"gained": gained, "lost": lost, "p_value": p_value}
+    old, new = read_predictions(old_run / PREDICTIONS), read_predictions(new_run / PREDICTIONS)
+    return flips(old, new) if same_rows(old, new) else None
 
 
 def plot_results(report: dict[str, Any], path: Path) -> Path | None:

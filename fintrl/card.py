@@ -21,6 +21,7 @@ import yaml
 from fintrl.run_folder import (
     CARD,
     CONFUSION_MATRIX_PNG,
+    COVERAGE_PNG,
     METRICS,
     RECIPE,
     RELIABILITY_PNG,
@@ -115,6 +116,17 @@ def _settings(recipe: Recipe, metrics: Report, total_steps: int | None) -> tuple
     )
 
 
+def _headline(metrics: Report, bold: bool = True) -> dict[str, str]:
+    """Each headline metric as the card shows it: `**0.857** [0.843, 0.871]` (the value alone for an older report)."""
+    intervals = metrics.get("intervals") or {}
+    out = {}
+    for key in ("accuracy", "f1_macro", "f1_weighted", "mcc"):
+        value = f"**{metrics[key]:.3f}**" if bold else f"{metrics[key]:.3f}"
+        interval = intervals.get(key)
+        out[key] = f"{value} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else value
+    return out
+
+
 def _train_log(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / TRAIN_LOG
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -152,12 +164,14 @@ def render_card(
     versions: list[dict[str, Any]] | None = None,
     version: str | None = None,
     base_model: str | None = None,
+    comparison: dict[str, Any] | None = None,
 ) -> str:
     """The model card of a run folder: Hub metadata (incl. model-index) + usage, prompt, metrics, training, data.
 
     `repo_id` fills the snippets (default: the recipe's publish.repo_id); `version` (when publishing) pins the PEFT
     snippet to that tag; `versions` fills the history table; `base_model` is the base's Hub id (default: the recipe's
-    model, when it is a Hub id or an offline name of one).
+    model, when it is a Hub id or an offline name of one); `comparison` (`fintrl.paired.with_previous`, when
+    publishing over an earlier version) fills "Compared with the previous version".
 
     >>> card = render_card(Path("runs/quickstart"), repo_id="org/fin", version="v1.0.0", base_model="org/base")
     """
@@ -218,6 +232,12 @@ def render_card(
         user_template=recipe.prompt.template.format(instruction=builder.instruction, text="{text}"),
         system=recipe.prompt.system,
         metrics=metrics,
+        headline=_headline(metrics),
+        mcc=_headline(metrics, bold=False)["mcc"],
+        intervals=metrics.get("intervals"),
+        calibration=metrics.get("calibration"),
+        coverage=metrics.get("coverage"),
+        comparison=comparison,
         baselines=metrics.get("baselines", {}),
         n_eval=data["n_eval"],
         n_train=data["n_train"],
@@ -246,6 +266,7 @@ def render_card(
                 ("confusion_png", CONFUSION_MATRIX_PNG),
                 ("reliability_png", RELIABILITY_PNG),
                 ("curve_png", TRAINING_CURVE_PNG),
+                ("coverage_png", COVERAGE_PNG),
             )
         },
         recipe_file=RECIPE,

@@ -37,8 +37,9 @@ import yaml
 
 from fintrl.card import render_card
 from fintrl.errors import FintrlError, HubError, RecipeError, RunFolderError, first_line
+from fintrl.paired import with_previous
 from fintrl.retry import T, reason, with_retries
-from fintrl.run_folder import ADAPTER_CONFIG, CARD, METRICS, RECIPE, RunFolder
+from fintrl.run_folder import ADAPTER_CONFIG, CARD, METRICS, PREDICTIONS, RECIPE, RunFolder
 from fintrl.staging import base_model_hub_id, stage, staged_files
 
 if TYPE_CHECKING:
@@ -333,7 +334,12 @@ def publish(
         "f1_macro": metrics["f1_macro"],
     }
     versions = sorted([current, *history], key=lambda v: parse_version(v["version"]), reverse=True)
-    card = render_card(run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base)
+    older = versions[versions.index(current) + 1 :]  # the previous version: the highest below this one
+    prior = _file_at(repo_id, PREDICTIONS, older[0]["commit"]) if older else None
+    compared = with_previous(run_dir, older[0]["version"], prior) if older else None
+    card = render_card(
+        run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base, comparison=compared
+    )
     summary = f"{version}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}"
     tagged = {v["commit"] for v in history}
     delete: list[str] = []

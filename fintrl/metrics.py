@@ -35,7 +35,8 @@ def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, bi
 def classification_metrics(
     y_true: list[int], y_pred: list[int], labels: list[str], probabilities: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """Accuracy, P/R/F1 (macro, weighted, micro, per class), MCC, confusion matrix, ECE, invalid rate."""
+    """Accuracy, P/R/F1 (macro, weighted, micro, per class), MCC, confusion matrix, invalid rate; with probabilities,
+    ECE, NLL and Brier score."""
     from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef, precision_recall_fscore_support
 
     if len(y_true) != len(y_pred) or not y_true:
@@ -61,7 +62,10 @@ def classification_metrics(
         "matrix": confusion_matrix(true, pred, labels=ids + ([INVALID] if invalid.any() else [])).tolist(),
     }
     if probabilities is not None:
+        from fintrl.stats import brier, nll
+
         out["ece"] = expected_calibration_error(probabilities, true)
+        out["nll"], out["brier"] = nll(probabilities, true), brier(probabilities, true)
     return out
 
 
@@ -128,24 +132,59 @@ def plot_confusion_matrix(metrics: dict[str, Any], path: Path, title: str = "Con
     return path
 
 
-def plot_reliability(probabilities: np.ndarray, y_true: list[int], path: Path, bins: int = 10) -> Path:
+def plot_reliability(
+    probabilities: np.ndarray, y_true: list[int], path: Path, bins: int = 10, before: np.ndarray | None = None
+) -> Path:
+    """Accuracy per confidence bin against the diagonal; with `before` (the raw probabilities of a calibrated report),
+    the raw bins too, so the diagram shows what calibration changed."""
     plt = pyplot()
-    _, correct, which = _confidence_bins(probabilities, y_true, bins)
+    true = np.asarray(y_true)
     centers = (np.arange(bins) + 0.5) / bins
-    acc = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
-    counts = [(which == b).sum() for b in range(bins)]
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    ax.bar(centers, acc, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy in bin")
-    for c, a, n in zip(centers, acc, counts):
-        if n:
-            ax.annotate(str(n), (c, a), ha="center", va="bottom", fontsize=7)
+    series = [("raw", before, "tab:grey", -1), ("calibrated", probabilities, "tab:blue", 1)]
+    if before is None:
+        series = [("accuracy in bin", probabilities, "tab:blue", 0)]
+    width = 1 / bins / len(series)
+    titles = []
+    for name, probs, color, side in series:
+        _, correct, which = _confidence_bins(probs, true, bins)
+        acc = [correct[which == b].mean() if (which == b).any() else np.nan for b in range(bins)]
+        at = centers + side * width / 2
+        ax.bar(at, acc, width=width, edgecolor="black", alpha=0.7, color=color, label=name)
+        for c, a, n in zip(at, acc, [(which == b).sum() for b in range(bins)]):
+            if n:
+                ax.annotate(str(n), (c, a), ha="center", va="bottom", fontsize=7 - len(series) + 1)
+        ece = expected_calibration_error(probs, true, bins)
+        titles.append(f"{name} {ece:.3f}" if before is not None else f"{ece:.3f}")
     ax.set_xlabel("confidence (top-label probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (ECE {expected_calibration_error(probabilities, np.asarray(y_true), bins):.3f})")
+    ax.set_title(f"Reliability (ECE {', '.join(titles)})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.05)
     ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_coverage(coverage: dict[str, Any], path: Path) -> Path:
+    """Risk-coverage: accuracy on the most confident rows against the share of rows kept (`stats.risk_coverage`)."""
+    plt = pyplot()
+    curve, table = coverage["curve"], coverage["table"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], marker=".", color="tab:blue")
+    lines = [f"{p['coverage']:>4.0%}: accuracy {p['accuracy']:.3f}, P >= {p['min_confidence']:.3f}" for p in table]
+    box = {"facecolor": "white", "alpha": 0.85, "edgecolor": "lightgrey"}
+    ax.text(0.02, 0.03, "\n".join(lines), transform=ax.transAxes, fontsize=8, family="monospace", bbox=box)
+    ax.scatter([p["coverage"] for p in table], [p["accuracy"] for p in table], color="tab:red", zorder=3)
+    ax.set_xlabel("coverage (share of rows answered, most confident first)")
+    ax.set_ylabel("accuracy on the rows answered")
+    ax.set_title("Risk-coverage: abstain below a confidence")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

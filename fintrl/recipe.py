@@ -206,6 +206,12 @@ class EvalSection(_Section):
         "evenly over training, plus once before it (training_loss.png, metrics.json `learning_curve`).",
     )
     curve_samples: int = Field(256, gt=0, description="Validation rows (a fixed seeded sample) scored per curve point.")
+    calibration_samples: int = Field(
+        256,
+        ge=0,
+        description="Train rows held out of training (a seeded stratified sample, at most 10 % of train) and scored "
+        "once after it to fit the temperature that calibrates the probabilities (calibration.json); 0: no calibration.",
+    )
 
 
 class PublishSection(_Section):

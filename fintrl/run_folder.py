@@ -38,11 +38,14 @@ CARD = "README.md"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 RELIABILITY_PNG = "reliability.png"
 TRAINING_CURVE_PNG = "training_loss.png"
+COVERAGE_PNG = "coverage.png"  # accuracy against coverage: what abstaining below a confidence buys
+CALIBRATION = "calibration.json"  # the temperature `eval` and `predict` apply (`fintrl.calibration`)
 CHECKPOINTS = "checkpoints"
 
 # Sections that shape the weights and the data a checkpoint was trained on: `--resume` refuses a recipe that
-# changes them. `train`, `eval`, `publish` and `output_dir` may change between attempts.
-RESUME_FIXED = ("model", "quantization", "lora", "data", "prompt", "seed")
+# changes them. `train`, `eval`, `publish` and `output_dir` may change between attempts, except
+# `eval.calibration_samples`: it decides which train rows are held out of training to fit the calibration.
+RESUME_FIXED = ("model", "quantization", "lora", "data", "prompt", "seed", "eval.calibration_samples")
 
 
 class Report(TypedDict, total=False):
@@ -60,7 +63,12 @@ class Report(TypedDict, total=False):
     precision_macro: float
     recall_macro: float
     mcc: float
-    ece: float
+    ece: float  # these three: of the probabilities in predictions.jsonl (calibrated when a calibration applied)
+    nll: float
+    brier: float
+    intervals: dict[str, Any]  # accuracy, f1_macro, f1_weighted, mcc -> [lo, hi]; method, level, resamples, seed
+    calibration: dict[str, Any]  # temperature, fitted_on, applied, before / after: nll, brier, ece
+    coverage: dict[str, Any]  # risk-coverage: table (100/90/80/50 %) and curve of coverage, n, accuracy, min_confidence
     invalid_rate: float
     per_class: dict[str, dict[str, float]]  # label -> precision, recall, f1, support
     confusion_matrix: dict[str, list[Any]]  # labels, matrix (rows gold, columns predicted)
@@ -302,10 +310,15 @@ def recipe_differences(old: Recipe, new: Recipe) -> list[str]:
             return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}.{key}").items()}
         return {prefix: node}
 
+    def at(raw: dict[str, Any], dotted: str) -> Any:
+        for key in dotted.split("."):
+            raw = raw.get(key) if isinstance(raw, dict) else None
+        return raw
+
     before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
     out = []
     for section in RESUME_FIXED:
-        a, b = flat(before.get(section), section), flat(after.get(section), section)
+        a, b = flat(at(before, section), section), flat(at(after, section), section)
         out += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
     return out
 

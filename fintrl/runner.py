@@ -20,11 +20,13 @@ from fintrl.checks import check_recipe
 from fintrl.data import LabeledData, load_labeled_data
 from fintrl.prompts import PromptBuilder
 from fintrl.recipe import EvalSection, Recipe
-from fintrl.run_folder import CONFUSION_MATRIX_PNG, PREDICTIONS, RELIABILITY_PNG, Report, RunFolder
+from fintrl.run_folder import CONFUSION_MATRIX_PNG, COVERAGE_PNG, PREDICTIONS, RELIABILITY_PNG, Report, RunFolder
 from fintrl.staging import portable_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from fintrl.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +74,24 @@ def evaluate(
     section: EvalSection,
     out_dir: Path,
     model_id: str = "",
+    calibration: Calibration | None = None,
 ) -> Report:
     """Score the eval split and compute the report (+ baselines); write predictions and plots into `out_dir`.
 
+    With a `calibration` (for the scorer's mode), the probabilities reported, written and plotted are calibrated
+    ones, the report says how NLL, Brier and ECE changed, and the reliability diagram shows both. Every report has
+    bootstrap intervals on its headline metrics and a risk-coverage table and plot.
     The report is returned, not written: its owner (a run, or `fintrl eval`) adds what it knows and writes it once."""
-    from fintrl.metrics import baselines, classification_metrics, plot_confusion_matrix, plot_reliability
+    from fintrl.calibration import calibration_report
+    from fintrl.metrics import (
+        baselines,
+        classification_metrics,
+        plot_confusion_matrix,
+        plot_coverage,
+        plot_reliability,
+    )
     from fintrl.scoring import INVALID, LabelScorer
+    from fintrl.stats import bootstrap_intervals, risk_coverage
 
     scorer = LabelScorer(
         model, tokenizer, builder, mode=section.mode, batch_size=section.batch_size, max_length=section.max_length
@@ -86,7 +100,14 @@ def evaluate(
     start = time.perf_counter()
     result = scorer.score(texts)
     seconds = time.perf_counter() - start
-    metrics = classification_metrics(gold, result.predictions, data.labels, result.probabilities)
+    raw = result.probabilities
+    calibrated = calibration is not None and calibration.applies_to(result.mode)
+    probabilities = calibration.apply(raw) if calibrated else raw
+    metrics = classification_metrics(gold, result.predictions, data.labels, probabilities)
+    metrics["intervals"] = bootstrap_intervals(gold, result.predictions, len(data.labels))
+    metrics["coverage"] = risk_coverage(probabilities, result.predictions, gold)
+    if calibration is not None:
+        metrics["calibration"] = calibration_report(calibration, raw, probabilities, gold, result.mode)
     metrics["scoring"] = {
         "mode": result.mode,
         "n_truncated": result.n_truncated,
@@ -104,7 +125,7 @@ def evaluate(
         for name, rows in groups.items():
             sub_gold, sub_texts = [gold[i] for i in rows], [texts[i] for i in rows]
             sub = classification_metrics(
-                sub_gold, [result.predictions[i] for i in rows], data.labels, result.probabilities[rows]
+                sub_gold, [result.predictions[i] for i in rows], data.labels, probabilities[rows]
             )
             if section.baselines:
                 sub["baselines"] = baselines(data.train["text"], data.train["label"], sub_texts, sub_gold, data.labels)
@@ -117,13 +138,14 @@ def evaluate(
                 "text": text,
                 "gold": data.labels[gold[i]],
                 "prediction": data.labels[pred] if pred != INVALID else None,
-                "probabilities": dict(zip(data.labels, map(float, result.probabilities[i].round(6)))),
+                "probabilities": dict(zip(data.labels, map(float, probabilities[i].round(6)))),
             }
             if result.raw_outputs:
                 row["raw_output"] = result.raw_outputs[i]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     plot_confusion_matrix(metrics, out_dir / CONFUSION_MATRIX_PNG)
-    plot_reliability(result.probabilities, gold, out_dir / RELIABILITY_PNG)
+    plot_reliability(probabilities, gold, out_dir / RELIABILITY_PNG, before=raw if calibrated else None)
+    plot_coverage(metrics["coverage"], out_dir / COVERAGE_PNG)
     return metrics
 
 
@@ -160,13 +182,14 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
 
 def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     """Data, model, training, scoring, report and card, all written into `run_dir` (the work folder)."""
+    from fintrl.calibration import fit_on_rows, hold_out, save_calibration
     from fintrl.card import write_card
     from fintrl.models import load_model, load_tokenizer
     from fintrl.train import TRAIN_DEFAULTS, LearningCurve, build_trainer, train
 
     timer = Timer()
     with timer.stage("data"):
-        data = load_labeled_data(recipe.data)
+        data, held_out = hold_out(load_labeled_data(recipe.data), recipe.eval, recipe.data.seed)
         logger.info("data: %d train / %d eval rows, labels %s", len(data.train), len(data.eval), data.labels)
     with timer.stage("load_model"):
         tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
@@ -184,8 +207,15 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
             recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir, callbacks=[curve] if curve else None
         )
         train_metrics = train(trainer, run_dir, resume)
+    calibration = None
+    if held_out is not None:  # the held-out train rows, scored once: the temperature eval and predict apply
+        with timer.stage("calibrate"):
+            calibration = fit_on_rows(trainer.model, tokenizer, builder, held_out, recipe.eval, recipe.data.seed)
+            save_calibration(calibration, run_dir)
     with timer.stage("eval"):
-        metrics = evaluate(trainer.model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path)
+        metrics = evaluate(
+            trainer.model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path, calibration
+        )
     metrics["train"] = train_metrics
     if curve:
         metrics["train"]["learning_curve_seconds"] = round(curve.seconds, 2)  # inside train_runtime

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fintrl.calibration import Calibration, load_calibration
 from fintrl.errors import HubError, ModelError, RecipeError
 from fintrl.recipe import Recipe, load_recipe
 from fintrl.run_folder import ADAPTER_CONFIG, RECIPE, RunFolder
 
 if TYPE_CHECKING:
+    import numpy as np
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,13 @@ class Target:
     adapter: str | None  # a local folder
     labels: list[str] | None  # the label set the adapter was trained and scored on, when known
     name: str  # for reports: the repo id, folder or base model as the user gave it
+    calibration: Calibration | None = None  # the run's calibration.json, when it has one
+
+    def calibrate(self, probabilities: np.ndarray, mode: str | None = None) -> np.ndarray:
+        """The scorer's probabilities [n, labels], temperature-scaled as `eval` and `predict` do by default: the
+        predicted label never changes. Unchanged without a calibration, or when `mode` (the scorer's `result.mode`)
+        is not the one it was fitted on."""
+        return probabilities if self.calibration is None else self.calibration.apply(probabilities, mode)
 
 
 def split_revision(target: str) -> tuple[str, str | None]:
@@ -73,7 +82,7 @@ def resolve_target(
         if trust_remote_code:
             recipe = _with_model(recipe, trust_remote_code=True)
         if folder is not None and (folder / ADAPTER_CONFIG).is_file():
-            return Target(recipe, str(folder), RunFolder(folder).labels(), target)
+            return Target(recipe, str(folder), RunFolder(folder).labels(), target, load_calibration(folder))
         if folder is not None and not (folder / "config.json").is_file():
             raise RecipeError(f"{target} holds neither an adapter ({ADAPTER_CONFIG}) nor a model (config.json)")
         return Target(_with_model(recipe, name_or_path=str(folder or name), revision=revision), None, None, target)
@@ -87,9 +96,10 @@ def resolve_target(
         recipe = _with_model(recipe, **_adapter_base(folder))
     run = RunFolder(folder)
     if (folder / ADAPTER_CONFIG).is_file():
-        return Target(recipe, str(folder), run.labels(), target)
+        return Target(recipe, str(folder), run.labels(), target, load_calibration(folder))
     if (folder / "config.json").is_file():  # a fully fine-tuned run: the folder is the model
-        return Target(_with_model(recipe, name_or_path=str(folder), revision=None), None, run.labels(), target)
+        full = _with_model(recipe, name_or_path=str(folder), revision=None)
+        return Target(full, None, run.labels(), target, load_calibration(folder))
     raise RecipeError(f"{target} holds no adapter or model weights; finish the run with `fintrl run --resume`")
 
 

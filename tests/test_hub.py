@@ -85,6 +85,8 @@ def test_publish_versions_and_card_pipeline(trained, local_hub, tmp_path, capsys
         "reliability.png",
         "training_loss.png",
         "train_log.jsonl",
+        "calibration.json",
+        "coverage.png",
     } <= files
 
     def at(version: str, name: str) -> Path:
@@ -105,7 +107,7 @@ def test_publish_versions_and_card_pipeline(trained, local_hub, tmp_path, capsys
         ("v1.1.0", v2.commit, 0.875),
         ("v1.0.0", v1["commit"], metrics1["accuracy"]),
     ]
-    assert all(v["base_model"] == BASE_REPO and v["data"] == "quickstart" and v["n_train"] == 24 for v in versions)
+    assert all(v["base_model"] == BASE_REPO and v["data"] == "quickstart" and v["n_train"] == 21 for v in versions)
     assert main(["versions", REPO]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["version", "date", "commit"]

@@ -73,13 +73,20 @@ def test_run_folder_contents(tmp_path: Path) -> None:
         "confusion_matrix.png",
         "reliability.png",
         "training_loss.png",
+        "calibration.json",
+        "coverage.png",
     ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "per_class", "n"} <= set(saved)
+    assert {"intervals", "calibration", "coverage", "nll", "brier", "ece"} <= set(saved)
+    assert all(
+        saved["intervals"][k][0] <= saved[k] <= saved["intervals"][k][1] for k in ("accuracy", "f1_macro", "mcc")
+    )
     assert saved["n"] == 12 and saved["invalid_rate"] == 0 and saved["accuracy"] == metrics["accuracy"]
+    assert saved["data"]["n_train"] == 21  # 3 of the 24 rows held out of training to fit the calibration
     assert set(saved["baselines"]) == {"majority", "tfidf_logreg"}
-    assert set(saved["timings"]) == {"data", "load_model", "train", "eval"}
+    assert set(saved["timings"]) == {"data", "load_model", "train", "calibrate", "eval"}
     assert "learning_curve" not in saved  # off unless eval.curve_points asks for it
     assert saved["train_args"]["train_sampling_strategy"] == "group_by_length" and saved["train_args"]["use_cpu"]
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

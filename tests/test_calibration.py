@@ -1,0 +1,203 @@
+"""Calibrated probabilities (temperature scaling on held-out train rows) and abstention: the statistics on toy models,
+then on the tiny trained run through `eval` and `predict`, as a user calls them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fintrl import calibration as cal
+from fintrl.cli import main
+from fintrl.metrics import expected_calibration_error
+from fintrl.stats import nll
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def overconfident(n: int = 3000, sharpen: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A toy model whose labels are drawn from softmax(z) but which reports softmax(3 z): over-confident."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(scale=1.5, size=(n, 3))
+    true_p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    gold = np.array([rng.choice(3, p=p) for p in true_p])
+    reported = np.exp(sharpen * z) / np.exp(sharpen * z).sum(-1, keepdims=True)
+    return reported, gold, true_p
+
+
+def test_temperature_makes_an_overconfident_model_better_calibrated() -> None:
+    probs, gold, _ = overconfident()
+    fit, held = slice(0, 1000), slice(1000, None)  # fitted on some rows, judged on others
+    temperature = cal.fit_temperature(probs[fit], gold[fit])
+    assert temperature == pytest.approx(3.0, rel=0.15)  # it undoes the sharpening
+    after = cal.apply_temperature(probs[held], temperature)
+    assert nll(after, gold[held]) < nll(probs[held], gold[held])
+    assert expected_calibration_error(after, gold[held]) < expected_calibration_error(probs[held], gold[held]) / 2
+    assert (after.argmax(-1) == probs[held].argmax(-1)).all()  # calibration never changes the predicted label
+    np.testing.assert_allclose(after.sum(-1), 1)
+
+
+def test_temperature_of_a_calibrated_model_is_about_one_and_underconfidence_sharpens() -> None:
+    probs, gold, true_p = overconfident(sharpen=1.0)
+    assert cal.fit_temperature(true_p, gold) == pytest.approx(1.0, abs=0.1)
+    soft, gold, _ = overconfident(sharpen=0.5)
+    assert cal.fit_temperature(soft, gold) == pytest.approx(0.5, rel=0.15)
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.3, 1.0, 2.5, 20.0])
+def test_temperature_never_changes_the_argmax(temperature: float) -> None:
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet([0.3, 0.3, 0.3, 0.3], size=500)
+    probs[:5] = np.eye(4)[[0, 1, 2, 3, 0]]  # one-hot rows (generate mode) stay one-hot
+    scaled = cal.apply_temperature(probs, temperature)
+    assert (scaled.argmax(-1) == probs.argmax(-1)).all()
+    np.testing.assert_array_equal(scaled[:5], probs[:5])
+    np.testing.assert_allclose(scaled.sum(-1), 1)
+
+
+def test_calibration_applies_to_its_own_scoring_mode_only() -> None:
+    calibration = cal.Calibration(temperature=2.0, mode="first_token", n=10, split="train")
+    probs = np.array([[0.9, 0.1]])
+    assert calibration.apply(probs, "first_token")[0, 0] == pytest.approx(0.75)  # 3 : 1 after the square root
+    np.testing.assert_array_equal(calibration.apply(probs, "loglik"), probs)
+    report = cal.calibration_report(calibration, probs, probs, [0], "loglik")
+    assert report["applied"] is False and report["before"] == report["after"]
+
+
+def test_hold_out_is_stratified_seeded_and_leaves_training() -> None:
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from fintrl.data import LabeledData
+    from fintrl.recipe import EvalSection
+
+    labels = [i % 3 for i in range(60)] + [0] * 40  # 60 % class 0
+    texts = [f"text {i}" for i in range(100)]
+    texts[99] = texts[0]  # a duplicate: both copies go with the held-out row, or both stay
+    features = Features({"text": Value("string"), "label": ClassLabel(names=LABELS)})
+    train = Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    data = LabeledData(train, train.select(range(3)), LABELS, "x", "sentiment", None, "validation")
+    kept, held = cal.hold_out(data, EvalSection(), seed=3)
+    assert len(held) == 10 and np.bincount(held["label"]).tolist() == [6, 2, 2]  # 10 % of 100, stratified
+    assert not set(held["text"]) & set(kept.train["text"])
+    assert len(kept.train) + len(held) + (texts[0] in held["text"]) == 100
+    assert cal.hold_out(data, EvalSection(), seed=3)[1]["text"] == held["text"]  # seeded
+    assert cal.hold_out(data, EvalSection(), seed=4)[1]["text"] != held["text"]
+    assert cal.hold_out(data, EvalSection(calibration_samples=4), seed=3)[1].num_rows == 4
+    assert cal.hold_out(data, EvalSection(calibration_samples=0), seed=3) == (data, None)
+    assert cal.hold_out(data, EvalSection(mode="generate"), seed=3)[1] is None  # no probabilities to calibrate
+    assert cal.calibration_size(24, 3, 256) == 3 and cal.calibration_size(8, 3, 256) == 0  # a small train split
+
+
+def test_prediction_rows_abstain_below_the_threshold() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.0, 0.0, 1.0]])
+    plain = cal.prediction_rows(["a", "b", "c"], LABELS, [0, 0, -1], probs)
+    assert [r["label"] for r in plain] == ["negative", "negative", None] and "top_label" not in plain[0]
+    rows = cal.prediction_rows(["a", "b", "c"], LABELS, [0, 0, -1], probs, min_confidence=0.5)
+    assert [(r["label"], r["top_label"], r["confidence"]) for r in rows] == [
+        ("negative", "negative", 0.7),
+        ("abstain", "negative", 0.4),
+        ("abstain", None, 0.0),  # an invalid answer always abstains
+    ]
+    assert rows[1]["probabilities"] == {"negative": 0.4, "neutral": 0.35, "positive": 0.25}
+
+
+# -- on the tiny trained run -------------------------------------------------------------------------------------
+def test_every_run_has_a_calibration_coverage_and_intervals(trained) -> None:
+    run_dir = trained["dir"]
+    record = json.loads((run_dir / "calibration.json").read_text())
+    assert record["method"] == "temperature scaling" and cal.BOUNDS[0] <= record["temperature"] <= cal.BOUNDS[1]
+    assert record["n"] == 3 and record["split"] == "train (held out of training)"
+    assert record["mode"] in ("first_token", "trie")
+    assert record["nll_after"] <= record["nll_before"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["n_train"] == 21  # 24 rows, 3 held out of training for calibration
+    assert metrics["calibration"]["applied"] and metrics["calibration"]["temperature"] == record["temperature"]
+    assert set(metrics["calibration"]["before"]) == set(metrics["calibration"]["after"]) == {"nll", "brier", "ece"}
+    assert metrics["ece"] == pytest.approx(metrics["calibration"]["after"]["ece"])
+    for name in ("accuracy", "f1_macro", "f1_weighted", "mcc"):
+        lo, hi = metrics["intervals"][name]
+        assert lo <= metrics[name] <= hi
+    assert [p["coverage"] for p in metrics["coverage"]["table"]] == [1.0, 0.9, 0.8, 0.5]
+    assert metrics["coverage"]["table"][0]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-4)
+    assert (run_dir / "coverage.png").read_bytes()[:4] == b"\x89PNG"
+    card = (run_dir / "README.md").read_text()
+    assert "### Calibrated probabilities" in card and "![Risk-coverage curve](coverage.png)" in card
+    assert f"**{metrics['accuracy']:.3f}** [{metrics['intervals']['accuracy'][0]:.3f}," in card
+
+
+def test_eval_applies_the_calibration_by_default(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir = trained["dir"]
+    temperature = json.loads((run_dir / "calibration.json").read_text())["temperature"]
+    assert main(["eval", str(run_dir), "--output-dir", str(tmp_path / "cal")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.rindex('{\n  "output_dir"') :])
+    assert summary["calibration"]["temperature"] == pytest.approx(temperature, abs=1e-3)
+    assert " -> " in summary["calibration"]["ece"] and set(summary["accuracy_at_coverage"]) == {
+        "100%",
+        "90%",
+        "80%",
+        "50%",
+    }
+    assert main(["eval", str(run_dir), "--uncalibrated", "--output-dir", str(tmp_path / "raw")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.rindex('{\n  "output_dir"') :])
+    assert "calibration" not in summary and summary["with_95_ci"]["accuracy"].startswith(f"{summary['accuracy']:.3f} [")
+
+    def predictions(folder: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / folder / "predictions.jsonl").read_text().splitlines()]
+
+    calibrated, raw = predictions("cal"), predictions("raw")
+    assert [r["prediction"] for r in calibrated] == [r["prediction"] for r in raw]  # the same labels
+    for c, r in zip(calibrated, raw):
+        expected = cal.apply_temperature(np.array([list(r["probabilities"].values())]), temperature)[0]
+        assert list(c["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
+        assert max(c["probabilities"], key=c["probabilities"].get) == max(
+            r["probabilities"], key=r["probabilities"].get
+        )
+    with_cal = json.loads((tmp_path / "cal" / "metrics.json").read_text())
+    without = json.loads((tmp_path / "raw" / "metrics.json").read_text())
+    assert with_cal["calibration"]["applied"] and "calibration" not in without
+    assert with_cal["calibration"]["before"]["ece"] == pytest.approx(without["ece"])
+    assert with_cal["accuracy"] == without["accuracy"]
+    assert (tmp_path / "cal" / "coverage.png").is_file() and (tmp_path / "cal" / "reliability.png").is_file()
+
+
+def test_predict_calibrates_and_abstains(trained, capsys: pytest.CaptureFixture) -> None:
+    from fintrl.targets import resolve_target
+
+    run_dir = trained["dir"]
+    texts = ["Profit doubled.", "Plant closes.", "Sales were flat.", "Dividend raised.", "Costs rose."]
+
+    def predict(*flags: str) -> list[dict]:
+        args = ["predict", str(run_dir), *[a for t in texts for a in ("--text", t)], *flags]
+        assert main(args) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"text"')]
+
+    calibrated, raw = predict(), predict("--uncalibrated")
+    target = resolve_target(str(run_dir))  # the hook a server applies: Target.calibrate
+    assert target.calibration is not None and target.calibration.temperature > 0
+    for c, r in zip(calibrated, raw):
+        assert c["label"] == r["label"]
+        scaled = target.calibrate(np.array([list(r["probabilities"].values())]), target.calibration.mode)[0]
+        assert list(c["probabilities"].values()) == pytest.approx(scaled.tolist(), abs=1e-5)
+    abstained = predict("--min-confidence", "0.99")
+    assert sum(r["label"] == "abstain" for r in abstained) >= 4  # a tiny model is never 99 % sure
+    assert [r["top_label"] for r in abstained] == [r["label"] for r in calibrated]
+    assert all(r["label"] in ("abstain", r["top_label"]) and r["confidence"] < 1 for r in abstained)
+    assert all(r["label"] != "abstain" for r in predict("--min-confidence", "0"))
+    assert main(["predict", str(run_dir), "--text", "x", "--min-confidence", "1.5"]) == 2
+    assert "--min-confidence 1.5" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_calibration_sample_size() -> None:
+    """The held-out rows are rows the checkpoint never trained on: --resume keeps them the same."""
+    from fintrl.recipe import recipe_from_dict
+    from fintrl.run_folder import recipe_differences
+    from tests.helpers import tiny_recipe_dict
+
+    before = recipe_from_dict(tiny_recipe_dict(Path("run")))
+    after = tiny_recipe_dict(Path("run"))
+    after["eval"] |= {"calibration_samples": 0, "batch_size": 8}  # batch_size may change, calibration_samples not
+    assert recipe_differences(before, recipe_from_dict(after)) == ["eval.calibration_samples: 256 -> 0"]
