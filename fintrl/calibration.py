@@ -78,14 +78,24 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
 
 
 def fit_temperature(probabilities: np.ndarray, gold: Any) -> float:
-    """The T in BOUNDS that minimises the mean NLL of the gold labels; 1.0 when none does better than 1.0."""
+    """The T in BOUNDS that minimises the mean NLL of the gold labels; 1.0 when none does better than 1.0, and when the
+    rows cannot tell: if every row is already right, a sharper T always lowers their NLL (T runs to the bound, and
+    the rows it is applied to become over-confident), so an optimum at a bound is no calibration either."""
     from scipy.optimize import minimize_scalar
+
+    if (np.asarray(probabilities).argmax(-1) == np.asarray(gold)).all():
+        logger.warning("calibration: every held-out row is already right, so no temperature can be fitted; T stays 1")
+        return 1.0
 
     def loss(log_t: float) -> float:
         return nll(apply_temperature(probabilities, math.exp(log_t)), gold)
 
     best = minimize_scalar(loss, bounds=tuple(map(math.log, BOUNDS)), method="bounded", options={"xatol": 1e-4})
-    return float(math.exp(best.x)) if best.fun < loss(0.0) else 1.0
+    temperature = float(math.exp(best.x))
+    if not BOUNDS[0] * 1.05 < temperature < BOUNDS[1] / 1.05:
+        logger.warning("calibration: the fitted temperature sits at its bound (%.3g); T stays 1", temperature)
+        return 1.0
+    return temperature if best.fun < loss(0.0) else 1.0
 
 
 def probability_scores(probabilities: np.ndarray, gold: Any) -> dict[str, float]:

@@ -46,6 +46,13 @@ def test_temperature_of_a_calibrated_model_is_about_one_and_underconfidence_shar
     assert cal.fit_temperature(soft, gold) == pytest.approx(0.5, rel=0.15)
 
 
+def test_rows_that_are_all_right_fit_no_temperature() -> None:
+    """Separable calibration rows pull T to its lower bound (every sharper T lowers their NLL) and would make the
+    reported rows over-confident: measured on the quickstart, eval NLL 0.21 -> 1.33. T stays 1 instead."""
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6]] * 8)
+    assert cal.fit_temperature(probabilities, np.array([0, 1, 2] * 8)) == 1.0
+
+
 @pytest.mark.parametrize("temperature", [0.05, 0.3, 1.0, 2.5, 20.0])
 def test_temperature_never_changes_the_argmax(temperature: float) -> None:
     rng = np.random.default_rng(1)
