@@ -48,6 +48,20 @@ def tiny_tokenizer(tiny_model_dir: str):
     return load_tokenizer(ModelSection(name_or_path="tiny-mistral"))
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> Path:
+    """A finished tiny run (4-bit, 2 steps): the target of the eval/predict/serve tests, which only read it."""
+    from fintrl.recipe import recipe_from_dict
+    from fintrl.runner import run
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    recipe = tiny_recipe_dict(out)
+    recipe["train"] |= {"max_steps": 2}
+    recipe["eval"]["baselines"] = False
+    run(recipe_from_dict(recipe))
+    return out
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> dict:
     """One tiny run, trained hard enough (lr 1e-2, 12 steps; unquantized is faster on CPU) that greedy generation

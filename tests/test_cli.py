@@ -6,27 +6,14 @@ from pathlib import Path
 import pytest
 
 from fintrl.cli import main
-from fintrl.recipe import recipe_from_dict
-from fintrl.runner import run
-from tests.helpers import tiny_recipe_dict
 
 LABELS = {"negative", "neutral", "positive"}
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "run"
-    recipe = tiny_recipe_dict(out)
-    recipe["train"] |= {"max_steps": 2}
-    recipe["eval"]["baselines"] = False
-    run(recipe_from_dict(recipe))
-    return out
-
-
-def test_eval_run_folder_in_every_mode(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_run_folder_in_every_mode(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for mode in ("trie", "loglik", "generate"):
         out = tmp_path / mode
-        assert main(["eval", str(run_dir), "--mode", mode, "--output-dir", str(out)]) == 0
+        assert main(["eval", str(tiny_run), "--mode", mode, "--output-dir", str(out)]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["scoring"]["mode"] == mode and metrics["n"] == 12
         assert (out / "confusion_matrix.png").stat().st_size > 0 and (out / "reliability.png").stat().st_size > 0
@@ -35,11 +22,11 @@ def test_eval_run_folder_in_every_mode(run_dir: Path, tmp_path: Path, capsys: py
     capsys.readouterr()
 
 
-def test_eval_refuses_a_different_label_set(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_refuses_a_different_label_set(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [
             "eval",
-            str(run_dir),
+            str(tiny_run),
             "--set",
             "data.labels=[negative, neutral, positive, mixed]",
             "--output-dir",
@@ -50,17 +37,17 @@ def test_eval_refuses_a_different_label_set(run_dir: Path, tmp_path: Path, capsy
 
 
 def test_predict_texts_and_stdin(
-    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import io
 
-    assert main(["predict", str(run_dir), "--text", "Profit doubled.", "--text", "Plant closes."]) == 0
+    assert main(["predict", str(tiny_run), "--text", "Profit doubled.", "--text", "Plant closes."]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"text"')]
     assert [r["text"] for r in rows] == ["Profit doubled.", "Plant closes."]
     assert all(r["label"] in LABELS and abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
 
     monkeypatch.setattr("sys.stdin", io.StringIO("Sales fell.\n\nDividend raised.\n"))
-    assert main(["predict", str(run_dir), "--input", "-", "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert main(["predict", str(tiny_run), "--input", "-", "--output", str(tmp_path / "p.jsonl")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == ["Sales fell.", "Dividend raised."]  # the empty line is skipped, with a warning
 
@@ -117,13 +104,13 @@ def test_quiet_by_default_and_verbose_on_request(local_hub, tmp_path: Path) -> N
     assert loud.returncode == 6 and "HTTP Request" in loud.stderr and "Traceback" in loud.stderr
 
 
-def test_no_library_chatter_around_a_prediction(run_dir: Path) -> None:
+def test_no_library_chatter_around_a_prediction(tiny_run: Path) -> None:
     """bitsandbytes' 'Failed to load CPU gemm_4bit_forward' and deprecation warnings carry no action: not shown."""
     import subprocess
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "fintrl.cli", "predict", str(run_dir), "--text", "Profit rose."],
+        [sys.executable, "-m", "fintrl.cli", "predict", str(tiny_run), "--text", "Profit rose."],
         capture_output=True,
         text=True,
         timeout=300,
@@ -132,4 +119,4 @@ def test_no_library_chatter_around_a_prediction(run_dir: Path) -> None:
     assert json.loads(done.stdout.strip().splitlines()[-1])["label"] in LABELS
     for noise in ("gemm_4bit_forward", "DeprecationWarning", "FutureWarning", "HTTP Request"):
         assert noise not in done.stderr, done.stderr
-    assert f"loading base model tiny-mistral with adapter {run_dir}" in done.stderr
+    assert f"loading base model tiny-mistral with adapter {tiny_run}" in done.stderr

@@ -25,24 +25,12 @@ import uvicorn
 from fintrl.batcher import MicroBatcher
 from fintrl.cli import main
 from fintrl.errors import ModelError
-from fintrl.recipe import recipe_from_dict
-from fintrl.runner import run
 from fintrl.serve import bind, create_app
 from fintrl.targets import resolve_target
-from tests.helpers import LABELS, ROOT, tiny_recipe_dict
+from tests.helpers import LABELS, ROOT
 
 TEXTS = ["Profit doubled.", "Plant closes.", "Sales fell 10 %.", "The AGM is in May.", "Dividend raised by 5 %."]
 LONG = "Revenue " + "grew again and " * 400  # well past the recipe's max_length (512 tokens): truncated
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "run"
-    recipe = tiny_recipe_dict(out)
-    recipe["train"] |= {"max_steps": 2}
-    recipe["eval"]["baselines"] = False
-    run(recipe_from_dict(recipe))
-    return out
 
 
 @contextmanager
@@ -78,9 +66,9 @@ def wait_ready(url: str, timeout: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(run_dir: Path) -> Iterator[tuple[str, object]]:
+def served(tiny_run: Path) -> Iterator[tuple[str, object]]:
     """The run served as `fintrl serve` serves it (the model loads in the app's startup task)."""
-    app = create_app(resolve_target(str(run_dir)), max_batch_size=32, max_wait_ms=50)
+    app = create_app(resolve_target(str(tiny_run)), max_batch_size=32, max_wait_ms=50)
     with running(app) as url:
         wait_ready(url)
         yield url, app.state.service
@@ -94,9 +82,9 @@ def counters(url: str, **kwargs) -> dict:
     return httpx.get(url + "/info", **kwargs).json()["counters"]
 
 
-def test_answers_equal_fintrl_predict(served, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_answers_equal_fintrl_predict(served, tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url, service = served
-    assert main(["predict", str(run_dir), *[arg for t in [*TEXTS, LONG] for arg in ("--text", t)]]) == 0
+    assert main(["predict", str(tiny_run), *[arg for t in [*TEXTS, LONG] for arg in ("--text", t)]]) == 0
     expected = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"text"')]
     answer = classify(url, {"texts": [*TEXTS, LONG]})
     assert answer.status_code == 200, answer.text
@@ -189,9 +177,9 @@ def test_a_scoring_failure_fails_that_batch_only(served, monkeypatch: pytest.Mon
     assert counters(url)["failed_batches"] == failed_before + 1
 
 
-def test_health_is_503_until_the_model_is_loaded(run_dir: Path, served) -> None:
+def test_health_is_503_until_the_model_is_loaded(tiny_run: Path, served) -> None:
     _, service = served
-    target, gate = resolve_target(str(run_dir)), threading.Event()
+    target, gate = resolve_target(str(tiny_run)), threading.Event()
 
     def slow_loader(_target):
         assert gate.wait(60)
@@ -225,9 +213,9 @@ def test_health_is_503_until_the_model_is_loaded(run_dir: Path, served) -> None:
     assert [str(e) for e in failures] == ["adapter does not fit the base"]
 
 
-def test_api_key_guards_everything_but_health_page_and_docs(run_dir: Path, served) -> None:
+def test_api_key_guards_everything_but_health_page_and_docs(tiny_run: Path, served) -> None:
     _, service = served
-    app = create_app(resolve_target(str(run_dir)), api_key="s3cret", loader=lambda _t: service.scorer)
+    app = create_app(resolve_target(str(tiny_run)), api_key="s3cret", loader=lambda _t: service.scorer)
     with running(app) as url:
         wait_ready(url)  # /health needs no key
         assert httpx.get(url + "/").status_code == 200 and httpx.get(url + "/openapi.json").status_code == 200
@@ -241,7 +229,7 @@ def test_api_key_guards_everything_but_health_page_and_docs(run_dir: Path, serve
             assert counters(url, headers=right)["requests"] >= 1
 
 
-def test_a_calibration_maps_every_answer(run_dir: Path, served) -> None:
+def test_a_calibration_maps_every_answer(tiny_run: Path, served) -> None:
     _, service = served
     modes: list[str] = []
 
@@ -249,7 +237,7 @@ def test_a_calibration_maps_every_answer(run_dir: Path, served) -> None:
         modes.append(mode)
         return probabilities * 0 + 1 / len(LABELS)
 
-    app = create_app(resolve_target(str(run_dir)), calibrate=flatten, loader=lambda _t: service.scorer)
+    app = create_app(resolve_target(str(tiny_run)), calibrate=flatten, loader=lambda _t: service.scorer)
     with running(app) as url:
         wait_ready(url)
         answer = classify(url, {"texts": TEXTS[:2]}).json()
@@ -269,10 +257,10 @@ def test_page_and_openapi_docs(served) -> None:
     assert set(schema["properties"]) == {"text", "texts"}
 
 
-def test_cli_serve_takes_the_key_from_the_environment_and_stops_cleanly_on_ctrl_c(run_dir: Path) -> None:
+def test_cli_serve_takes_the_key_from_the_environment_and_stops_cleanly_on_ctrl_c(tiny_run: Path) -> None:
     env = {**os.environ, "FINTRL_API_KEY": "from-env", "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fintrl.cli", "serve", str(run_dir), "--port", "0", "--max-wait-ms", "5"],
+        [sys.executable, "-m", "fintrl.cli", "serve", str(tiny_run), "--port", "0", "--max-wait-ms", "5"],
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,
@@ -280,7 +268,7 @@ def test_cli_serve_takes_the_key_from_the_environment_and_stops_cleanly_on_ctrl_
     )
     try:
         first = proc.stderr.readline()
-        assert first.startswith(f"fintrl: serving {run_dir} on http://127.0.0.1:") and "API key required" in first
+        assert first.startswith(f"fintrl: serving {tiny_run} on http://127.0.0.1:") and "API key required" in first
         url = first.split(" on ")[1].split(" ")[0]
         wait_ready(url)
         assert classify(url, {"text": TEXTS[0]}).status_code == 401
@@ -295,11 +283,11 @@ def test_cli_serve_takes_the_key_from_the_environment_and_stops_cleanly_on_ctrl_
         httpx.get(url + "/health")
 
 
-def test_cli_serve_on_a_busy_port_is_a_one_line_error(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_serve_on_a_busy_port_is_a_one_line_error(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        assert main(["serve", str(run_dir), "--port", str(taken.getsockname()[1])]) == 2
+        assert main(["serve", str(tiny_run), "--port", str(taken.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
 
 
