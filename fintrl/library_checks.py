@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from fintrl.errors import RecipeError
 from fintrl.recipe import Recipe
+from fintrl.recipe_yaml import looks_numeric
 
 # BitsAndBytesConfig.__init__ has no annotations: its fields' types, as its post_init and bitsandbytes take them.
 _DTYPES = Literal["float32", "bfloat16", "float16"]
@@ -201,17 +202,11 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         adapter.validate_python(value, strict=not isinstance(value, (list, dict)))
     except ValidationError:
         expected = _type_name(hint)
-        unquote = ", unquoted (a quoted number stays a string)" if isinstance(value, str) and _numeric(value) else ""
+        unquote = (
+            ", unquoted (a quoted number stays a string)" if isinstance(value, str) and looks_numeric(value) else ""
+        )
         return f"expected {expected}, got {value!r}; give a value of type {expected}{unquote}"
     return None
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _type_name(hint: Any) -> str:

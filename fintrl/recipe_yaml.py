@@ -18,7 +18,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(value) if value else None  # 1e-4 becomes a float in load_recipe
 
 
-def _looks_numeric(s: str) -> bool:
+def looks_numeric(s: str) -> bool:
     try:
         float(s)
     except ValueError:
@@ -60,7 +60,7 @@ def fix_yaml_floats(node: Any) -> Any:
         return {k: fix_yaml_floats(v) for k, v in node.items()}
     if isinstance(node, list):
         return [fix_yaml_floats(v) for v in node]
-    if isinstance(node, str) and _looks_numeric(node) and ("e" in node.lower()) and node.strip()[0] in "0123456789.-+":
+    if isinstance(node, str) and looks_numeric(node) and ("e" in node.lower()) and node.strip()[0] in "0123456789.-+":
         return float(node)
     return node
 
