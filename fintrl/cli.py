@@ -12,25 +12,17 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import get_args
 
 from fintrl import run_folder
-from fintrl.errors import DataError, RecipeError, RunFolderError, first_line, translate
-from fintrl.recipe import ScoringMode, label_names, load_recipe
-from fintrl.run_folder import RunFolder, write_atomic
+from fintrl.cli_args import add_overrides, add_target, add_trust_remote_code
+from fintrl.errors import DataError, RecipeError, first_line, translate
+from fintrl.recipe import load_recipe
+from fintrl.run_folder import RunFolder
 
 logger = logging.getLogger("fintrl")
 
-
-def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set train.learning_rate=1e-4 --set lora.r=32",
-    )
+# Modules that add their own subcommand (`register(sub)`); each imports only light things at its top.
+COMMAND_MODULES = ("fintrl.predict",)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -84,68 +76,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate(model, tokenizer, builder, data, recipe.eval, work, target.name, calibration)
         RunFolder(work).write_metrics(metrics)
     print(json.dumps(summary(metrics, str(out_dir)), indent=2))
-    return 0
-
-
-def _read_texts(args: argparse.Namespace) -> list[str]:
-    """--text values, then --input lines (a file or - for stdin); blank lines are skipped and counted."""
-    texts = list(args.text)
-    if args.input == "-":
-        texts += [line.rstrip("\n") for line in sys.stdin]
-    elif args.input:
-        path = Path(args.input)
-        if not path.is_file():
-            raise DataError(f"--input {path}: no such file (one text per line, or - for stdin)")
-        try:
-            texts += path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise DataError(f"--input {path} is not UTF-8 text; save it as UTF-8, one text per line") from None
-    if not any(t.strip() for t in texts):
-        raise RecipeError("nothing to classify: give --text TEXT or --input FILE (one text per line, - for stdin)")
-    empty = sum(not t.strip() for t in texts)
-    if empty:
-        logger.warning("skipping %d empty lines", empty)
-    return [t for t in texts if t.strip()]
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from fintrl.calibration import prediction_rows
-    from fintrl.prompts import PromptBuilder
-    from fintrl.scoring import LabelScorer
-    from fintrl.targets import load_for_inference, resolve_target
-
-    if args.output and Path(args.output).exists() and not args.overwrite:
-        raise RunFolderError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another file")
-    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
-        raise RecipeError(f"--min-confidence {args.min_confidence}: give a probability, between 0 and 1")
-    texts = _read_texts(args)
-    target = resolve_target(
-        args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
-    )
-    labels = target.labels or target.recipe.data.labels
-    if labels is None:
-        raise RecipeError(
-            "predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe"
-        )
-    labels = label_names(labels)
-    model, tokenizer = load_for_inference(target)
-    recipe = target.recipe
-    scorer = LabelScorer(
-        model,
-        tokenizer,
-        PromptBuilder(recipe.prompt, labels),
-        mode=args.mode or recipe.eval.mode,
-        batch_size=recipe.eval.batch_size,
-        max_length=recipe.eval.max_length,
-    )
-    result = scorer.score(texts)
-    probabilities = result.probabilities if args.uncalibrated else target.calibrate(result.probabilities, result.mode)
-    rows = prediction_rows(texts, labels, result.predictions, probabilities, args.min_confidence)  # abstain below it
-    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
-    if args.output:
-        write_atomic(Path(args.output), "".join(line + "\n" for line in lines))
-    else:
-        print("\n".join(lines))
     return 0
 
 
@@ -219,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train, score and write a run folder from a recipe")
     p.add_argument("recipe")
-    _add_overrides(p)
+    add_overrides(p)
     p.add_argument("--output-dir", help="run folder (overrides the recipe's output_dir)")
     once = p.add_mutually_exclusive_group()
     once.add_argument(
@@ -237,41 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a recipe without loading weights or data, or using the network")
     p.add_argument("recipe")
-    _add_overrides(p)
+    add_overrides(p)
     p.add_argument("--output-dir")
     p.add_argument("--full", action="store_true", help="accepted for old scripts: every check is now the default")
     p.set_defaults(func=cmd_validate)
 
-    for name, func, helptext in (
-        ("eval", cmd_eval, "score a run folder, adapter, Hub repo or base model on a dataset split"),
-        ("predict", cmd_predict, "classify texts (JSONL out, with per-label probabilities)"),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument(
-            "target",
-            help="run folder, adapter folder, Hub repo id (org/name or org/name@v1.0.0), or a base "
-            "model (zero-shot, needs --recipe)",
-        )
-        p.add_argument("--recipe", help="recipe giving data, labels and prompt (default: the run folder's / repo's)")
-        _add_overrides(p)
-        p.add_argument("--mode", choices=get_args(ScoringMode), help="scoring mode (default: the recipe's eval.mode)")
-        p.add_argument(
-            "--trust-remote-code",
-            action="store_true",
-            help="let the base model run its own Python code (never taken from a downloaded recipe)",
-        )
-        p.add_argument(
-            "--overwrite", action="store_true", help="replace an existing output (once the new one is written)"
-        )
-        p.add_argument("--uncalibrated", action="store_true", help="raw probabilities: not the run's calibration.json")
-        p.set_defaults(func=func)
-        if name == "eval":
-            p.add_argument("--output-dir", help="where metrics.json, predictions and plots go (never a run folder)")
-        else:
-            p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
-            p.add_argument("--input", help="file with one text per line, or - for stdin")
-            p.add_argument("--output", help="JSONL file (default: stdout)")
-            p.add_argument("--min-confidence", type=float, metavar="P", help="`abstain` where the label's p < P")
+    p = sub.add_parser("eval", help="score a run folder, adapter, Hub repo or base model on a dataset split")
+    add_target(p)
+    p.add_argument("--output-dir", help="where metrics.json, predictions and plots go (never a run folder)")
+    p.set_defaults(func=cmd_eval)
+
+    for module in COMMAND_MODULES:  # commands that declare their own parser (`register(sub)`)
+        importlib.import_module(module).register(sub)
 
     p = sub.add_parser("serve", help="classify over HTTP: POST /classify, a try-it page at /, docs at /docs")
     p.add_argument("target", help="as for predict: run folder, adapter folder, or Hub repo id (org/name@v1.0.0)")
@@ -285,12 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $FINTRL_API_KEY; none: open)",
     )
     p.add_argument("--recipe", help="recipe giving labels and prompt (default: the run folder's / repo's)")
-    _add_overrides(p)
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="let the base model run its own Python code (never taken from a downloaded recipe)",
-    )
+    add_overrides(p)
+    add_trust_remote_code(p)
     p.set_defaults(func="fintrl.serve:cmd_serve")  # imported when run: the commands' own modules
 
     p = sub.add_parser("card", help="(re)render a run folder's model card README.md")

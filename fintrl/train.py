@@ -89,7 +89,7 @@ class FintrlSFTTrainer(SFTTrainer):
     - The LM head is applied only where a label token is scored (a few answer tokens per example); TRL's fused head
       does that on Triton devices only and scores every position elsewhere.
     The loss and its gradient are those of TRL's completion-only loss (tests check both); other setups
-    (gradient checkpointing, padding-free batches, logits requested) use TRL's path unchanged.
+    (gradient checkpointing, padding-free batches, logits requested, several processes) use TRL's path unchanged.
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
@@ -98,6 +98,8 @@ class FintrlSFTTrainer(SFTTrainer):
         if (
             return_outputs
             or self.args.gradient_checkpointing
+            # DDP/FSDP/DeepSpeed sync gradients in their wrapper's forward, which the fast path would bypass
+            or self.accelerator.num_processes > 1
             or "attention_mask" not in inputs
             or "labels" not in inputs
         ):
