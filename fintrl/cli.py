@@ -22,7 +22,7 @@ from fintrl.run_folder import RunFolder
 logger = logging.getLogger("fintrl")
 
 # Modules that add their own subcommand (`register(sub)`); each imports only light things at its top.
-COMMAND_MODULES = ("fintrl.predict",)
+COMMAND_MODULES = ("fintrl.predict", "fintrl.export")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -87,14 +87,22 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    from fintrl.export_card import require_publishable
     from fintrl.hub import publish
 
     section = (
         RunFolder(Path(args.run_dir)).require_finished("publish").recipe().publish
     )  # flags override the recipe's `publish:` section
+    require_publishable(Path(args.run_dir), merged=args.merged)  # --merged for a merged export, and only for one
+    if args.merged:  # the recipe's publish.repo_id and version are the adapter's: a merged model has its own repo
+        section = section.model_copy(update={"repo_id": None, "version": None})
     repo_id = args.repo or section.repo_id
     if not repo_id:
-        raise RecipeError("publish needs a repo: pass --repo org/name or set publish.repo_id in the recipe")
+        raise RecipeError(
+            "publish --merged needs --repo org/name: a repo of its own, not the adapter's"
+            if args.merged
+            else "publish needs a repo: pass --repo org/name or set publish.repo_id in the recipe"
+        )
     result = publish(
         Path(args.run_dir),
         repo_id,
@@ -212,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the base model's Hub id, named in the published adapter and "
         "recipe (default: the recipe's publish.base_model, else its model when that is a Hub id or an "
         "offline name of one; a local base folder needs it)",
+    )
+    p.add_argument(
+        "--merged",
+        action="store_true",
+        help="RUN_DIR is a merged export (`fintrl export RUN --merged OUT`): publish it as a model of its own",
     )
     p.set_defaults(func=cmd_publish)
 

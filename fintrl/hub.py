@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fintrl.card import render_card
-from fintrl.errors import FintrlError, HubError, RecipeError, RunFolderError, first_line
+from fintrl.errors import FintrlError, HubError, RecipeError, first_line
+from fintrl.export_card import is_export, render_merged_card, require_publishable
 from fintrl.paired import with_previous
 from fintrl.retry import T, reason, with_retries
 from fintrl.run_folder import ADAPTER_CONFIG, CARD, METRICS, PREDICTIONS, RECIPE, RunFolder
@@ -122,13 +123,13 @@ def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str
     """What a version is, read from the files at its tag (not from a side index that could drift)."""
     metrics = json.loads(_file_at(repo_id, METRICS, commit) or "{}")
     adapter = json.loads(_file_at(repo_id, ADAPTER_CONFIG, commit) or "{}")
-    data = (yaml.safe_load(_file_at(repo_id, RECIPE, commit) or "{}") or {}).get("data", {})
+    data = (recipe := yaml.safe_load(_file_at(repo_id, RECIPE, commit) or "{}") or {}).get("data", {})
     date = with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
     return {
         "version": tag,
         "date": date.strftime("%Y-%m-%d"),
         "commit": commit,
-        "base_model": adapter.get("base_model_name_or_path"),
+        "base_model": adapter.get("base_model_name_or_path") or recipe.get("model", {}).get("name_or_path"),
         "data": data.get("preset") or data.get("source") or data.get("path"),
         "n_train": metrics.get("data", {}).get("n_train"),
         "n_eval": metrics.get("data", {}).get("n_eval"),
@@ -293,6 +294,7 @@ def publish(
     anything is uploaded; the tag is created only after the commit succeeded, so a failed upload leaves no version
     behind. A commit whose tag failed is finished by running the same publish again (tag only, no second commit).
     `base_model`: the base's Hub id (default: the recipe's publish.base_model, else its model; see `base_model_hub_id`).
+    A merged export (`fintrl export --merged`, `fintrl.export_card`) is published alike, with its own card.
 
     >>> publish(Path("runs/quickstart"), "your-org/fin-sentiment", base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
     """
@@ -303,8 +305,8 @@ def publish(
     run_dir = Path(run_dir)
     run = RunFolder(run_dir).require_finished("publish")
     recipe, metrics = run.recipe(), run.metrics()
-    if not run.file(ADAPTER_CONFIG).is_file():
-        raise RunFolderError(f"{run_dir} holds no adapter ({ADAPTER_CONFIG}): only LoRA runs can be published")
+    merged = is_export(run_dir)  # a merged export: no adapter, its own card
+    require_publishable(run_dir, merged=merged)  # else a run with an adapter
     base = base_model_hub_id(recipe, base_model)
     if get_token() is None:
         raise HubError("publishing needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
@@ -337,7 +339,7 @@ def publish(
     older = versions[versions.index(current) + 1 :]  # the previous version: the highest below this one
     prior = _file_at(repo_id, PREDICTIONS, older[0]["commit"]) if older else None
     compared = with_previous(run_dir, older[0]["version"], prior) if older else None
-    card = render_card(
+    card = (render_merged_card if merged else render_card)(
         run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base, comparison=compared
     )
     summary = f"{version}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}"

@@ -41,6 +41,7 @@ TRAINING_CURVE_PNG = "training_loss.png"
 COVERAGE_PNG = "coverage.png"  # accuracy against coverage: what abstaining below a confidence buys
 CALIBRATION = "calibration.json"  # the temperature `eval` and `predict` apply (`fintrl.calibration`)
 CHECKPOINTS = "checkpoints"
+EXPORT_INFO = "fintrl_export.json"  # a merged export (`fintrl export --merged`): source, labels, prompt, agreement
 
 # Sections that shape the weights and the data a checkpoint was trained on: `--resume` refuses a recipe that
 # changes them. `train`, `eval`, `publish` and `output_dir` may change between attempts, except

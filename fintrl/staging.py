@@ -164,11 +164,13 @@ def stage(run_dir: Path, staging: Path, *, recipe: Recipe, card: str, base: str)
     for path in sorted(run_dir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
             shutil.copy2(path, staging / path.name)
-    config = json.loads(run.file(ADAPTER_CONFIG).read_text())
-    saved_base = config.get("base_model_name_or_path")
-    config["base_model_name_or_path"] = base
-    config["revision"] = config.get("revision") or recipe.model.revision  # PEFT loads the base at this revision
-    (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    saved_base = None
+    if run.file(ADAPTER_CONFIG).is_file():  # a merged export (`fintrl export --merged`) has none
+        config = json.loads(run.file(ADAPTER_CONFIG).read_text())
+        saved_base = config.get("base_model_name_or_path")
+        config["base_model_name_or_path"] = base
+        config["revision"] = config.get("revision") or recipe.model.revision  # PEFT loads the base at this revision
+        (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     recipe_raw = portable_recipe(recipe, base_model=base, folder_name=run_name(run_dir))
     (staging / RECIPE).write_text(yaml.safe_dump(recipe_raw, sort_keys=False, allow_unicode=True))
     metrics = run.metrics()
