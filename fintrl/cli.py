@@ -22,7 +22,7 @@ from fintrl.run_folder import RunFolder
 logger = logging.getLogger("fintrl")
 
 # Modules that add their own subcommand (`register(sub)`); each imports only light things at its top.
-COMMAND_MODULES = ("fintrl.predict", "fintrl.export")
+COMMAND_MODULES = ("fintrl.predict", "fintrl.audit", "fintrl.export")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

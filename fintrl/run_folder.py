@@ -42,6 +42,8 @@ COVERAGE_PNG = "coverage.png"  # accuracy against coverage: what abstaining belo
 CALIBRATION = "calibration.json"  # the temperature `eval` and `predict` apply (`fintrl.calibration`)
 CHECKPOINTS = "checkpoints"
 EXPORT_INFO = "fintrl_export.json"  # a merged export (`fintrl export --merged`): source, labels, prompt, agreement
+AUDIT_CSV = "audit.csv"  # `fintrl audit`: every audited row, flagged ones first (`fintrl.audit`)
+AUDIT_SUMMARY = "audit.json"  # its thresholds, counts per class pair, and how each split was scored
 
 # Sections that shape the weights and the data a checkpoint was trained on: `--resume` refuses a recipe that
 # changes them. `train`, `eval`, `publish` and `output_dir` may change between attempts, except
@@ -251,22 +253,23 @@ def prepare(final: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Pa
 
 
 @contextlib.contextmanager
-def eval_output(final: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Where `fintrl eval` builds its report: never a run folder's own files, never an older eval without --overwrite.
+def eval_output(final: Path, *, overwrite: bool, kind: str = "eval", marker: str = METRICS) -> Iterator[Path]:
+    """Where `fintrl eval` (or `kind`, e.g. audit, whose output holds `marker`) builds its report: never a run folder's
+    own files, never an older output without --overwrite.
 
     Yields a work folder; on success it replaces `final`, on failure it is removed (an eval is cheap to redo).
     """
     with locked(final):
         if RunFolder(final).is_run or (final / ADAPTER_CONFIG).is_file():
             raise RunFolderError(
-                f"{final} is a run folder: eval never writes into a run's own files; choose another --output-dir"
+                f"{final} is a run folder: {kind} never writes into a run's own files; choose another --output-dir"
             )
         if final.exists() and any(final.iterdir()):
-            if not (final / METRICS).is_file():
-                raise RunFolderError(f"{final} exists and holds no fintrl eval; choose another --output-dir")
+            if not (final / marker).is_file():
+                raise RunFolderError(f"{final} exists and holds no fintrl {kind}; choose another --output-dir")
             if not overwrite:
                 raise RunFolderError(
-                    f"{final} already holds an eval; --overwrite replaces it once the new eval "
+                    f"{final} already holds an {kind}; --overwrite replaces it once the new {kind} "
                     "succeeds, or choose another --output-dir"
                 )
         work = work_folder(final)
