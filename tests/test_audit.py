@@ -191,3 +191,31 @@ def test_bad_inputs_get_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert tree_hash(tiny_run) == before and not (tmp_path / "out").exists()
+
+
+def test_the_fpb_check_counts_low_agreement_rows_among_flagged_ones() -> None:
+    from benchmarks.bench_audit import agreement_stats, verdict
+
+    levels = {"a": "50-65", "b": "50-65", "c": "100", "d": "100", "e": "75-99", "f": "66-74", "g": "100", "h": "100"}
+    flagged = {"a", "b", "c"}
+    rows = [{"text": t, "flagged": t in flagged} for t in [*levels, "not fpb"]]
+    stats = agreement_stats(rows, levels)
+    assert (stats["n"], stats["not_found"], stats["flagged"], stats["low_agreement"]) == (8, 1, 3, 2)
+    assert stats["base_rate"] == 0.25 and stats["share_of_flagged"] == pytest.approx(2 / 3, abs=1e-4)
+    assert stats["lift"] == pytest.approx(2.67) and stats["hit_rate"] == 1.0 and stats["other_flag_rate"] == 0.1667
+    assert stats["by_level"]["100"] == {"n": 4, "flagged": 1, "flag_rate": 0.25}
+    assert verdict(stats).startswith("PASS: the flagged rows are mostly low-agreement")
+    rows = [{"text": t, "flagged": t in {"a", "c", "d"}} for t in levels]
+    assert verdict(agreement_stats(rows, levels)).startswith("FAIL: lift 1.33")
+
+
+@pytest.mark.data
+def test_fpb_agreement_levels_from_the_shared_data() -> None:
+    from benchmarks.bench_audit import agreement_levels
+    from tests.helpers import SHARED_DATA, shared_data
+
+    for name in ("fpb_50agree", "fpb_66agree", "fpb_75agree", "fpb_allagree"):
+        shared_data(name)
+    levels = agreement_levels(SHARED_DATA)
+    counts = {level: list(levels.values()).count(level) for level in ("50-65", "66-74", "75-99", "100")}
+    assert counts == {"50-65": 501, "66-74": 608, "75-99": 952, "100": 1807}  # train + validation of each level
