@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fintrl import distributed
 from fintrl.errors import RunFolderError
 from fintrl.run_folder import CALIBRATION, write_atomic
 from fintrl.stats import brier, confidence, nll
@@ -174,7 +175,7 @@ def fit_on_rows(
     scorer = LabelScorer(
         model, tokenizer, builder, mode=section.mode, batch_size=section.batch_size, max_length=section.max_length
     )
-    result = scorer.score(rows["text"], progress=False)
+    result = distributed.score(scorer, rows["text"], progress=False)  # a shard per process, gathered
     gold = np.asarray(rows["label"])
     temperature = fit_temperature(result.probabilities, gold)
     calibration = Calibration(

@@ -21,6 +21,7 @@ import re
 import string
 from pathlib import Path
 
+from fintrl.distributed import Launch, launch_from_env, launch_problems
 from fintrl.errors import RecipeError
 from fintrl.library_checks import library_problems
 from fintrl.recipe import DataSection, MixtureSource, ModelSection, PublishSection, Recipe
@@ -28,11 +29,15 @@ from fintrl.recipe import DataSection, MixtureSource, ModelSection, PublishSecti
 SEMVER = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")  # what `fintrl publish --version` takes (tags are vMAJOR.MINOR.PATCH)
 
 
-def check_recipe(recipe: Recipe) -> None:
-    """Raise one `RecipeError` naming every problem (key path and fix) that can be found without weights or network."""
+def check_recipe(recipe: Recipe, *, launch: Launch | None = None) -> None:
+    """Raise one `RecipeError` naming every problem (key path and fix) that can be found without weights or network.
+
+    `launch`: how the run is launched (an accelerate config, for `fintrl validate --accelerate-config`); by default
+    the variables `accelerate launch` set, so an FSDP run with a recipe FSDP cannot train is refused before it loads."""
     problems = [
         *_model_problems(recipe.model),
         *library_problems(recipe),
+        *launch_problems(recipe, launch or launch_from_env()),
         *_data_problems(recipe.data),
         *_prompt_problems(recipe),
         *_publish_problems(recipe.publish),

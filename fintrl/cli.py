@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -13,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from fintrl import run_folder
+from fintrl import distributed, run_folder
 from fintrl.cli_args import add_overrides, add_target, add_trust_remote_code
 from fintrl.errors import DataError, RecipeError, first_line, translate
 from fintrl.recipe import load_recipe
@@ -29,12 +30,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from fintrl.checks import check_recipe
 
     recipe = load_recipe(args.recipe, overrides=args.overrides, output_dir=args.output_dir)
-    check_recipe(recipe)  # everything short of weights and network; imports TRL, PEFT, transformers (a few seconds)
+    if args.num_processes is not None and args.num_processes < 1:
+        raise RecipeError(f"--num-processes {args.num_processes}: give at least 1")
+    if args.accelerate_config:
+        launch = distributed.launch_from_config(args.accelerate_config, args.num_processes)
+    else:
+        processes = args.num_processes or distributed.world_size()
+        launch = dataclasses.replace(distributed.launch_from_env(), processes=processes)
+    check_recipe(recipe, launch=launch)  # short of weights and network; imports TRL, PEFT, transformers (a few s)
     data = recipe.data
     sources = [m.display_name for m in data.mixture] if data.mixture else [data.preset or data.path or data.source]
     print(
         f"{args.recipe}: ok (model {recipe.model.name_or_path}, data {' + '.join(map(str, sources))}, "
-        f"output {recipe.output_dir})"
+        f"output {recipe.output_dir}; {distributed.describe_batch(recipe.train, launch.processes)})"
     )
     return 0
 
@@ -46,7 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides=args.overrides, output_dir=args.output_dir)
     args.work_folder = run_folder.work_folder(Path(recipe.output_dir))  # for the Ctrl-C hint
     metrics = run(recipe, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps(summary(metrics, recipe.output_dir), indent=2))  # headline metrics with intervals, baselines, ...
+    if distributed.is_main():  # one process speaks for a run launched as several
+        print(json.dumps(summary(metrics, recipe.output_dir), indent=2))  # headline metrics with intervals, baselines
     return 0
 
 
@@ -178,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_overrides(p)
     p.add_argument("--output-dir")
     p.add_argument("--full", action="store_true", help="accepted for old scripts: every check is now the default")
+    p.add_argument(
+        "--accelerate-config",
+        metavar="FILE",
+        help="check the recipe against this accelerate config too (recipes/accelerate/*.yaml: FSDP-QLoRA's rules)",
+    )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help="processes the run will have, for the effective batch (default: the accelerate config's, else "
+        "$WORLD_SIZE, else 1)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("eval", help="score a run folder, adapter, Hub repo or base model on a dataset split")
@@ -250,9 +271,14 @@ _CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "datase
 
 
 def _configure_logging(verbose: bool) -> None:
-    """fintrl's own progress at INFO; libraries' request logs, deprecation and future warnings only with -v."""
+    """fintrl's own progress at INFO; libraries' request logs, deprecation and future warnings only with -v.
+    Under several processes, the others log warnings and errors only, each line tagged with its rank."""
+    quiet = not distributed.is_main() and not verbose
+    tag = f"[rank {distributed.rank()}] " if distributed.is_distributed() else ""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
+        format=f"%(asctime)s {tag}%(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     if verbose:
         return
@@ -287,22 +313,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _command(args.func)(args)
     except KeyboardInterrupt:
-        print(f"fintrl: interrupted{_resume_hint(args)}", file=sys.stderr)
+        if distributed.is_main():  # Ctrl-C reaches every process of a launch: one line says it
+            print(f"fintrl: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as exc:  # the one error boundary
-        if args.verbose:
-            traceback.print_exc()
-        err = translate(exc)
-        if err is None:
-            print(
-                f"fintrl: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with -v for the traceback "
-                "and report it)",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"fintrl: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
-        return err.exit_code
+        code = _report(exc, verbose=args.verbose)
+        if getattr(exc, "shared", False):  # raised on every process by `distributed.on_main`: all exit once the main
+            distributed.wait_for_everyone()  # process has printed why (a launcher stops the rest when one exits)
+        return code
 
+
+def _report(exc: Exception, *, verbose: bool) -> int:
+    """One line on stderr for a failure (the main process's own, once: not where it was relayed); its exit code."""
+    if verbose:
+        traceback.print_exc()
+    if getattr(exc, "relayed", False):  # the main process's failure, which it prints: same exit code, silently
+        return getattr(exc, "exit_code", 1)
+    err = translate(exc)
+    prog = "fintrl" if distributed.is_main() else f"fintrl [rank {distributed.rank()}]"
+    if err is None:
+        print(
+            f"{prog}: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with -v for the traceback "
+            "and report it)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{prog}: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+    return err.exit_code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fintrl import distributed
 from fintrl.errors import ModelError
 from fintrl.recipe import ModelSection
 
@@ -265,8 +266,9 @@ def load_model(section: ModelSection, quantization: dict[str, Any] | None, path:
     quant = bnb_config(quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-    if has_cuda():
-        kwargs["device_map"] = {"": 0}
+    if has_cuda() and distributed.sharded_training() is None:
+        # each process's own GPU (DDP: every process holds a whole model); FSDP and DeepSpeed place the shards
+        kwargs["device_map"] = {"": distributed.local_rank()}
     location = path or resolve_model_path(section.name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)

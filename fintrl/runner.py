@@ -6,6 +6,7 @@ It is built aside and swapped into place only when it has succeeded (`fintrl.run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fintrl import run_folder
+from fintrl import distributed, run_folder
 from fintrl.checks import check_recipe
 from fintrl.data import LabeledData, load_labeled_data
 from fintrl.prompts import PromptBuilder
@@ -98,8 +99,10 @@ def evaluate(
     )
     texts, gold = data.eval["text"], data.eval["label"]
     start = time.perf_counter()
-    result = scorer.score(texts)
+    result = distributed.score(scorer, texts)  # under several processes: a shard each, gathered in order
     seconds = time.perf_counter() - start
+    if not distributed.is_main():  # the main process reports and writes; the others are done
+        return Report()
     raw = result.probabilities
     calibrated = calibration is not None and calibration.applies_to(result.mode)
     probabilities = calibration.apply(raw) if calibrated else raw
@@ -158,25 +161,42 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
     """
     check_recipe(recipe)
     final = Path(recipe.output_dir)
-    with run_folder.locked(final):
-        work = run_folder.prepare(final, recipe, resume=resume, overwrite=overwrite)
+    if distributed.is_distributed():  # launched as several processes (accelerate launch, torchrun)
+        logger.info("process %d of %d (%s)", distributed.rank(), distributed.world_size(), distributed.state().backend)
+    with contextlib.ExitStack() as held:
+
+        def begin() -> Path:  # the main process alone locks the name and prepares the work folder; all build in it
+            held.enter_context(run_folder.locked(final))
+            return run_folder.prepare(final, recipe, resume=resume, overwrite=overwrite)
+
+        work = distributed.on_main(begin)
         try:
             metrics = _run_in(work, recipe, resume)
         except BaseException:
-            run_folder.keep_if_resumable(work, final)
+            if distributed.is_main():
+                run_folder.keep_if_resumable(work, final)
             raise
-        run_folder.commit(work, final)
-    logger.info(
-        "run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s",
-        final,
-        metrics["accuracy"],
-        metrics["f1_macro"],
-        metrics["timings"],
-    )
+
+        def finish() -> Report:
+            run_folder.commit(work, final)
+            logger.info(
+                "run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s",
+                final,
+                metrics["accuracy"],
+                metrics["f1_macro"],
+                metrics["timings"],
+            )
+            return metrics
+
+        metrics = distributed.on_main(finish)  # every process returns the main process's report
     if recipe.publish.repo_id:
         from fintrl.hub import publish
 
-        publish(final, recipe.publish.repo_id, version=recipe.publish.version, private=recipe.publish.private)
+        distributed.on_main(
+            lambda: publish(
+                final, recipe.publish.repo_id, version=recipe.publish.version, private=recipe.publish.private
+            )
+        )
     return metrics
 
 
@@ -188,15 +208,18 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     from fintrl.train import TRAIN_DEFAULTS, LearningCurve, build_trainer, train
 
     timer = Timer()
-    with timer.stage("data"):
+    with timer.stage("data"), distributed.main_first():  # shared caches are filled once, by the main process
         data, held_out = hold_out(load_labeled_data(recipe.data), recipe.eval, recipe.data.seed)
         logger.info("data: %d train / %d eval rows, labels %s", len(data.train), len(data.eval), data.labels)
-    with timer.stage("load_model"):
+    with timer.stage("load_model"), distributed.main_first():
         tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
         builder = PromptBuilder(recipe.prompt, data.labels, data.task)
         model = load_model(recipe.model, recipe.quantization)
     curve = None
-    if recipe.eval.curve_points:
+    sharded = distributed.sharded_training(recipe.train)
+    if recipe.eval.curve_points and sharded:
+        logger.warning("eval.curve_points: no learning curve under %s (weights are sharded while training)", sharded)
+    elif recipe.eval.curve_points:
         rows = random.Random(recipe.data.seed).sample(
             range(len(data.eval)), min(recipe.eval.curve_samples, len(data.eval))
         )
@@ -207,15 +230,19 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
             recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir, callbacks=[curve] if curve else None
         )
         train_metrics = train(trainer, run_dir, resume)
+    scoring_model = trainer.model if sharded is None else _reload_for_scoring(trainer, recipe, run_dir)
     calibration = None
     if held_out is not None:  # the held-out train rows, scored once: the temperature eval and predict apply
         with timer.stage("calibrate"):
-            calibration = fit_on_rows(trainer.model, tokenizer, builder, held_out, recipe.eval, recipe.data.seed)
-            save_calibration(calibration, run_dir)
+            calibration = fit_on_rows(scoring_model, tokenizer, builder, held_out, recipe.eval, recipe.data.seed)
+            if distributed.is_main():
+                save_calibration(calibration, run_dir)
     with timer.stage("eval"):
         metrics = evaluate(
-            trainer.model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path, calibration
+            scoring_model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path, calibration
         )
+    if not distributed.is_main():
+        return metrics
     metrics["train"] = train_metrics
     if curve:
         metrics["train"]["learning_curve_seconds"] = round(curve.seconds, 2)  # inside train_runtime
@@ -227,3 +254,24 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     with timer.stage("card"):
         write_card(run_dir)
     return metrics
+
+
+def _reload_for_scoring(trainer: object, recipe: Recipe, run_dir: Path) -> PreTrainedModel:
+    """FSDP and DeepSpeed ZeRO-3 leave each process a shard of the weights, which no scorer can run: free the trained
+    model and load the base and the saved adapter again, whole, on each process's own device (as `fintrl eval` does).
+    Not exercised on CPU (FSDP-QLoRA needs a GPU): benchmarks/gpu_check.sh runs it when one is lent."""
+    import gc
+
+    import torch
+    from peft import PeftModel
+
+    from fintrl.models import load_model
+
+    trainer.model = trainer.model_wrapped = None  # type: ignore[attr-defined]
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    distributed.wait_for_everyone()  # run_dir holds the adapter (written by the main process) from here on
+    with distributed.whole_weights():
+        base = load_model(recipe.model, recipe.quantization)
+    return PeftModel.from_pretrained(base, str(run_dir)).eval()

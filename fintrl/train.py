@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from fintrl import distributed
 from fintrl.errors import RecipeError
 from fintrl.metrics import classification_metrics, plot_training_curve
 from fintrl.models import has_cuda, lora_config, trainable_4bit
@@ -67,6 +68,12 @@ def sft_config(recipe: Recipe, run_dir: Path) -> SFTConfig:
                 logger.warning("train.%s ignored: no CUDA device (bf16 is slower than fp32 on CPU here)", flag)
             fields[flag] = False
         fields["use_cpu"] = True
+        if distributed.is_distributed():
+            fields.setdefault("ddp_backend", "gloo")  # several CPU processes (torchrun, accelerate launch --multi_cpu)
+    if distributed.is_distributed():
+        # LoRA's every parameter takes part in each forward: DDP's search for unused ones is an extra graph walk per
+        # step (it warns so); a recipe that leaves some unused sets train.ddp_find_unused_parameters: true
+        fields.setdefault("ddp_find_unused_parameters", False)
     try:
         return SFTConfig(output_dir=str(run_dir / CHECKPOINTS), seed=recipe.seed, **fields)
     except (TypeError, ValueError) as err:
@@ -171,7 +178,7 @@ class LearningCurve(TrainerCallback):
             batch_size=self.section.batch_size,
             max_length=self.section.max_length,
         )
-        result = scorer.score(self.texts, progress=False)
+        result = distributed.score(scorer, self.texts, progress=False)  # a shard per process, gathered
         metrics = classification_metrics(self.gold, result.predictions, self.builder.labels)
         model.train()
         state.log_history.append(
@@ -234,21 +241,51 @@ def train(trainer: SFTTrainer, run_dir: Path, resume: bool) -> dict[str, Any]:
     checkpoint = last_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", run_dir / CHECKPOINTS)
+    args = trainer.args
+    batch = {
+        "world_size": args.world_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
+    }
+    logger.info(
+        "training on %d process%s: %s",
+        args.world_size,
+        "es" if args.world_size > 1 else "",
+        distributed.describe_batch(batch, args.world_size),
+    )
     with trainable_4bit(trainer.model):
         result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.model.save_pretrained(run_dir)
-    trainer.processing_class.save_pretrained(run_dir)
-    with (run_dir / TRAIN_LOG).open("w") as f:
-        for entry in trainer.state.log_history:
-            f.write(json.dumps(entry) + "\n")
-    plot_training_curve(trainer.state.log_history, run_dir / TRAINING_CURVE_PNG)
-    trainable, total = parameter_counts(trainer.model)
+    model = save_adapter(trainer, run_dir)
+    if distributed.is_main():  # one writer; the others' copies are the same
+        trainer.processing_class.save_pretrained(run_dir)
+        with (run_dir / TRAIN_LOG).open("w") as f:
+            for entry in trainer.state.log_history:
+                f.write(json.dumps(entry) + "\n")
+        plot_training_curve(trainer.state.log_history, run_dir / TRAINING_CURVE_PNG)
+    trainable, total = parameter_counts(model)
     return {
         "resumed_from": Path(checkpoint).name if checkpoint else None,  # a checkpoint's name: no local path
         "trainable_parameters": trainable,
         "total_parameters": total,
+        **batch,
         **result.metrics,
     }
+
+
+def save_adapter(trainer: SFTTrainer, run_dir: Path) -> PreTrainedModel:
+    """Write the adapter into run_dir from the main process; returns the (unwrapped) trained model.
+
+    FSDP and DeepSpeed ZeRO-3 hold a shard of each weight per process: every process takes part in gathering the
+    whole state dict (accelerate's `get_state_dict`, as `Trainer.save_model` does), then the main process writes it."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        if distributed.is_main():
+            model.save_pretrained(run_dir, state_dict=state_dict)
+    elif distributed.is_main():
+        model.save_pretrained(run_dir)
+    return model
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
