@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fintrl.bulk import RAY_ONLY, add_engine_options, run_bulk
 from fintrl.cli_args import add_target
 from fintrl.errors import DataError, RecipeError, RunFolderError
 from fintrl.recipe import label_names
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="file with one text per line, or - for stdin")
     p.add_argument("--output", help="JSONL file (default: stdout)")
     p.add_argument("--min-confidence", type=float, metavar="P", help="`abstain` where the label's p < P")
+    add_engine_options(p)  # --engine ray: files or folders through Ray Data, into resumable shards (fintrl/bulk.py)
     p.set_defaults(func=cmd_predict)
 
 
@@ -53,6 +55,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fintrl.scoring import LabelScorer
     from fintrl.targets import load_for_inference, resolve_target
 
+    if args.engine == "ray":
+        return run_bulk(args)
+    given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if getattr(args, name) is not None]
+    if given:
+        raise RecipeError(f"{', '.join(given)}: only with --engine ray")
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise RunFolderError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another file")
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:

@@ -1,0 +1,349 @@
+"""`fintrl predict --engine ray`: score CSV/JSONL/Parquet files or folders on a Ray cluster, into resumable shards.
+
+Ray Data reads the input (a local file or folder, or any filesystem pyarrow reads: s3://, gs://, ...). The driver
+cuts it into shards of `--shard-rows` rows by row index; the shards not yet written stream through `map_batches` to
+an actor pool in which each actor holds one LabelScorer (the model loaded once per actor, built as `fintrl predict`
+builds it), and the driver writes each shard, atomically, as soon as all its rows are back:
+OUTPUT/part-000000.parquet (or .jsonl), one row per input row with its row id, source file and row, the text, the
+label and every label's probability. A rerun of the same job skips the shards already written.
+
+Why resume is driven here and not by Ray Data: its `write_*` names files by write-task and block ids, which change
+from run to run, and its checkpointing needs an id column that plain text files lack. Here shard k is rows
+[k*S, (k+1)*S) of the input in a fixed order (files sorted, rows in file order, read with `preserve_order`), so the
+same input always gives the same shards, and OUTPUT/_fintrl_bulk.json records the job so a rerun resumes only it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fintrl.bulk_io import FORMATS, Inputs, ShardWriter, check_columns, list_inputs, output_schema
+from fintrl.errors import DataError, FintrlError, RecipeError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install -e ".[ray]"'
+DEFAULT_SHARD_ROWS = 4096
+MAX_BATCH_ROWS = 256  # rows per actor call: the scorer's shared prompt prefix is computed once per call
+RAY_ONLY = ("num_workers", "num_gpus_per_worker", "text_column", "address", "shard_rows", "output_format")
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """`predict`'s options for batch scoring on Ray; they apply only with `--engine ray`."""
+    g = p.add_argument_group("batch scoring on Ray (--engine ray: --input is a CSV/JSONL/Parquet file or folder)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: Ray Data, --output a folder")
+    g.add_argument("--num-workers", type=int, metavar="N", help="scorer actors, one model each (default 1)")
+    g.add_argument("--num-gpus-per-worker", type=float, metavar="G", help="GPUs per actor (default 0: CPU)")
+    g.add_argument("--text-column", metavar="NAME", help="the input column to classify (default: text)")
+    g.add_argument("--address", help="a running Ray cluster (`auto`, or host:port); default: a local one")
+    g.add_argument("--shard-rows", type=int, metavar="S", help=f"rows per output shard (default {DEFAULT_SHARD_ROWS})")
+    g.add_argument("--output-format", choices=tuple(FORMATS), help="shard files (default parquet)")
+
+
+def require_ray() -> None:
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RecipeError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
+
+
+# -- the actor: one model per actor ---------------------------------------------------------------------------------
+def target_labels(target: Any) -> list[str]:
+    from fintrl.recipe import label_names
+
+    labels = target.labels or target.recipe.data.labels
+    if labels is None:
+        raise RecipeError(
+            "predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe"
+        )
+    return label_names(labels)
+
+
+class ScorerActor:
+    """Loads the target once (the same rules as `fintrl predict`: trust_remote_code only from the user's flag) and
+    scores each batch: the label, every label's probability (calibrated unless --uncalibrated), abstentions."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        import ray
+        import torch
+
+        from fintrl.errors import translate
+        from fintrl.prompts import PromptBuilder
+        from fintrl.scoring import LabelScorer
+        from fintrl.targets import load_for_inference, resolve_target
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus and not torch.cuda.is_available():  # one actor's share of the cores: actors must not contend
+            torch.set_num_threads(max(1, int(cpus)))
+        self.job = job
+        try:
+            self.target = resolve_target(
+                job["target"], recipe_path=job["recipe"], overrides=job["overrides"], trust_remote_code=job["trust"]
+            )
+            self.labels = target_labels(self.target)
+            model, tokenizer = load_for_inference(self.target)
+        except Exception as err:  # noqa: BLE001 - as the CLI's boundary would: a missing model is the user's error
+            mapped = translate(err)
+            if mapped is None:
+                raise
+            raise mapped from None
+        recipe = self.target.recipe
+        self.scorer = LabelScorer(  # exactly as fintrl/predict.py builds it
+            model,
+            tokenizer,
+            PromptBuilder(recipe.prompt, self.labels),
+            mode=job["mode"] or recipe.eval.mode,
+            batch_size=recipe.eval.batch_size,
+            max_length=recipe.eval.max_length,
+        )
+        self.schema = output_schema(self.labels, job["min_confidence"])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        from fintrl.calibration import prediction_rows
+
+        texts = batch.column("text").to_pylist()
+        result = self.scorer.score(texts, progress=False)
+        probs = result.probabilities
+        if self.job["calibrated"]:
+            probs = self.target.calibrate(probs, result.mode)
+        rows = prediction_rows(texts, self.labels, result.predictions, probs, self.job["min_confidence"])
+        ids = batch.select(["row", "source", "source_row"]).to_pylist()
+        table = pa.Table.from_pylist([i | r for i, r in zip(ids, rows)], schema=self.schema)
+        return table.append_column("shard", batch.column("shard"))
+
+
+# -- the driver -----------------------------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    rows: int = 0
+    shards: int = 0
+    skipped_shards: int = 0
+    blank: int = 0
+    scored: int = 0
+
+
+def _read(inputs: Inputs, column: str) -> Any:
+    import ray.data
+
+    kwargs: dict[str, Any] = {"filesystem": inputs.filesystem, "include_paths": True}
+    if inputs.reader == "csv":
+        ds = ray.data.read_csv(inputs.files, **kwargs)
+    elif inputs.reader == "json":
+        ds = ray.data.read_json(inputs.files, lines=True, file_extensions=None, **kwargs)
+    else:
+        ds = ray.data.read_parquet(inputs.files, columns=[column], **kwargs)
+    return ds.select_columns([column, "path"])
+
+
+def pending_shards(ds: Any, column: str, shard_rows: int, done: set[int], tally: Tally) -> tuple[list, dict[int, int]]:
+    """Cut the input, in order, into shards of `shard_rows` rows; put each pending one in the object store (row id,
+    source file and row, text). Blank texts are skipped and counted, as `fintrl predict` skips blank lines."""
+    import pyarrow as pa
+    import ray
+    from tqdm.auto import tqdm
+
+    refs, expected = [], {}
+    last_path, path_row = None, -1
+    batches = ds.iter_batches(batch_size=shard_rows, batch_format="pyarrow")
+    for index, batch in enumerate(tqdm(batches, desc="reading", unit="shard", file=sys.stderr)):
+        paths = batch.column("path").to_pylist()
+        source_rows = []
+        for path in paths:  # rows of one file are consecutive: preserve_order
+            path_row = path_row + 1 if path == last_path else 0
+            last_path = path
+            source_rows.append(path_row)
+        first, tally.rows, tally.shards = tally.rows, tally.rows + batch.num_rows, index + 1
+        if index in done:
+            tally.skipped_shards += 1
+            continue
+        try:
+            texts = batch.column(column).cast(pa.string()).to_pylist()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise DataError(f"--text-column {column}: not text ({str(err).splitlines()[0]})") from None
+        keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
+        tally.blank += batch.num_rows - len(keep)
+        expected[index] = len(keep)
+        table = pa.table(
+            {
+                "shard": pa.array([index] * len(keep), pa.int64()),
+                "row": pa.array([first + i for i in keep], pa.int64()),
+                "source": pa.array([paths[i] for i in keep], pa.string()),
+                "source_row": pa.array([source_rows[i] for i in keep], pa.int64()),
+                "text": pa.array([texts[i] for i in keep], pa.string()),
+            }
+        )
+        if keep:
+            refs.append(ray.put(table))
+    return refs, expected
+
+
+def _actor_cpus(workers: int, gpus: float) -> float:
+    """Each actor's share of the CPUs (its torch threads), no more than one node holds; 1 with GPUs."""
+    import ray
+
+    if gpus:
+        return 1
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, min(int(ray.cluster_resources().get("CPU", 1)) // workers, int(max(nodes, default=1))))
+
+
+def _unwrap(err: Exception) -> Exception:
+    """The FintrlError an actor raised (a base that will not load, ...) as the user's one-line error: Ray hands it
+    back wrapped (ActorDiedError, RayTaskError) with the remote traceback's last line as `fintrl.errors.Kind: text`."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, FintrlError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    kinds = {kind.__name__: kind for kind in FintrlError.__subclasses__()}
+    match = re.search(r"fintrl\.errors\.(\w+): ([^\n]+)\s*$", str(err))
+    return kinds[match.group(1)](match.group(2).strip()) if match and match.group(1) in kinds else err
+
+
+def score_shards(refs: list, expected: dict[int, int], job: dict[str, Any], args: Any, writer: ShardWriter) -> int:
+    """Stream the pending shards through the actor pool; write each shard once all its rows are back."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray.data
+    from tqdm.auto import tqdm
+
+    for index in [i for i, n in expected.items() if n == 0]:  # only blank texts: an empty shard, written now
+        writer.write(index, output_schema(job["labels"], job["min_confidence"]).empty_table())
+        del expected[index]
+    if not refs:
+        return 0
+    workers, gpus = args.num_workers or 1, args.num_gpus_per_worker or 0
+    scored = ray.data.from_arrow_refs(refs).map_batches(
+        ScorerActor,
+        fn_constructor_kwargs={"job": job},
+        compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool: each actor loads the model once
+        batch_size=min(job["shard_rows"], MAX_BATCH_ROWS),
+        batch_format="pyarrow",
+        num_cpus=_actor_cpus(workers, gpus),
+        **({"num_gpus": gpus} if gpus else {}),
+    )
+    parts: dict[int, list[pa.Table]] = {}
+    got = dict.fromkeys(expected, 0)
+    total = sum(expected.values())
+    with tqdm(total=total, desc=f"scoring ({workers} workers)", unit="row", file=sys.stderr) as bar:
+        for out in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for index in pc.unique(out.column("shard")).to_pylist():
+                part = out.filter(pc.equal(out.column("shard"), index))
+                parts.setdefault(index, []).append(part)
+                got[index] += part.num_rows
+                bar.update(part.num_rows)
+                if got[index] == expected[index]:
+                    table = pa.concat_tables(parts.pop(index)).sort_by("row").drop_columns(["shard"])
+                    writer.write(index, table)
+    return total
+
+
+def _start_ray(address: str | None, verbose: bool) -> bool:
+    """Connect to `address`, or start a local cluster on loopback; False when Ray was already up (tests).
+
+    The actors' own output (library chatter, and a failing actor's traceback, which we report as one line) stays in
+    Ray's session logs unless -v."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in ("FINTRL_HOME", "HF_HOME", "HF_HUB_OFFLINE") if k in os.environ}
+    options: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": {"env_vars": env}}
+    options["log_to_driver"] = verbose
+    if address:
+        ray.init(address=address, **options)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        ray.init(address="local", num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+    return True
+
+
+def run_bulk(args: argparse.Namespace) -> int:
+    """`fintrl predict TARGET --engine ray --input PATH --output FOLDER`."""
+    require_ray()
+    if args.text or not args.input or args.input == "-" or not args.output:
+        raise RecipeError(
+            "--engine ray scores files: give --input FILE|FOLDER (CSV, JSONL or Parquet) and --output FOLDER"
+        )
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        raise RecipeError(f"--min-confidence {args.min_confidence}: give a probability, between 0 and 1")
+    for flag in ("num_workers", "shard_rows"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise RecipeError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give 1 or more")
+    column = args.text_column or "text"
+    from fintrl.targets import resolve_target
+
+    local = Path(args.target)
+    target_name = str(local.resolve()) if local.exists() else args.target  # actors may run in another folder
+    recipe = str(Path(args.recipe).resolve()) if args.recipe else None
+    target = resolve_target(
+        target_name, recipe_path=recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
+    )
+    inputs = list_inputs(args.input)
+    check_columns(inputs, column)
+    job = {
+        "target": target_name,
+        "recipe": recipe,
+        "overrides": list(args.overrides),
+        "trust": bool(args.trust_remote_code),
+        "mode": args.mode,
+        "calibrated": not args.uncalibrated,
+        "min_confidence": args.min_confidence,
+        "labels": target_labels(target),
+        "inputs": [[f, s] for f, s in zip(inputs.files, inputs.sizes)],
+        "text_column": column,
+        "shard_rows": args.shard_rows or DEFAULT_SHARD_ROWS,
+        "output_format": args.output_format or "parquet",
+    }
+    writer = ShardWriter(args.output, job["output_format"])
+    done = writer.prepare(job, overwrite=args.overwrite)
+    workers = args.num_workers or 1
+    print(
+        f"fintrl: scoring {len(inputs.files)} {inputs.reader} file(s) on Ray: {workers} worker(s), each loading "
+        f"{target.recipe.model.name_or_path}" + (f" with adapter {target.name}" if target.adapter else ""),
+        file=sys.stderr,
+    )
+    started = _start_ray(args.address, getattr(args, "verbose", False))
+    from ray.data import DataContext
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines; our bars show progress
+    for name in ("ray.data.exceptions", "ray.data._internal.execution.operators.actor_pool_map_operator"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # an actor's failure, logged; we raise it as one line
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False  # fixed row order: stable shards
+    tally = Tally()
+    try:
+        start = time.perf_counter()
+        refs, expected = pending_shards(_read(inputs, column), column, job["shard_rows"], done, tally)
+        written = len(expected)
+        tally.scored = score_shards(refs, expected, job, args, writer)
+        seconds = time.perf_counter() - start
+    except Exception as err:  # noqa: BLE001 - Ray wraps what actors raise; give the user's error back as one line
+        raise _unwrap(err) from err
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        if started:
+            import ray
+
+            ray.shutdown()
+    blank = f"; {tally.blank} blank texts skipped" if tally.blank else ""
+    print(
+        f"fintrl: {tally.rows} rows in {tally.shards} shards -> {args.output}: {written} shards written, "
+        f"{tally.skipped_shards} already there; {tally.scored} rows scored in {seconds:.1f} s "
+        f"({tally.scored / seconds:.1f} examples/s){blank}"
+    )
+    return 0
