@@ -99,7 +99,7 @@ def _yaml(node: Any) -> str:
 def _settings(recipe: Recipe, metrics: Report, total_steps: int | None) -> tuple[str, str | None]:
     """The training settings as a YAML block, and what `warmup_steps` below 1 means (a ratio of the total steps)."""
     train = dict(metrics.get("train_args") or recipe.train)
-    sections = {"quantization": recipe.quantization, "lora": recipe.lora, "train": train}
+    sections = {"quantization": recipe.quantization, "lora": recipe.lora, "peft": recipe.peft, "train": train}
     text = _yaml({k: v for k, v in sections.items() if v})
     warmup = train.get("warmup_steps")
     if not isinstance(warmup, (int, float)) or not 0 < warmup < 1:
@@ -177,10 +177,12 @@ def render_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    from fintrl.peft_methods import card_method
     from fintrl.prompts import PromptBuilder
 
     run = RunFolder(run_dir).require_finished("card")
     recipe, metrics = run.recipe(), portable_report(run.metrics())
+    method = card_method(recipe)
     data = metrics["data"]
     builder = PromptBuilder(recipe.prompt, data["labels"], data.get("task"))
     base = base_model_name(recipe, base_model)
@@ -197,8 +199,8 @@ def render_card(
         license=license_,
         datasets=dataset_ids or None,
         language=["en"],
-        tags=["fintrl", "finance", "text-classification", "lora", "trl", "sft"]
-        + (["qlora"] if recipe.quantization else []),
+        tags=["fintrl", "finance", "text-classification", *method["tags"], "trl", "sft"]
+        + (["qlora"] if recipe.quantization and "lora" in method["tags"] else []),
         model_name=repo_id if results else None,
         eval_results=results or None,
     )
@@ -224,6 +226,9 @@ def render_card(
         base_model=base,
         base_model_url=f"https://huggingface.co/{base}" if is_hub_id(base) else None,
         quantized=bool(recipe.quantization),
+        **{k: v for k, v in method.items() if k != "tags"},
+        has_peft=recipe.peft is not None,
+        has_lora=recipe.lora is not None,
         bnb_kwargs=", ".join(f"{k}={v!r}" for k, v in quantization.items()),
         auto_compute_dtype=(recipe.quantization or {}).get("bnb_4bit_compute_dtype", "auto") == "auto",
         example_messages=json.dumps(builder.messages(EXAMPLE_TEXT), ensure_ascii=False),

@@ -72,6 +72,8 @@ RANGES: dict[str, dict[str, tuple[str, str]]] = {
     },
     "quantization": {"llm_int8_threshold": ("> 0", "e.g. 6.0")},
 }
+# `peft:` fields by name: r is a rank in every PEFT method that has one
+RANGES["peft"] = {**RANGES["lora"], "num_virtual_tokens": (">= 1", "e.g. 20")}
 
 
 def check_library_fields(recipe: Recipe) -> None:
@@ -88,6 +90,7 @@ def library_problems(recipe: Recipe) -> list[str]:
         from trl import SFTConfig
 
         from fintrl.models import bnb_config, lora_config, torch_dtype
+        from fintrl.peft_methods import method_problems, peft_config
         from fintrl.train import TRAIN_DEFAULTS, sft_config
 
     bnb_fields = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
@@ -109,7 +112,10 @@ def library_problems(recipe: Recipe) -> list[str]:
             lambda: sft_config(recipe, Path(recipe.output_dir)),
         ),
     ]
-    problems = []
+    problems, method_cls = method_problems(recipe)  # peft.method: known (did you mean), supported, QLoRA
+    if method_cls is not None:
+        own = {k: v for k, v in (recipe.peft or {}).items() if k != "method"}
+        sections.insert(2, ("peft", own, method_cls, *_dataclass_types(method_cls), lambda: peft_config(recipe)))
     for name, values, cls, hints, fields, build in sections:
         if values is None:  # no quantization / full fine-tuning
             continue
@@ -120,7 +126,7 @@ def library_problems(recipe: Recipe) -> list[str]:
                 problem = "unknown field" + (
                     f" (did you mean `{hint[0]}`?)" if hint else f"; see the {cls.__name__} fields"
                 )
-            elif name == "lora" and key == "task_type":
+            elif name in ("lora", "peft") and key == "task_type":
                 problem = "fintrl sets it (CAUSAL_LM); remove it"
             else:
                 problem = _value_problem(name, key, value, hints[key], fields.get(key))

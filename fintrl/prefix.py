@@ -14,11 +14,14 @@ if TYPE_CHECKING:
     from transformers import DynamicCache, PretrainedConfig
 
 
-def run_prefix(module: Any, input_ids: torch.Tensor, config: PretrainedConfig, **kwargs: Any) -> DynamicCache:
-    """Run `input_ids` (one row) through `module` (a causal LM or its backbone) into a fresh cache."""
+def run_prefix(
+    module: Any, input_ids: torch.Tensor, config: PretrainedConfig, cache: DynamicCache | None = None, **kwargs: Any
+) -> DynamicCache:
+    """Run `input_ids` (one row) through `module` (a causal LM or its backbone) into a fresh cache, or on after
+    `cache` (a prompt-learning adapter's virtual tokens, `fintrl.peft_methods.virtual_cache`: positions follow them)."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=config)
+    cache = DynamicCache(config=config) if cache is None else cache
     module(input_ids=input_ids, cache=cache, use_cache=True, **kwargs)
     return cache
 

@@ -10,6 +10,7 @@ everything else that needs no weights: presets, paths, the model, placeholders (
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -18,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fintrl.errors import RecipeError
 from fintrl.recipe_yaml import UniqueKeyLoader, apply_override, fix_yaml_floats, parse_override
+
+logger = logging.getLogger(__name__)
+# Method names that keep the `lora:` section (fintrl.peft_methods.METHODS' LoRA family, spelt without importing PEFT)
+_LORA_NAMES = ("lora", "dora", "rslora", "loraconfig")
 
 
 class _Section(BaseModel):
@@ -233,7 +238,13 @@ class Recipe(_Section):
     )
     lora: dict[str, Any] | None = Field(
         default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"},
-        description="peft.LoraConfig fields; null for full fine-tuning.",
+        description="peft.LoraConfig fields; null for full fine-tuning (unless `peft:` names a method).",
+    )
+    peft: dict[str, Any] | None = Field(
+        None,
+        description="The PEFT method and its fields: `method` (lora, dora, rslora, ia3, prompt_tuning, prefix_tuning, "
+        "or a PEFT config class name such as LoHaConfig) + that config class's fields; the LoRA family starts from "
+        "`lora:`. Absent: LoRA with the `lora:` fields (see fintrl.peft_methods).",
     )
     data: DataSection
     prompt: PromptSection = PromptSection()
@@ -243,9 +254,28 @@ class Recipe(_Section):
     output_dir: str = "runs/fintrl"
     seed: int = 42
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_owns_lora(cls, raw: Any) -> Any:
+        """`lora:` holds LoRA's fields; under another `peft.method` it does not apply, and becomes null (said once)."""
+        peft = raw.get("peft") if isinstance(raw, dict) else None
+        if isinstance(peft, dict) and isinstance(peft.get("method"), str):
+            if peft["method"].lower() not in _LORA_NAMES and raw.get("lora", "default") is not None:
+                if raw.get("lora", "default") != "default":
+                    logger.warning("lora: not used by peft.method %s (its fields go under peft:)", peft["method"])
+                raw = {**raw, "lora": None}
+        return raw
+
+    @field_validator("peft")
+    @classmethod
+    def _has_method(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and (not isinstance(v.get("method"), str) or not v["method"].strip()):
+            raise ValueError("needs `method:` (lora, dora, rslora, ia3, prompt_tuning, prefix_tuning, or a PEFT class)")
+        return v
+
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
-        if self.quantization and self.lora is None:
+        if self.quantization and self.lora is None and self.peft is None:
             raise ValueError(
                 "quantization: a 4/8-bit model cannot be fully fine-tuned; "
                 "add a `lora:` section or set quantization: null"
@@ -326,4 +356,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
 
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    raw = recipe.model_dump(mode="json")
+    if raw["peft"] is None:  # absent reads the same, keeps recipes from before `peft:` unchanged, and lets --set add it
+        del raw["peft"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))

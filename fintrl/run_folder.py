@@ -48,7 +48,7 @@ AUDIT_SUMMARY = "audit.json"  # its thresholds, counts per class pair, and how e
 # Sections that shape the weights and the data a checkpoint was trained on: `--resume` refuses a recipe that
 # changes them. `train`, `eval`, `publish` and `output_dir` may change between attempts, except
 # `eval.calibration_samples`: it decides which train rows are held out of training to fit the calibration.
-RESUME_FIXED = ("model", "quantization", "lora", "data", "prompt", "seed", "eval.calibration_samples")
+RESUME_FIXED = ("model", "quantization", "lora", "peft", "data", "prompt", "seed", "eval.calibration_samples")
 
 
 class Report(TypedDict, total=False):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, get_args
 import numpy as np
 
 from fintrl.errors import ScoringError
+from fintrl.peft_methods import virtual_cache, virtual_tokens
 from fintrl.prefix import expand_cache, run_prefix
 from fintrl.prompts import PromptBuilder
 from fintrl.recipe import ScoringMode
@@ -63,6 +64,8 @@ class LabelScorer:
         if mode not in MODES:
             raise ScoringError(f"scoring mode {mode!r}: expected one of {MODES}")
         self.model, self.tokenizer, self.builder = model, tokenizer, builder
+        # Prompt learning: the scorer runs the base model after the adapter's virtual tokens (`_shared_prefix`)
+        self._net = model.get_base_model() if virtual_tokens(model) else model
         self.batch_size, self.max_length = batch_size, max_length
         self.label_ids = self._label_token_ids()
         distinct_first = len({ids[0] for ids in self.label_ids}) == len(self.label_ids)
@@ -188,17 +191,19 @@ class LabelScorer:
         return ids.to(device), mask.to(device)
 
     def _shared_prefix(self, encoded: list[list[int]]) -> tuple[int, DynamicCache | None]:
-        """The token prefix every prompt shares (template + instruction), run through the model once."""
+        """The token prefix every prompt shares (template + instruction), run through the model once; after a
+        prompt-learning adapter's virtual tokens, which the cache then holds first (as PEFT's forward has them)."""
         import torch
 
+        start = virtual_cache(self.model)
         shortest = min(map(len, encoded))
         length = 0
         while length < shortest - 1 and all(e[length] == encoded[0][length] for e in encoded):
             length += 1
         if length < 4 or len(encoded) <= 1:
-            return 0, None
+            return 0, start
         ids = torch.tensor([encoded[0][:length]], device=self.model.device)
-        return length, run_prefix(self.model, ids, self.model.config, logits_to_keep=1)
+        return length, run_prefix(self._net, ids, self.model.config, cache=start, logits_to_keep=1)
 
     def _score_batch(
         self,
@@ -206,15 +211,17 @@ class LabelScorer:
         prefix_len: int = 0,
         prefix: DynamicCache | None = None,
     ) -> tuple[list[int], np.ndarray]:
-        """Prompts are [shared prefix][padding][own tokens]: positions skip the padding, the mask hides it."""
+        """Prompts are [virtual tokens][shared prefix][padding][own tokens]: positions skip the padding, the mask hides
+        it. `prefix` caches the first two (`prefix_len` is the shared prompt tokens alone)."""
         import torch
 
         ids, own_mask = self._left_pad([r[prefix_len:] for r in rows])
         batch = len(rows)
-        mask = torch.cat([own_mask.new_ones(batch, prefix_len), own_mask], dim=-1)
-        positions = prefix_len + (own_mask.cumsum(-1) - 1).clamp(min=0)
+        cached = prefix.get_seq_length() if prefix is not None else 0
+        mask = torch.cat([own_mask.new_ones(batch, cached), own_mask], dim=-1)
+        positions = cached + (own_mask.cumsum(-1) - 1).clamp(min=0)
         cache = expand_cache(prefix, batch, self.model.config)
-        out = self.model(
+        out = self._net(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
         )
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]
@@ -256,7 +263,7 @@ class LabelScorer:
         cache.batch_repeat_interleave(k)
         step_mask = torch.cat([mask.repeat_interleave(k, 0), torch.ones_like(steps)], dim=-1)
         step_pos = mask.sum(-1).repeat_interleave(k, 0)[:, None] + torch.arange(width, device=mask.device)
-        logits = self.model(
+        logits = self._net(
             input_ids=steps, attention_mask=step_mask, position_ids=step_pos, cache=cache, use_cache=True
         ).logits
         return logits.view(batch, k, width, -1)

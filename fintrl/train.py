@@ -15,7 +15,8 @@ from trl import SFTTrainer
 from fintrl import distributed
 from fintrl.errors import RecipeError
 from fintrl.metrics import classification_metrics, plot_training_curve
-from fintrl.models import has_cuda, lora_config, trainable_4bit
+from fintrl.models import has_cuda, trainable_4bit
+from fintrl.peft_methods import peft_config, virtual_cache
 from fintrl.prefix import expand_cache, run_prefix
 from fintrl.recipe import Recipe
 from fintrl.run_folder import CHECKPOINTS, TRAIN_LOG, TRAINING_CURVE_PNG, last_checkpoint
@@ -95,6 +96,8 @@ class FintrlSFTTrainer(SFTTrainer):
       gradient flows back through the expansion), instead of once per row.
     - The LM head is applied only where a label token is scored (a few answer tokens per example); TRL's fused head
       does that on Triton devices only and scores every position elsewhere.
+    - Prompt learning (prompt/prefix tuning): the virtual tokens run once too, ahead of the prefix, at the positions
+      PEFT's forward gives them (`fintrl.peft_methods.virtual_cache`).
     The loss and its gradient are those of TRL's completion-only loss (tests check both); other setups
     (gradient checkpointing, padding-free batches, logits requested, several processes) use TRL's path unchanged.
     """
@@ -114,17 +117,20 @@ class FintrlSFTTrainer(SFTTrainer):
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+        # Prompt learning: its virtual tokens first, as PEFT's forward puts them (one row, expanded with the prefix)
+        start = virtual_cache(model, backbone)
+        n_virtual = start.get_seq_length() if start is not None else 0
         prefix = shared_prefix_length(ids, mask, labels) if len(ids) > 1 else 0
-        cache = None
+        cache = start
         if prefix >= 2:
-            shared = run_prefix(backbone, ids[:1, :prefix], causal_lm.config)
-            cache = expand_cache(shared, len(ids), causal_lm.config)
+            cache = run_prefix(backbone, ids[:1, :prefix], causal_lm.config, cache=start)
         else:
             prefix = 0
-        positions = torch.arange(prefix, ids.shape[1], device=ids.device).expand(len(ids), -1)
+        cache = expand_cache(cache, len(ids), causal_lm.config) if cache is not None else None
+        positions = torch.arange(n_virtual + prefix, n_virtual + ids.shape[1], device=ids.device).expand(len(ids), -1)
         hidden = backbone(
             input_ids=ids[:, prefix:],
-            attention_mask=mask,
+            attention_mask=torch.cat([mask.new_ones(len(ids), n_virtual), mask], dim=-1),
             position_ids=positions,
             cache=cache,
             use_cache=cache is not None,
@@ -224,7 +230,7 @@ def build_trainer(
         args=sft_config(recipe, run_dir),
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(recipe.lora),
+        peft_config=peft_config(recipe),
         callbacks=callbacks,
     )
     if not has_cuda():
