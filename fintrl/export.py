@@ -4,8 +4,10 @@ The folder loads with `pipeline("text-generation", model=OUT)` alone: no PEFT, n
 adapter's tokenizer and chat template and a generation config whose stop token ends the answer (greedy, at most the
 longest label's tokens + 1). The base is loaded *unquantized* (in `--dtype`) for the merge: PEFT's `merge_and_unload`
 cannot fold LoRA into 4-bit weights without rounding them again, so a QLoRA adapter is merged into the full-precision
-base it was trained on top of. Its predictions can then differ a little from the adapter's (which was trained and
-scored on the 4-bit base): the export scores the run's eval rows with both and reports how far apart they are.
+base it was trained on top of. Its predictions can then differ from the adapter's (which was trained and scored on
+the 4-bit base): the export scores the run's eval rows with both and reports how far apart they are. `--dequantize`
+merges into the 4-bit base's own weights instead, dequantized to `--dtype`: the weights the adapter was trained
+against, so the merged model answers as the adapter did (but its base weights carry the 4-bit rounding).
 
 Besides the model, OUT holds the run's recipe, the merged model's own report on the eval rows (`metrics.json`,
 `predictions.jsonl`), `fintrl_export.json` (what it was merged from, labels, prompt, stop tokens, agreement with the
@@ -25,17 +27,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-import numpy as np
-
 from fintrl import run_folder
 from fintrl.cli_args import add_trust_remote_code
-from fintrl.errors import ModelError, RunFolderError, StorageError, first_line
+from fintrl.errors import ModelError, RecipeError, RunFolderError, StorageError, first_line
 from fintrl.recipe import ModelSection, label_names
 from fintrl.run_folder import ADAPTER_CONFIG, CARD, EXPORT_INFO, PREDICTIONS, RunFolder
 
 if TYPE_CHECKING:
     from fintrl.recipe import Recipe
     from fintrl.scoring import LabelScorer, ScoreResult
+    from fintrl.targets import Target
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="precision of the merged weights (default auto: bfloat16 on a CUDA GPU that has it, float32 on CPU)",
     )
+    p.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="for a run trained on a 4-bit base: merge into those 4-bit weights dequantized to --dtype (answers as the "
+        "adapter did) instead of the original unquantized base",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT once the new one is made")
     add_trust_remote_code(p)
     p.set_defaults(func=cmd_export)
@@ -70,6 +77,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         Path(args.run_dir),
         Path(args.merged),
         dtype=args.dtype,
+        dequantize=args.dequantize,
         overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code,
     )
@@ -130,6 +138,8 @@ def generation_config(model: Any, tokenizer: Any, scorer: LabelScorer) -> Any:
 
 def agreement(adapter: ScoreResult, merged: ScoreResult, gold: list[int]) -> dict[str, Any]:
     """How far the merged model's predictions are from the adapter's, on the same rows and scoring mode."""
+    import numpy as np
+
     same = np.asarray(adapter.predictions) == np.asarray(merged.predictions)
     delta = np.abs(adapter.probabilities - merged.probabilities)
     return {
@@ -200,8 +210,30 @@ def _write_predictions(path: Path, texts: list[str], gold: list[int], labels: li
     run_folder.write_atomic(path, "".join(line + "\n" for line in lines))
 
 
+def _merge_base(target: Target, dtype: str, *, dequantize: bool) -> Any:
+    """The PeftModel to merge: the adapter on its base loaded unquantized in `dtype`, or (`dequantize`) on the 4-bit
+    base as the recipe quantizes it, dequantized to `dtype` (transformers' `dequantize`)."""
+    from fintrl.models import load_model
+    from fintrl.targets import load_for_inference
+
+    model_section = target.recipe.model.model_copy(update={"dtype": dtype})
+    if not dequantize:
+        plain = target.recipe.model_copy(update={"quantization": None, "model": model_section})
+        return load_for_inference(dataclasses.replace(target, recipe=plain))[0]
+    from peft import PeftModel
+
+    base = load_model(model_section, target.recipe.quantization).dequantize()
+    return PeftModel.from_pretrained(base, target.adapter)
+
+
 def export_merged(
-    run_dir: Path, out: Path, *, dtype: str = "auto", overwrite: bool = False, trust_remote_code: bool = False
+    run_dir: Path,
+    out: Path,
+    *,
+    dtype: str = "auto",
+    dequantize: bool = False,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Merge a finished LoRA run into its base and write a self-contained model folder at `out`; returns the export
     record (also `out/fintrl_export.json`). Built aside (`.OUT.incomplete`) and swapped in only once complete.
@@ -216,8 +248,6 @@ def export_merged(
 
     run_dir, out = Path(run_dir), Path(out)
     if dtype not in DTYPES:
-        from fintrl.errors import RecipeError
-
         raise RecipeError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     run = RunFolder(run_dir).require_finished("export")
     if not run.file(ADAPTER_CONFIG).is_file():
@@ -234,18 +264,26 @@ def export_merged(
     builder = PromptBuilder(recipe.prompt, labels, run.metrics()["data"].get("task"))
     section = recipe.eval
 
+    mode = "auto" if section.mode == "generate" else section.mode  # an exact mode: every row gets a label
+
     def scorer(model: Any, tokenizer: Any) -> LabelScorer:
         return LabelScorer(
-            model, tokenizer, builder, mode=section.mode, batch_size=section.batch_size, max_length=section.max_length
+            model, tokenizer, builder, mode=mode, batch_size=section.batch_size, max_length=section.max_length
         )
 
     quantized = bool(recipe.quantization)
+    if dequantize and not quantized:
+        raise RecipeError(f"--dequantize: {run_dir} was not trained on a 4-bit base (its recipe has no quantization)")
     merged_dtype = str(torch_dtype(dtype)).removeprefix("torch.")
     if quantized:
+        into = (
+            f"its 4-bit weights dequantized to {merged_dtype}"
+            if dequantize
+            else f"the unquantized base ({merged_dtype})"
+        )
         print(
-            f"fintrl: the adapter was trained on a 4-bit base; the merged model is the adapter merged into the "
-            f"unquantized base ({merged_dtype}), so its predictions can differ slightly from the adapter's: "
-            f"both are scored on the run's {len(texts)} eval rows below",
+            f"fintrl: the adapter was trained on a 4-bit base; the merged model is the adapter merged into {into}, "
+            f"so its predictions can differ from the adapter's: both are scored on the run's {len(texts)} eval rows",
             file=sys.stderr,
         )
     logger.info("scoring the adapter (as eval and predict load it) on %d eval rows", len(texts))
@@ -253,13 +291,7 @@ def export_merged(
     adapter_result = scorer(model, tokenizer).score(texts)
     _free(model)
 
-    plain = dataclasses.replace(
-        target,
-        recipe=target.recipe.model_copy(
-            update={"quantization": None, "model": target.recipe.model.model_copy(update={"dtype": dtype})}
-        ),
-    )
-    peft_model, tokenizer = load_for_inference(plain)
+    peft_model = _merge_base(target, dtype, dequantize=dequantize)  # the tokenizer is the adapter's, as loaded above
     logger.info("merging the adapter into the base (%s)", merged_dtype)
     try:
         merged = peft_model.merge_and_unload(progressbar=True)
@@ -276,7 +308,7 @@ def export_merged(
             "base_model": recipe.publish.base_model or _portable(recipe.model.name_or_path),
             "adapter_repo": recipe.publish.repo_id,
             "trained_quantization": recipe.quantization,
-            "method": "peft merge_and_unload",
+            "method": "peft merge_and_unload" + (", into the dequantized 4-bit base" if dequantize else ""),
         },
         "dtype": merged_dtype,
         "labels": labels,
@@ -292,7 +324,7 @@ def export_merged(
             "do_sample": False,
         },
         "agreement": agreement(adapter_result, merged_result, gold),
-        "merged": {"dtype": merged_dtype, "unquantized_base": True, "trained_on_4bit_base": quantized},
+        "merged": {"dtype": merged_dtype, "unquantized_base": not dequantize, "trained_on_4bit_base": quantized},
     }
     work = run_folder.work_folder(out)
     with run_folder.locked(out):

@@ -103,6 +103,7 @@ def render_merged_card(
         adapter_repo=source.get("adapter_repo"),
         run=source.get("run"),
         dtype=info["dtype"],
+        dequantized=not info["merged"]["unquantized_base"],
         quantization=", ".join(f"{k}={v!r}" for k, v in (quantization or {}).items()),
         task=data.get("task"),
         labels=info["labels"],

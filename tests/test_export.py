@@ -92,7 +92,18 @@ def test_export_of_a_qlora_run_says_it_was_merged_unquantized(tiny_run, tmp_path
     assert not (out.parent / ".merged.incomplete").exists()
 
 
-def test_refusals_are_one_line(tiny_run, tmp_path, capsys):
+def test_dequantize_merges_into_the_4bit_weights(tiny_run, tmp_path, capsys):
+    """--dequantize: the weights the adapter was trained against, so the merged model answers as the adapter did."""
+    out = tmp_path / "merged"
+    assert main(["export", str(tiny_run), "--merged", str(out), "--dequantize"]) == 0
+    assert "merged into its 4-bit weights dequantized to float32" in capsys.readouterr().err
+    info = json.loads((out / EXPORT_INFO).read_text())
+    assert info["merged"] == {"dtype": "float32", "unquantized_base": False, "trained_on_4bit_base": True}
+    assert info["agreement"]["agreement"] == 1.0 and info["agreement"]["max_abs_dprob"] < 1e-4
+    assert "Merged into the 4-bit base, dequantized" in (out / "README.md").read_text()
+
+
+def test_refusals_are_one_line(tiny_run, trained, tmp_path, capsys):
     unfinished = copy_run(tiny_run, tmp_path / "unfinished")
     (unfinished / "metrics.json").unlink()
     stranger = tmp_path / "stranger"
@@ -105,6 +116,7 @@ def test_refusals_are_one_line(tiny_run, tmp_path, capsys):
         (["export", str(tiny_run), "--merged", str(tiny_run / "inside")], 5, "outside the run folder"),
         (["export", str(tiny_run), "--merged", str(tmp_path / "c"), "--dtype", "int8"], 2, "invalid choice: 'int8'"),
         (["export", str(tiny_run)], 2, "--merged"),
+        (["export", str(trained["dir"]), "--merged", str(tmp_path / "c"), "--dequantize"], 2, "not trained on a 4-bit"),
     ]
     for argv, code, message in cases:
         assert exit_code(argv) == code, argv
