@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for the "Speed" issue: 7B QLoRA training tokens/s + peak VRAM (fintrl vs TRL defaults) and scorer
-# examples/s, on an H100/H200 box without internet. Two steps:
+# examples/s, on an H100/H200 box without internet; plus a 1-GPU FSDP-QLoRA smoke step (part `fsdp_qlora`:
+# recipes/mistral_fsdp_qlora.yaml under recipes/accelerate/fsdp_qlora.yaml, one process) whose peak VRAM is
+# reported beside the plain QLoRA one. Only that step: bash benchmarks/gpu_check.sh --only fintrl,fsdp_qlora. Two steps:
 #
 #   here (with internet):  bash benchmarks/gpu_check.sh --fetch-wheels
 #       fills $GPU_CHECK_DIR (default .gpu_check/, must be git-ignored) with what the box lacks:

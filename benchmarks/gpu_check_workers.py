@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_scoring import forward_only  # the same plain-forward reference as bench_scoring
@@ -224,4 +225,84 @@ def score(spec: dict[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "vram_before_bytes": vram_before,
         **peak_memory(),
+    }
+
+
+def fsdp_launch_env(config_file: str) -> dict[str, str]:
+    """The variables `accelerate launch --config_file CONFIG --num_processes 1` gives its process, from accelerate's
+    own launcher code (its argument parser, config merge and `prepare_multi_gpu_env`), plus the process group's."""
+    import socket
+
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", config_file, "--num_processes", "1", "gpu_check"])
+    args, _, _ = _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    process = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    return {
+        **{k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))},
+        **process,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
+def fsdp_train(spec: dict[str, Any]) -> dict[str, Any]:
+    """The `fsdp_qlora` part: recipes/mistral_fsdp_qlora.yaml (4-bit weights stored as bf16) trained under
+    recipes/accelerate/fsdp_qlora.yaml with one process, as `accelerate launch` would run it, then the adapter saved
+    through FSDP's state-dict gather (`fintrl.train.save_adapter`). Peak VRAM beside the plain QLoRA part's."""
+    import os
+
+    env = fsdp_launch_env(spec["accelerate_config"])
+    os.environ.update(env)  # before the Trainer's accelerator reads them
+
+    import torch
+
+    from fintrl.distributed import launch_from_env, launch_problems
+    from fintrl.models import has_cuda
+    from fintrl.run_folder import ADAPTER_CONFIG
+    from fintrl.train import save_adapter
+
+    if not has_cuda():
+        raise SystemExit("fsdp_qlora needs a GPU (bitsandbytes' CPU backend stores 4-bit weights as uint8 only)")
+    torch.manual_seed(0)
+    recipe, tokenizer, data, builder = load_setup(spec)
+    problems = launch_problems(recipe, launch_from_env())  # fintrl's FSDP-QLoRA rules, against the launch's variables
+    if problems:
+        raise SystemExit("; ".join(problems))
+    dataset = builder.sft_dataset(data.train)
+    model, model_info = build_model(recipe, spec["tiny"])
+    with tempfile.TemporaryDirectory(prefix="fintrl-gpu-check-") as tmp:
+        with stopwatch() as setup:
+            trainer = build_bench_trainer("fintrl", recipe, model, tokenizer, dataset, tmp)
+        fsdp = trainer.is_fsdp_enabled
+        measured = measure_training(trainer, warmup_steps=spec["warmup_steps"])
+        with stopwatch() as saving:
+            save_adapter(trainer, Path(tmp))
+        adapter = sorted(p.name for p in Path(tmp).iterdir() if p.is_file() and p.name.startswith("adapter_"))
+        saved = (Path(tmp) / ADAPTER_CONFIG).is_file()
+    timed = measured.pop("after_warmup")
+    all_steps = {key: measured.pop(key) for key in ("tokens_per_second", "examples_per_second")}
+    return {
+        "part": spec["part"],
+        "overrides": spec.get("overrides", []),
+        "model": model_info,
+        **measured,
+        "warmup_steps": spec["warmup_steps"],
+        "trainer_setup_seconds": setup.seconds,
+        "all_steps": all_steps,
+        "timed": timed,
+        "n_train_rows": len(dataset),
+        "fsdp": {
+            "enabled": fsdp,
+            "launch_env": {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))},
+            "quant_storage": (recipe.quantization or {}).get("bnb_4bit_quant_storage"),
+            "adapter_saved": saved,
+            "adapter_files": adapter,
+            "save_seconds": saving.seconds,
+        },
     }

@@ -28,6 +28,7 @@ COMMAND_MODULES = ("fintrl.predict", "fintrl.audit", "fintrl.export")
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from fintrl.checks import check_recipe
+    from fintrl.train import TRAIN_DEFAULTS
 
     recipe = load_recipe(args.recipe, overrides=args.overrides, output_dir=args.output_dir)
     if args.num_processes is not None and args.num_processes < 1:
@@ -40,9 +41,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_recipe(recipe, launch=launch)  # short of weights and network; imports TRL, PEFT, transformers (a few s)
     data = recipe.data
     sources = [m.display_name for m in data.mixture] if data.mixture else [data.preset or data.path or data.source]
+    batch = distributed.describe_batch({**TRAIN_DEFAULTS, **recipe.train}, launch.processes)
     print(
         f"{args.recipe}: ok (model {recipe.model.name_or_path}, data {' + '.join(map(str, sources))}, "
-        f"output {recipe.output_dir}; {distributed.describe_batch(recipe.train, launch.processes)})"
+        f"output {recipe.output_dir}; {batch})"
     )
     return 0
 

@@ -87,28 +87,25 @@ def sharded_training(train: dict[str, Any] | None = None) -> str | None:
 
 def state() -> PartialState:
     """accelerate's process state, created as the Trainer will create it (CPU: the gloo backend), so it is shared."""
+    import torch
     from accelerate import PartialState
 
-    from fintrl.models import has_cuda
-
-    use_cpu = not has_cuda() or _truthy(os.environ.get("ACCELERATE_USE_CPU"))
+    use_cpu = not torch.cuda.is_available() or _truthy(os.environ.get("ACCELERATE_USE_CPU"))
     return PartialState(cpu=use_cpu)
 
 
 def effective_batch(train: dict[str, Any], processes: int) -> tuple[int, int, int, int]:
-    """(per-device batch, processes, accumulation steps, their product): the examples behind one optimizer step."""
-    from fintrl.train import TRAIN_DEFAULTS
-
-    merged = {**TRAIN_DEFAULTS, **train}
-    per_device = int(merged["per_device_train_batch_size"])
-    accumulation = int(merged["gradient_accumulation_steps"])
+    """(per-device batch, processes, accumulation steps, their product): the examples behind one optimizer step.
+    `train`: the SFTConfig values in force (fintrl's defaults under the recipe's)."""
+    per_device = int(train["per_device_train_batch_size"])
+    accumulation = int(train.get("gradient_accumulation_steps") or 1)
     return per_device, processes, accumulation, per_device * processes * accumulation
 
 
 def describe_batch(train: dict[str, Any], processes: int) -> str:
     per_device, n, accumulation, total = effective_batch(train, processes)
-    processes = f"{n} process{'es' if n > 1 else ''}"
-    return f"effective batch {total} = {per_device} per device x {processes} x {accumulation} accumulation"
+    processes_text = f"{n} process{'es' if n > 1 else ''}"
+    return f"effective batch {total} = {per_device} per device x {processes_text} x {accumulation} accumulation"
 
 
 @dataclass(frozen=True)
@@ -302,15 +299,6 @@ def score(scorer: LabelScorer, texts: list[str], progress: bool = True) -> Score
         raw_outputs=[r for part in parts for r in part.raw_outputs],
         truncated=[t for part in parts for t in part.truncated],
     )
-
-
-def record() -> dict[str, Any]:
-    """What metrics.json says about the processes a run used."""
-    return {
-        "world_size": world_size(),
-        "sharded_training": sharded_training(),
-        "backend": state().backend if is_distributed() else None,
-    }
 
 
 @contextlib.contextmanager

@@ -267,7 +267,8 @@ def _reload_for_scoring(trainer: object, recipe: Recipe, run_dir: Path) -> PreTr
 
     from fintrl.models import load_model
 
-    trainer.model = trainer.model_wrapped = None  # type: ignore[attr-defined]
+    trainer.accelerator.free_memory()  # type: ignore[attr-defined]  # its references to the sharded model, optimizer
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None  # type: ignore[attr-defined]
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
