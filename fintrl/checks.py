@@ -3,9 +3,10 @@
 `check_recipe` reports every problem at once, each as `key.path: what is wrong; the fix`, joined with "; " on one
 line (a `RecipeError`, exit code 2):
 
-- `train`, `lora`, `quantization`: known fields (did-you-mean), each value against the library field's type and
-  choices, the ranges the libraries leave to crash later (learning_rate > 0, r >= 1, at least one training step, ...),
-  then the real `SFTConfig` / `LoraConfig` / `BitsAndBytesConfig`, built by the functions a run builds them with;
+- `train`, `lora`, `peft`, `quantization`: known methods and fields (did-you-mean), each value against the library
+  field's type and choices, the ranges the libraries leave to crash later (learning_rate > 0, r >= 1, at least one
+  training step, ...), then the real `SFTConfig` / PEFT config / `BitsAndBytesConfig`, built by the functions a run
+  builds them with; a quantized base for a method PEFT has no 4-bit layers for;
 - data: presets exist, `path`s exist, a `source` is an existing path or a Hub dataset id (syntax only);
 - model: an offline name, a local folder with config.json, or a Hub id `org/name` (syntax only);
 - prompt placeholders, a chat template file, verbalizers (when the recipe or preset names the labels);

@@ -1,10 +1,11 @@
 """Recipes: typed, validated YAML describing one fintrl run.
 
-Our own sections are pydantic models (fast, key paths in errors). The `train`, `lora` and `quantization`
-sections pass through untouched to TRL's `SFTConfig`, PEFT's `LoraConfig` and transformers'
-`BitsAndBytesConfig`, so users read those libraries' docs for the fields; their keys, types and ranges are checked
-against the real classes by `fintrl.checks.check_recipe` (which imports them, hence kept out of `load_recipe`), with
-everything else that needs no weights: presets, paths, the model, placeholders (`fintrl validate` runs it).
+Our own sections are pydantic models (fast, key paths in errors). The `train`, `lora` (or `peft`: another PEFT
+method, `fintrl.peft_methods`) and `quantization` sections pass through untouched to TRL's `SFTConfig`, PEFT's
+`LoraConfig` (or the method's class) and transformers' `BitsAndBytesConfig`, so users read those libraries' docs for
+the fields; their keys, types and ranges are checked against the real classes by `fintrl.checks.check_recipe` (which
+imports them, hence kept out of `load_recipe`), with everything else that needs no weights: presets, paths, the
+model, placeholders (`fintrl validate` runs it).
 """
 
 from __future__ import annotations

@@ -94,7 +94,12 @@ def test_recipe_shape_round_trips_and_overrides(tmp_path: Path, caplog: pytest.L
     recipe_from_dict(method_dict(tmp_path, "ia3") | {"quantization": {"load_in_4bit": True}})  # not full fine-tuning
 
 
-def test_validate_checks_methods_against_peft(tmp_path: Path) -> None:
+def test_validate_checks_methods_against_peft(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fintrl.cli import main
+
+    assert main(["validate", "recipes/quickstart_prefix_tuning.yaml"]) == 0
+    assert main(["validate", "recipes/quickstart.yaml", "--set", "peft.method=prefx_tuning"]) == 2
+    assert "peft.method: unknown method 'prefx_tuning' (did you mean `prefix_tuning`?)" in capsys.readouterr().err
     out = tmp_path / "r"
     assert problems(method_dict(out, "prefx_tuning")).startswith(
         "peft.method: unknown method 'prefx_tuning' (did you mean `prefix_tuning`?)"
@@ -265,19 +270,38 @@ def test_run_reload_and_card(tmp_path: Path, method: str) -> None:
     assert 0 < trainable and f"Trainable parameters: {trainable:,} (" in card
     assert f"(PEFT `{config_fields(target.recipe)[0].__name__}`)" in card
     assert "peft:" in card and f"method: {method}" in (out / RECIPE).read_text()
+    if method in ("prompt_tuning", "prefix_tuning"):  # transformers' pipeline cannot inject it: PEFT loads it
+        assert "AutoPeftModelForCausalLM" in python_blocks(card)[0] and "cannot apply it" in card
+    run_snippet(python_blocks(card)[0], out)  # the card's first snippet loads this adapter and generates
 
 
-@pytest.mark.slow
-def test_prompt_learning_card_snippet_runs(tmp_path: Path) -> None:
-    """transformers' pipeline cannot inject a prompt-learning adapter; the card's PEFT snippet loads and generates."""
-    from fintrl.runner import run
-
-    out = tmp_path / "run"
-    run(recipe_from_dict(method_dict(out, "prefix_tuning")))
-    card = (out / CARD).read_text()
-    assert "A prefix tuning adapter" in card and "cannot apply it" in card
-    snippet = python_blocks(card)[0].replace("your-org/run", str(out))
-    assert "AutoPeftModelForCausalLM" in snippet and str(out) in snippet
+def run_snippet(snippet: str, run_dir: Path) -> None:
+    """Run a card snippet against the run folder instead of its Hub repo (the base is the local tiny model)."""
+    snippet = snippet.replace(f"your-org/{run_dir.name}", str(run_dir))
+    assert str(run_dir) in snippet
     namespace: dict = {}
     exec(compile(snippet.replace("print(answer)", "result = answer"), "card", "exec"), namespace)  # noqa: S102
     assert isinstance(namespace["result"], str)
+
+
+@pytest.mark.slow
+def test_publish_and_predict_a_prompt_tuning_adapter(tmp_path: Path, local_hub, tiny_model_dir, capsys) -> None:
+    """README -> recipe -> run -> publish -> `fintrl predict org/name@v1.0.0`: the Hub copy scores as the run did."""
+    from fintrl import hub
+    from fintrl.cli import main
+    from fintrl.runner import run
+    from tests.helpers import BASE_REPO, REPO, upload_tiny_base
+
+    upload_tiny_base(tiny_model_dir)
+    out = tmp_path / "run"
+    run(recipe_from_dict(method_dict(out, "prompt_tuning") | {"publish": {"base_model": BASE_REPO}}))
+    text = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."
+    capsys.readouterr()  # the Trainer prints its log dicts
+    assert main(["predict", str(out), "--text", text]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert hub.publish(out, REPO).version == "v1.0.0"
+    assert main(["predict", f"{REPO}@v1.0.0", "--text", text]) == 0
+    published = json.loads(capsys.readouterr().out)
+    assert published["probabilities"] == pytest.approx(local["probabilities"], abs=1e-5)
+    card = (out / CARD).read_text()
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{REPO}", revision="v1.0.0")' in card
