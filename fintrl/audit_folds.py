@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -132,7 +134,8 @@ def cross_fit(recipe: Recipe, data: LabeledData, folds: int, seed: int) -> Split
             trainer = build_trainer(
                 fold_recipe, model, tokenizer, builder.sft_dataset(data.train.select(fit_rows)), Path(tmp) / f"fold{k}"
             )
-            train(trainer, Path(tmp) / f"fold{k}", resume=False)
+            with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log lines: stdout is the report's
+                train(trainer, Path(tmp) / f"fold{k}", resume=False)
             scorer = LabelScorer(
                 trainer.model,
                 tokenizer,
