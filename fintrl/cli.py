@@ -68,6 +68,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fintrl.stats import summary
     from fintrl.targets import load_for_inference, resolve_target
 
+    if distributed.is_distributed():  # its output folder has one writer; a run under a launcher scores in shards
+        raise RecipeError("fintrl eval runs as one process: start it without accelerate launch / torchrun")
     target = resolve_target(
         args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
     )

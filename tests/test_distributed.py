@@ -124,6 +124,12 @@ def test_one_process_is_unchanged(monkeypatch):
     assert os.environ["ACCELERATE_USE_FSDP"] == "true"
 
 
+def test_eval_refuses_to_run_under_a_launcher(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "fintrl eval runs as one process" in capsys.readouterr().err
+
+
 def launch(recipe: Path, *extra: str) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 2 -m fintrl run RECIPE`,
     as the README says, on CPU (accelerate's process group falls back to gloo), one thread per process."""
