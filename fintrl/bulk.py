@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fintrl.bulk_io import FORMATS, Inputs, ShardWriter, check_columns, list_inputs, output_schema
-from fintrl.errors import DataError, FintrlError, RecipeError
+from fintrl.errors import DataError, FintrlError, RecipeError, first_line
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 DEFAULT_SHARD_ROWS = 4096
-MAX_BATCH_ROWS = 256  # rows per actor call: the scorer's shared prompt prefix is computed once per call
+MAX_BATCH_ROWS = 128  # rows per actor call: the scorer's shared prompt prefix is computed once per call
 RAY_ONLY = ("num_workers", "num_gpus_per_worker", "text_column", "address", "shard_rows", "output_format")
 
 
@@ -136,13 +136,20 @@ class Tally:
 
 
 def _read(inputs: Inputs, column: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
     import ray.data
 
     kwargs: dict[str, Any] = {"filesystem": inputs.filesystem, "include_paths": True}
-    if inputs.reader == "csv":
-        ds = ray.data.read_csv(inputs.files, **kwargs)
+    if inputs.reader == "csv":  # quoted newlines inside a text; the text column read as text, whatever it looks like
+        parse, convert = (
+            pcsv.ParseOptions(newlines_in_values=True),
+            pcsv.ConvertOptions(column_types={column: pa.string()}),
+        )
+        ds = ray.data.read_csv(inputs.files, parse_options=parse, convert_options=convert, **kwargs)
     elif inputs.reader == "json":
-        ds = ray.data.read_json(inputs.files, lines=True, file_extensions=None, **kwargs)
+        # pyarrow's JSON reader (lines=False) reads JSON Lines and takes a filesystem; lines=True (pandas) takes none
+        ds = ray.data.read_json(inputs.files, file_extensions=None, **kwargs)
     else:
         ds = ray.data.read_parquet(inputs.files, columns=[column], **kwargs)
     return ds.select_columns([column, "path"])
@@ -150,7 +157,10 @@ def _read(inputs: Inputs, column: str) -> Any:
 
 def pending_shards(ds: Any, column: str, shard_rows: int, done: set[int], tally: Tally) -> tuple[list, dict[int, int]]:
     """Cut the input, in order, into shards of `shard_rows` rows; put each pending one in the object store (row id,
-    source file and row, text). Blank texts are skipped and counted, as `fintrl predict` skips blank lines."""
+    source file and row, text). Blank texts are skipped and counted, as `fintrl predict` skips blank lines.
+
+    The texts pass through the driver once (reading costs little beside scoring): that is what numbers the rows the
+    same way on every run. Ray's object store holds the pending ones (it spills to disk when they outgrow memory)."""
     import pyarrow as pa
     import ray
     from tqdm.auto import tqdm
@@ -172,7 +182,7 @@ def pending_shards(ds: Any, column: str, shard_rows: int, done: set[int], tally:
         try:
             texts = batch.column(column).cast(pa.string()).to_pylist()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-            raise DataError(f"--text-column {column}: not text ({str(err).splitlines()[0]})") from None
+            raise DataError(f"--text-column {column}: not text ({first_line(err)})") from None
         keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
         tally.blank += batch.num_rows - len(keep)
         expected[index] = len(keep)
@@ -190,11 +200,21 @@ def pending_shards(ds: Any, column: str, shard_rows: int, done: set[int], tally:
     return refs, expected
 
 
-def _actor_cpus(workers: int, gpus: float) -> float:
-    """Each actor's share of the CPUs (its torch threads), no more than one node holds; 1 with GPUs."""
+def _actor_cpus(workers: int, gpus: float, address: str | None) -> float:
+    """Each actor's share of the CPUs (its torch threads), no more than one node holds; 1 with GPUs. Actors that ask
+    for more GPUs than a local cluster has would wait for ever: said at once (a remote one may scale up: warned)."""
     import ray
 
     if gpus:
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < workers * gpus:
+            message = (
+                f"--num-workers {workers} x --num-gpus-per-worker {gpus:g} needs {workers * gpus:g} GPUs; the Ray "
+                f"cluster has {have:g}"
+            )
+            if address is None:
+                raise RecipeError(message + ": use fewer workers, or join a cluster with more GPUs (--address)")
+            logger.warning("%s now: the actors wait until it has them", message)
         return 1
     nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     return max(1, min(int(ray.cluster_resources().get("CPU", 1)) // workers, int(max(nodes, default=1))))
@@ -232,7 +252,7 @@ def score_shards(refs: list, expected: dict[int, int], job: dict[str, Any], args
         compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool: each actor loads the model once
         batch_size=min(job["shard_rows"], MAX_BATCH_ROWS),
         batch_format="pyarrow",
-        num_cpus=_actor_cpus(workers, gpus),
+        num_cpus=_actor_cpus(workers, gpus, args.address),
         **({"num_gpus": gpus} if gpus else {}),
     )
     parts: dict[int, list[pa.Table]] = {}
@@ -333,7 +353,10 @@ def run_bulk(args: argparse.Namespace) -> int:
         tally.scored = score_shards(refs, expected, job, args, writer)
         seconds = time.perf_counter() - start
     except Exception as err:  # noqa: BLE001 - Ray wraps what actors raise; give the user's error back as one line
-        raise _unwrap(err) from err
+        mapped = _unwrap(err)
+        if mapped is err:
+            raise
+        raise mapped from err
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         if started:

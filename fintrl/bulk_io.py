@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fintrl.errors import DataError, RunFolderError
+from fintrl.errors import DataError, RunFolderError, first_line
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -79,6 +79,7 @@ def _hidden(relative: str) -> bool:
 def check_columns(inputs: Inputs, column: str) -> None:
     """Every input file has the text column: one line naming the file and its columns, before anything starts."""
     import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
     for file in inputs.files:
@@ -90,10 +91,9 @@ def check_columns(inputs: Inputs, column: str) -> None:
                     names = pcsv.open_csv(f).schema.names
             else:
                 with inputs.filesystem.open_input_stream(file) as f:
-                    first = f.readline()
-                names = list(json.loads(first)) if first.strip() else []
+                    names = pjson.open_json(f).schema.names  # the first block's
         except Exception as err:  # noqa: BLE001 - pyarrow / json errors: one line naming the file
-            raise DataError(f"--input {file}: cannot read it as {inputs.reader} ({str(err).splitlines()[0]})") from None
+            raise DataError(f"--input {file}: cannot read it as {inputs.reader} ({first_line(err)})") from None
         if column not in names:
             raise DataError(f"--input {file} has no column {column!r} (columns: {names}); pass --text-column NAME")
 
