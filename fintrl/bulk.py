@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 DEFAULT_SHARD_ROWS = 4096
-MAX_BATCH_ROWS = 128  # rows per actor call: the scorer's shared prompt prefix is computed once per call
+MAX_BATCH_ROWS = 128  # rows per block and actor call (the scorer's shared prompt prefix: once per call)
 RAY_ONLY = ("num_workers", "num_gpus_per_worker", "text_column", "address", "shard_rows", "output_format")
 
 
@@ -74,7 +74,9 @@ class ScorerActor:
     """Loads the target once (the same rules as `fintrl predict`: trust_remote_code only from the user's flag) and
     scores each batch: the label, every label's probability (calibrated unless --uncalibrated), abstentions."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    job: dict[str, Any]  # set on a subclass per command (`_actor_class`): no constructor arguments to keep alive
+
+    def __init__(self) -> None:
         import ray
         import torch
 
@@ -86,7 +88,7 @@ class ScorerActor:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if cpus and not torch.cuda.is_available():  # one actor's share of the cores: actors must not contend
             torch.set_num_threads(max(1, int(cpus)))
-        self.job = job
+        job = self.job
         try:
             self.target = resolve_target(
                 job["target"], recipe_path=job["recipe"], overrides=job["overrides"], trust_remote_code=job["trust"]
@@ -156,8 +158,8 @@ def _read(inputs: Inputs, column: str) -> Any:
 
 
 def pending_shards(ds: Any, column: str, shard_rows: int, done: set[int], tally: Tally) -> tuple[list, dict[int, int]]:
-    """Cut the input, in order, into shards of `shard_rows` rows; put each pending one in the object store (row id,
-    source file and row, text). Blank texts are skipped and counted, as `fintrl predict` skips blank lines.
+    """Cut the input, in order, into shards of `shard_rows` rows; put each pending one in the object store, in blocks
+    of MAX_BATCH_ROWS (row id, source file and row, text). Blank texts are skipped and counted, as `predict` does.
 
     The texts pass through the driver once (reading costs little beside scoring): that is what numbers the rows the
     same way on every run. Ray's object store holds the pending ones (it spills to disk when they outgrow memory)."""
@@ -186,17 +188,16 @@ def pending_shards(ds: Any, column: str, shard_rows: int, done: set[int], tally:
         keep = [i for i, t in enumerate(texts) if t is not None and t.strip()]
         tally.blank += batch.num_rows - len(keep)
         expected[index] = len(keep)
-        table = pa.table(
-            {
-                "shard": pa.array([index] * len(keep), pa.int64()),
-                "row": pa.array([first + i for i in keep], pa.int64()),
-                "source": pa.array([paths[i] for i in keep], pa.string()),
-                "source_row": pa.array([source_rows[i] for i in keep], pa.int64()),
-                "text": pa.array([texts[i] for i in keep], pa.string()),
+        for start in range(0, len(keep), MAX_BATCH_ROWS):  # blocks the actor pool can share out, a shard or not
+            block = keep[start : start + MAX_BATCH_ROWS]  # built anew, not a slice: a slice would carry the shard
+            table = {
+                "shard": pa.array([index] * len(block), pa.int64()),
+                "row": pa.array([first + i for i in block], pa.int64()),
+                "source": pa.array([paths[i] for i in block], pa.string()),
+                "source_row": pa.array([source_rows[i] for i in block], pa.int64()),
+                "text": pa.array([texts[i] for i in block], pa.string()),
             }
-        )
-        if keep:
-            refs.append(ray.put(table))
+            refs.append(ray.put(pa.table(table)))
     return refs, expected
 
 
@@ -247,10 +248,9 @@ def score_shards(refs: list, expected: dict[int, int], job: dict[str, Any], args
         return 0
     workers, gpus = args.num_workers or 1, args.num_gpus_per_worker or 0
     scored = ray.data.from_arrow_refs(refs).map_batches(
-        ScorerActor,
-        fn_constructor_kwargs={"job": job},
+        type("ScorerActor", (ScorerActor,), {"job": job}),  # Ray restarts a lost actor from its class alone
         compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool: each actor loads the model once
-        batch_size=min(job["shard_rows"], MAX_BATCH_ROWS),
+        batch_size=MAX_BATCH_ROWS,
         batch_format="pyarrow",
         num_cpus=_actor_cpus(workers, gpus, args.address),
         **({"num_gpus": gpus} if gpus else {}),
@@ -342,6 +342,7 @@ def run_bulk(args: argparse.Namespace) -> int:
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines; our bars show progress
     for name in ("ray.data.exceptions", "ray.data._internal.execution.operators.actor_pool_map_operator"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # an actor's failure, logged; we raise it as one line
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled": ours replace them
     ctx = DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
     ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False  # fixed row order: stable shards
