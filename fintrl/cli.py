@@ -345,5 +345,6 @@ def _report(exc: Exception, *, verbose: bool) -> int:
     print(f"{prog}: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
     return err.exit_code
 
+
 if __name__ == "__main__":
     sys.exit(main())
