@@ -32,6 +32,8 @@ _EXPORTS = {
     "LabelScorer": "fintrl.scoring",
     "publish": "fintrl.hub",
     "list_versions": "fintrl.hub",
+    "export_merged": "fintrl.export",
+    "audit": "fintrl.audit",
     "FintrlError": "fintrl.errors",
 }
 __all__ = [
@@ -42,7 +44,9 @@ __all__ = [
     "RunFolder",
     "__version__",
     "check_recipe",
+    "audit",
     "evaluate",
+    "export_merged",
     "list_versions",
     "load_for_inference",
     "load_recipe",
@@ -52,8 +56,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from fintrl.audit import audit
     from fintrl.checks import check_recipe
     from fintrl.errors import FintrlError
+    from fintrl.export import export_merged
     from fintrl.hub import list_versions, publish
     from fintrl.recipe import Recipe, load_recipe
     from fintrl.run_folder import Report, RunFolder
