@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from fintrl import run_folder
 from fintrl.cli_args import add_trust_remote_code
 from fintrl.errors import ModelError, RecipeError, RunFolderError, StorageError, first_line
+from fintrl.peft_methods import PROMPT_TYPES
 from fintrl.recipe import ModelSection, label_names
 from fintrl.run_folder import ADAPTER_CONFIG, CARD, EXPORT_INFO, PREDICTIONS, RunFolder
 
@@ -254,6 +255,13 @@ def export_merged(
         raise RunFolderError(
             f"{run_dir} holds no adapter ({ADAPTER_CONFIG}): there is nothing to merge (a fully fine-tuned run "
             "is a model folder already)"
+        )
+    peft_type = json.loads(run.file(ADAPTER_CONFIG).read_text()).get("peft_type")
+    if peft_type in PROMPT_TYPES:  # refused before anything loads: PEFT has nothing to merge for these
+        raise ModelError(
+            f"{run_dir}: a {peft_type.lower()} adapter learns virtual tokens, not weight changes, so it cannot be "
+            "merged into the base; publish the adapter (`fintrl publish`) and load it with PEFT's "
+            "AutoPeftModelForCausalLM, as its card shows"
         )
     check_output(out, run_dir, overwrite=overwrite)
     start = time.perf_counter()

@@ -250,7 +250,7 @@ def test_scorer_matches_full_forward_for_every_mode(tmp_path: Path, method: str,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
-def test_run_reload_and_card(tmp_path: Path, method: str) -> None:
+def test_run_reload_and_card(tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]) -> None:
     from fintrl.runner import run
     from fintrl.targets import load_for_inference, resolve_target
 
@@ -273,6 +273,13 @@ def test_run_reload_and_card(tmp_path: Path, method: str) -> None:
     if method in ("prompt_tuning", "prefix_tuning"):  # transformers' pipeline cannot inject it: PEFT loads it
         assert "AutoPeftModelForCausalLM" in python_blocks(card)[0] and "cannot apply it" in card
     run_snippet(python_blocks(card)[0], out)  # the card's first snippet loads this adapter and generates
+    if method in ("prompt_tuning", "prefix_tuning"):  # nothing to merge: export says so before loading anything
+        from fintrl.cli import main
+
+        capsys.readouterr()
+        assert main(["export", str(out), "--merged", str(tmp_path / "merged")]) == 4
+        assert "cannot be merged into the base" in capsys.readouterr().err
+        assert not (tmp_path / "merged").exists()
 
 
 def run_snippet(snippet: str, run_dir: Path) -> None:
