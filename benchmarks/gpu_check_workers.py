@@ -123,6 +123,13 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             trainer = build_bench_trainer(spec["part"], recipe, model, tokenizer, dataset, tmp)
         measured = measure_training(trainer, warmup_steps=spec["warmup_steps"])
 
+    return training_result(spec, model_info, measured, setup.seconds, len(dataset))
+
+
+def training_result(
+    spec: dict[str, Any], model_info: dict[str, Any], measured: dict[str, Any], setup_seconds: float, n_rows: int
+) -> dict[str, Any]:
+    """One training part's JSON: the timed steps after warm-up apart from all steps' rates."""
     timed = measured.pop("after_warmup")
     all_steps = {key: measured.pop(key) for key in ("tokens_per_second", "examples_per_second")}
     return {
@@ -131,10 +138,10 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         "model": model_info,
         **measured,
         "warmup_steps": spec["warmup_steps"],
-        "trainer_setup_seconds": setup.seconds,
+        "trainer_setup_seconds": setup_seconds,
         "all_steps": all_steps,
         "timed": timed,
-        "n_train_rows": len(dataset),
+        "n_train_rows": n_rows,
     }
 
 
@@ -285,18 +292,8 @@ def fsdp_train(spec: dict[str, Any]) -> dict[str, Any]:
             save_adapter(trainer, Path(tmp))
         adapter = sorted(p.name for p in Path(tmp).iterdir() if p.is_file() and p.name.startswith("adapter_"))
         saved = (Path(tmp) / ADAPTER_CONFIG).is_file()
-    timed = measured.pop("after_warmup")
-    all_steps = {key: measured.pop(key) for key in ("tokens_per_second", "examples_per_second")}
     return {
-        "part": spec["part"],
-        "overrides": spec.get("overrides", []),
-        "model": model_info,
-        **measured,
-        "warmup_steps": spec["warmup_steps"],
-        "trainer_setup_seconds": setup.seconds,
-        "all_steps": all_steps,
-        "timed": timed,
-        "n_train_rows": len(dataset),
+        **training_result(spec, model_info, measured, setup.seconds, len(dataset)),
         "fsdp": {
             "enabled": fsdp,
             "launch_env": {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))},

@@ -34,7 +34,7 @@ from fintrl.run_folder import (
 from fintrl.staging import is_hub_id, portable_name, portable_report
 
 if TYPE_CHECKING:
-    from huggingface_hub import EvalResult
+    from huggingface_hub import EvalResult, ModelCardData
 
     from fintrl.recipe import Recipe
 
@@ -157,6 +157,28 @@ def _caveats(recipe: Recipe) -> list[tuple[str, str]]:
     ]
 
 
+def hub_card_data(
+    data: dict[str, Any], base: str, *, relation: str, library: str, tags: list[str], **fields: Any
+) -> ModelCardData:
+    """The card's metadata, shared by adapter and merged-model cards: the base and how this repo relates to it
+    (`adapter`, `merge`; named only for a Hub id), the Hub datasets, the data's licence, and the tags."""
+    from huggingface_hub import ModelCardData
+
+    sources = data.get("mixture") or [data]
+    dataset_ids = [s["source"] for s in sources if is_hub_id(s.get("source"))]
+    return ModelCardData(
+        base_model=base if is_hub_id(base) else None,
+        base_model_relation=relation if is_hub_id(base) else None,
+        library_name=library,
+        pipeline_tag="text-generation",
+        license=data.get("license") if data.get("license") not in (None, "unknown") else None,
+        datasets=dataset_ids or None,
+        language=["en"],
+        tags=tags,
+        **fields,
+    )
+
+
 def render_card(
     run_dir: Path,
     *,
@@ -175,7 +197,7 @@ def render_card(
 
     >>> card = render_card(Path("runs/quickstart"), repo_id="org/fin", version="v1.0.0", base_model="org/base")
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
 
     from fintrl.peft_methods import card_method
     from fintrl.prompts import PromptBuilder
@@ -188,17 +210,11 @@ def render_card(
     base = base_model_name(recipe, base_model)
     repo_id = repo_id or recipe.publish.repo_id or f"your-org/{run_name(run_dir)}"
     results = eval_results(recipe, metrics)
-    sources = data.get("mixture") or [data]
-    dataset_ids = [s["source"] for s in sources if is_hub_id(s.get("source"))]
-    license_ = data.get("license") if data.get("license") not in (None, "unknown") else None
-    card_data = ModelCardData(
-        base_model=base if is_hub_id(base) else None,
-        base_model_relation="adapter" if is_hub_id(base) else None,
-        library_name="peft",
-        pipeline_tag="text-generation",
-        license=license_,
-        datasets=dataset_ids or None,
-        language=["en"],
+    card_data = hub_card_data(
+        data,
+        base,
+        relation="adapter",
+        library="peft",
         tags=["fintrl", "finance", "text-classification", *method["tags"], "trl", "sft"]
         + (["qlora"] if recipe.quantization and "lora" in method["tags"] else []),
         model_name=repo_id if results else None,

@@ -60,7 +60,9 @@ def render_merged_card(
 
     >>> print(render_merged_card(Path("runs/quickstart-merged"), repo_id="org/fin-merged", base_model="org/base"))
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
+
+    from fintrl.card import hub_card_data
 
     folder = Path(folder)
     run = RunFolder(folder)
@@ -71,17 +73,11 @@ def render_merged_card(
     base = base_model or source.get("base_model") or ""
     repo_id = repo_id or f"your-org/{run_name(folder)}"
     quantization = source.get("trained_quantization")
-    sources = data.get("mixture") or [data]
-    dataset_ids = [s["source"] for s in sources if is_hub_id(s.get("source"))]
-    license_ = data.get("license") if data.get("license") not in (None, "unknown") else None
-    card_data = ModelCardData(
-        base_model=base if is_hub_id(base) else None,
-        base_model_relation="merge" if is_hub_id(base) else None,
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        license=license_,
-        datasets=dataset_ids or None,
-        language=["en"],
+    card_data = hub_card_data(
+        data,
+        base,
+        relation="merge",
+        library="transformers",
         tags=["fintrl", "finance", "text-classification", "lora", "merge", "trl", "sft"]
         + (["qlora"] if quantization else []),
     )
