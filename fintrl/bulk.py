@@ -59,17 +59,6 @@ def require_ray() -> None:
 
 
 # -- the actor: one model per actor ---------------------------------------------------------------------------------
-def target_labels(target: Any) -> list[str]:
-    from fintrl.recipe import label_names
-
-    labels = target.labels or target.recipe.data.labels
-    if labels is None:
-        raise RecipeError(
-            "predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe"
-        )
-    return label_names(labels)
-
-
 class ScorerActor:
     """Loads the target once (the same rules as `fintrl predict`: trust_remote_code only from the user's flag) and
     scores each batch: the label, every label's probability (calibrated unless --uncalibrated), abstentions."""
@@ -81,8 +70,6 @@ class ScorerActor:
         import torch
 
         from fintrl.errors import translate
-        from fintrl.prompts import PromptBuilder
-        from fintrl.scoring import LabelScorer
         from fintrl.targets import load_for_inference, resolve_target
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
@@ -93,22 +80,14 @@ class ScorerActor:
             self.target = resolve_target(
                 job["target"], recipe_path=job["recipe"], overrides=job["overrides"], trust_remote_code=job["trust"]
             )
-            self.labels = target_labels(self.target)
+            self.labels = self.target.label_set("predict")
             model, tokenizer = load_for_inference(self.target)
         except Exception as err:  # noqa: BLE001 - as the CLI's boundary would: a missing model is the user's error
             mapped = translate(err)
             if mapped is None:
                 raise
             raise mapped from None
-        recipe = self.target.recipe
-        self.scorer = LabelScorer(  # exactly as fintrl/predict.py builds it
-            model,
-            tokenizer,
-            PromptBuilder(recipe.prompt, self.labels),
-            mode=job["mode"] or recipe.eval.mode,
-            batch_size=recipe.eval.batch_size,
-            max_length=recipe.eval.max_length,
-        )
+        self.scorer = self.target.scorer(model, tokenizer, mode=job["mode"])  # as `fintrl predict` builds it
         self.schema = output_schema(self.labels, job["min_confidence"])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -322,7 +301,7 @@ def run_bulk(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "calibrated": not args.uncalibrated,
         "min_confidence": args.min_confidence,
-        "labels": target_labels(target),
+        "labels": target.label_set("predict"),
         "inputs": [[f, s] for f, s in zip(inputs.files, inputs.sizes)],
         "text_column": column,
         "shard_rows": args.shard_rows or DEFAULT_SHARD_ROWS,

@@ -11,7 +11,6 @@ from pathlib import Path
 from fintrl.bulk import RAY_ONLY, add_engine_options, run_bulk
 from fintrl.cli_args import add_target
 from fintrl.errors import DataError, RecipeError, RunFolderError
-from fintrl.recipe import label_names
 from fintrl.run_folder import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -51,8 +50,6 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fintrl.calibration import prediction_rows
-    from fintrl.prompts import PromptBuilder
-    from fintrl.scoring import LabelScorer
     from fintrl.targets import load_for_inference, resolve_target
 
     if args.engine == "ray":
@@ -68,22 +65,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     target = resolve_target(
         args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
     )
-    labels = target.labels or target.recipe.data.labels
-    if labels is None:
-        raise RecipeError(
-            "predict needs the label set: score a run folder / published adapter, or give data.labels in the recipe"
-        )
-    labels = label_names(labels)
+    labels = target.label_set("predict")
     model, tokenizer = load_for_inference(target)
-    recipe = target.recipe
-    scorer = LabelScorer(
-        model,
-        tokenizer,
-        PromptBuilder(recipe.prompt, labels),
-        mode=args.mode or recipe.eval.mode,
-        batch_size=recipe.eval.batch_size,
-        max_length=recipe.eval.max_length,
-    )
+    scorer = target.scorer(model, tokenizer, mode=args.mode)
     result = scorer.score(texts)
     probabilities = result.probabilities if args.uncalibrated else target.calibrate(result.probabilities, result.mode)
     rows = prediction_rows(texts, labels, result.predictions, probabilities, args.min_confidence)  # abstain below it

@@ -17,8 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fintrl.batcher import MicroBatcher
-from fintrl.errors import RecipeError, first_line
-from fintrl.recipe import label_names
+from fintrl.errors import first_line
 from fintrl.targets import Target, split_revision
 
 if TYPE_CHECKING:
@@ -76,26 +75,15 @@ class ClassifyResponse(BaseModel):
 
 # -- what is served --------------------------------------------------------------------------------------------
 def target_labels(target: Target) -> list[str]:
-    labels = label_names(target.labels or target.recipe.data.labels)
-    if labels is None:
-        raise RecipeError(
-            "serve needs the label set: serve a run folder / published adapter, or give data.labels in the recipe"
-        )
-    return labels
+    return target.label_set("serve")
 
 
 def load_scorer(target: Target, batch_size: int) -> LabelScorer:
     """Base + adapter as `fintrl predict` loads them, and a scorer whose one batch is one micro-batch."""
-    from fintrl.prompts import PromptBuilder
-    from fintrl.scoring import LabelScorer
     from fintrl.targets import load_for_inference
 
     model, tokenizer = load_for_inference(target)
-    recipe = target.recipe
-    builder = PromptBuilder(recipe.prompt, target_labels(target))
-    return LabelScorer(
-        model, tokenizer, builder, mode=recipe.eval.mode, batch_size=batch_size, max_length=recipe.eval.max_length
-    )
+    return target.scorer(model, tokenizer, batch_size=batch_size)
 
 
 def calibration(target: Target) -> Calibrate | None:

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 from fintrl.calibration import Calibration, load_calibration
 from fintrl.errors import HubError, ModelError, RecipeError
-from fintrl.recipe import Recipe, load_recipe
+from fintrl.recipe import Recipe, label_names, load_recipe
 from fintrl.run_folder import ADAPTER_CONFIG, RECIPE, RunFolder
 
 if TYPE_CHECKING:
     import numpy as np
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from fintrl.scoring import LabelScorer
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,38 @@ class Target:
         predicted label never changes. Unchanged without a calibration, or when `mode` (the scorer's `result.mode`)
         is not the one it was fitted on."""
         return probabilities if self.calibration is None else self.calibration.apply(probabilities, mode)
+
+    def label_set(self, command: str) -> list[str]:
+        """The labels to score with: the adapter's, else the recipe's `data.labels` (a base model scored zero-shot)."""
+        labels = label_names(self.labels or self.recipe.data.labels)
+        if labels is None:
+            raise RecipeError(
+                f"{command} needs the label set: use a run folder / published adapter, "
+                "or give data.labels in the recipe"
+            )
+        return labels
+
+    def scorer(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        mode: str | None = None,
+        batch_size: int | None = None,
+    ) -> LabelScorer:
+        """The scorer `predict`, `serve` and Ray's actors use: the recipe's prompt and eval settings (or these)."""
+        from fintrl.prompts import PromptBuilder
+        from fintrl.scoring import LabelScorer
+
+        section = self.recipe.eval
+        return LabelScorer(
+            model,
+            tokenizer,
+            PromptBuilder(self.recipe.prompt, self.label_set("scoring")),
+            mode=mode or section.mode,
+            batch_size=batch_size or section.batch_size,
+            max_length=section.max_length,
+        )
 
 
 def split_revision(target: str) -> tuple[str, str | None]:
