@@ -13,7 +13,7 @@ setup:
 	@bash scripts/setup
 
 quickstart: setup
-	$(PYTHON) -m fintrl.cli run recipes/quickstart.yaml --overwrite
+	$(PYTHON) -m fintrl run recipes/quickstart.yaml --overwrite
 
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -109,10 +109,11 @@ def verdict(stats: dict[str, Any]) -> str:
 
 # -- the run and the audit --------------------------------------------------------------------------------------------
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from fintrl.audit import audit, write_audit
-    from fintrl.recipe import load_recipe
-    from fintrl.run_folder import AUDIT_SUMMARY, eval_output
+    from fintrl.audit.confident import audit, write_audit
+    from fintrl.recipe.schema import load_recipe
+    from fintrl.run_folder import AUDIT_SUMMARY
     from fintrl.runner import run
+    from fintrl.transaction import eval_output
 
     data = Path(args.data_dir).resolve()
     overrides = [

@@ -48,8 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_method(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker (fresh process): one whole run with one method; its report's numbers and the adapter's size."""
-    from fintrl.peft_methods import describe
-    from fintrl.recipe import load_recipe
+    from fintrl.model.peft_methods import describe
+    from fintrl.recipe.schema import load_recipe
     from fintrl.runner import run
 
     recipe = load_recipe(spec["recipe"], overrides=spec["overrides"])

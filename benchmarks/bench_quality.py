@@ -2,8 +2,9 @@
 
 For each dataset (local copies in ../shared/data/<name>: train.csv, validation.csv) it trains on train and reports on
 validation, every method on the same rows:
-- `majority`, `tfidf_logreg`: `fintrl.metrics.baselines` (majority class; TF-IDF 1-2 grams + logistic regression);
-- `zero_shot`: the base model, no adapter, through the exact label scorer (`fintrl.runner.evaluate`);
+- `majority`, `tfidf_logreg`: `fintrl.metrics.classification.baselines` (majority class; TF-IDF 1-2 grams + logistic
+regression);
+- `zero_shot`: the base model, no adapter, through the exact label scorer (`fintrl.evaluation.report.evaluate`);
 - `fine_tuned`: `fintrl.runner.run` with the dataset's recipe `recipes/<dataset>_smollm2.yaml` and
   `--set data.path=../shared/data/<dataset>`, run folder `runs/bench/quality/<dataset>`;
 - `mixture`: `recipes/mixture_smollm2.yaml` (FPB 50 % + FiQA + TFNS, one sentiment label set) trained once and
@@ -93,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- recipes ----------------------------------------------------------------------------------------------------
 def recipe_for(name: str, args: argparse.Namespace) -> Any:
     """The dataset's shipped recipe, pointed at the local data, with --quick / --model / --set applied in that order."""
-    from fintrl.recipe import load_recipe
+    from fintrl.recipe.schema import load_recipe
 
     path = REPO / "recipes" / f"{name}_smollm2.yaml"
     data_dir = Path(args.data_dir).resolve()
@@ -119,11 +120,12 @@ def row(dataset: str, method: str, metrics: dict[str, Any], **extra: Any) -> dic
 
 # -- one dataset ------------------------------------------------------------------------------------------------
 def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from fintrl.data import load_labeled_data
-    from fintrl.metrics import baselines
-    from fintrl.prompts import PromptBuilder
-    from fintrl.runner import evaluate, run
-    from fintrl.targets import Target, load_for_inference
+    from fintrl.data.loading import load_labeled_data
+    from fintrl.evaluation.report import evaluate
+    from fintrl.metrics.classification import baselines
+    from fintrl.model.prompts import PromptBuilder
+    from fintrl.runner import run
+    from fintrl.scoring.targets import Target, load_for_inference
 
     data = load_labeled_data(recipe.data)
     sizes = {"n_train": len(data.train), "n_eval": len(data.eval)}
@@ -134,7 +136,7 @@ def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict
         rows.append(row(name, method, metrics, **sizes))
     if not args.skip_zero_shot:
         model, tokenizer = load_for_inference(Target(recipe, None, None, recipe.model.name_or_path))
-        builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+        builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
         out_dir = Path(args.runs_dir) / "zero_shot" / name
         metrics = evaluate(
             model,
@@ -357,10 +359,10 @@ PAIRED_METHODS = (
 
 
 def paired_flips(old_run: Path, new_run: Path) -> dict[str, Any] | None:
-    """Rows one run gets right and the other wrong, with McNemar's exact p-value (`fintrl.paired.flips`, what
+    """Rows one run gets right and the other wrong, with McNemar's exact p-value (`fintrl.metrics.paired.flips`, what
     `fintrl compare` reports). On a few hundred validation rows a 0.01 accuracy gap is often noise; only the rows that
     flipped can tell, as both runs score the same rows. None unless both runs hold predictions on the same rows."""
-    from fintrl.paired import flips, read_predictions, same_rows
+    from fintrl.metrics.paired import flips, read_predictions, same_rows
     from fintrl.run_folder import PREDICTIONS
 
     old, new = read_predictions(old_run / PREDICTIONS), read_predictions(new_run / PREDICTIONS)
@@ -371,7 +373,7 @@ def plot_results(report: dict[str, Any], path: Path) -> Path | None:
     """Accuracy and macro-F1 as grouped bars, one group per dataset: the table is easier to compare by eye."""
     import numpy as np
 
-    from fintrl.metrics import pyplot
+    from fintrl.metrics.plots import pyplot
 
     plt = pyplot()
     rows = [r for r in sorted(report["rows"], key=_order) if "error" not in r]

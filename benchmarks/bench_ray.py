@@ -64,7 +64,7 @@ def run_command(argv: list[str], log: Path, timeout: float) -> float:
     start = time.perf_counter()
     with log.open("w") as out:
         code = subprocess.run(
-            [sys.executable, "-m", "fintrl.cli", *argv],
+            [sys.executable, "-m", "fintrl.cli.main", *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,

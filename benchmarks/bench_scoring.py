@@ -1,12 +1,13 @@
 """Scoring throughput: fintrl's LabelScorer modes against `pipeline("text-generation")` + parsing.
 
 Everything in one run, on one model, one machine and the same texts:
-- examples/second of `transformers.pipeline("text-generation")` + `fintrl.scoring.parse_answer` (the baseline)
+- examples/second of `transformers.pipeline("text-generation")` + `fintrl.scoring.scorer.parse_answer` (the baseline)
   and of each `LabelScorer` mode (first_token, trie, loglik, generate), as ratios against the baseline;
 - the invalid rate of each (constrained modes are valid by construction; generate/pipeline can say non-labels);
 - the scorer's cost against one plain batched forward pass over the same length-sorted, left-padded prompt
   batches with `logits_to_keep=1` (tokenisation not included in the forward time; it is reported separately);
-- the cost of 20 labels (fintrl.data.TFN_TOPICS, task "topic") against 3 (negative/neutral/positive), same texts.
+- the cost of 20 labels (fintrl.data.loading.TFN_TOPICS, task "topic") against 3 (negative/neutral/positive), same
+texts.
 
 The base model is used zero-shot (no adapter): fine for speed; accuracies are reported only as a sanity check.
 Timing and the environment record are `benchmarks.harness`'s. From the repository root:
@@ -121,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_torch(args.threads)
 
+    from fintrl.data.presets import TFN_TOPICS
     from fintrl.errors import ScoringError
-    from fintrl.models import load_model, load_tokenizer
-    from fintrl.presets import TFN_TOPICS
-    from fintrl.prompts import PromptBuilder
-    from fintrl.recipe import ModelSection, PromptSection
-    from fintrl.scoring import INVALID, LabelScorer, parse_answer
+    from fintrl.model.loading import load_model, load_tokenizer
+    from fintrl.model.prompts import PromptBuilder
+    from fintrl.recipe.schema import ModelSection, PromptSection
+    from fintrl.scoring.scorer import INVALID, LabelScorer, parse_answer
 
     load_at_start = loadavg()
     source, texts, gold_names = load_texts(args.data, args.n)
@@ -146,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
 
-    builders = {3: PromptBuilder(PromptSection(), SENTIMENT, "sentiment")}
+    builders = {3: PromptBuilder.resolve(PromptSection(), SENTIMENT, "sentiment")}
     if not args.no_20_labels:
-        builders[20] = PromptBuilder(PromptSection(), list(TFN_TOPICS), "topic")
+        builders[20] = PromptBuilder.resolve(PromptSection(), list(TFN_TOPICS), "topic")
 
     # Every measurement is warmed up once, then timed round-robin `repeats` times (best kept): on a shared
     # machine a burst of outside load then hits every variant alike instead of one of them.

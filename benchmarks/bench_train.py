@@ -125,11 +125,11 @@ def variant_overrides(text: str) -> list[str]:
 def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from fintrl.data import load_labeled_data
-    from fintrl.library_checks import check_library_fields
-    from fintrl.models import load_model, load_tokenizer
-    from fintrl.prompts import PromptBuilder
-    from fintrl.recipe import load_recipe
+    from fintrl.checks.library_fields import check_library_fields
+    from fintrl.data.loading import load_labeled_data
+    from fintrl.model.loading import load_model, load_tokenizer
+    from fintrl.model.prompts import PromptBuilder
+    from fintrl.recipe.schema import load_recipe
 
     overrides = [f"model.name_or_path={spec['model']}", f"train.max_steps={spec['steps']}"]
     if spec.get("data_path"):
@@ -143,7 +143,7 @@ def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
 
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
-    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
     dataset = builder.sft_dataset(data.train)
     with stopwatch() as load:
         model = load_model(recipe.model, recipe.quantization)

@@ -4,7 +4,8 @@ A Mistral-7B-shaped model (`MistralConfig()` defaults: 32 layers, hidden 4096, 3
 gets random weights (nothing can be downloaded on the GPU box) and is quantized to 4-bit NF4 as it loads:
 `MistralForCausalLM.from_pretrained(None, state_dict=<random bf16 tensors on the GPU>, quantization_config=...)`,
 i.e. the same transformers/bitsandbytes loading path (and the same quantized model object) as
-`fintrl.models.load_model` gives for a real checkpoint; the 14.5 GB of bf16 weights never leave the GPU and are freed
+`fintrl.model.loading.load_model` gives for a real checkpoint; the 14.5 GB of bf16 weights never leave the GPU and are
+freed
 before anything is measured. Tokenizer: the real Mistral-7B one (fintrl's tiny-mistral files) with fintrl's default
 [INST] chat template; data: the recipe's dataset (FPB all-agree) when carried, else the packaged quickstart sample.
 

@@ -68,7 +68,7 @@ EOF
     python3 - "$CARRY/tokenizer" <<'EOF'
 import gzip, shutil, sys
 from pathlib import Path
-from fintrl.models import resolve_model_path
+from fintrl.model.loading import resolve_model_path
 src, dst = Path(resolve_model_path("tiny-mistral")), Path(sys.argv[1])
 for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
     if (src / name).is_file():

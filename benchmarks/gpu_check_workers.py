@@ -2,7 +2,7 @@
 
 `train(spec)` measures one training part (`trl_default`, `fintrl`, `fintrl_nogc`) and `score(spec)` the `scoring`
 part, both on a Mistral-7B-shaped model (or, with `spec["tiny"]`, a 4-layer one) with random weights, quantized to
-4-bit NF4 while it loads, exactly as `fintrl.models.load_model` quantizes a real checkpoint. See gpu_check.py.
+4-bit NF4 while it loads, exactly as `fintrl.model.loading.load_model` quantizes a real checkpoint. See gpu_check.py.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from benchmarks.harness import (
 
 def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     """Recipe (with the check's overrides), tokenizer, labelled data and prompt builder, all through fintrl."""
-    from fintrl.data import load_labeled_data
-    from fintrl.library_checks import check_library_fields
-    from fintrl.models import has_cuda, load_tokenizer
-    from fintrl.prompts import PromptBuilder
-    from fintrl.recipe import load_recipe
+    from fintrl.checks.library_fields import check_library_fields
+    from fintrl.data.loading import load_labeled_data
+    from fintrl.model.loading import has_cuda, load_tokenizer
+    from fintrl.model.prompts import PromptBuilder
+    from fintrl.recipe.schema import load_recipe
 
     overrides = [f"model.name_or_path={spec['tokenizer']}", f"train.max_steps={spec['steps']}"]
     overrides += [f"data.path={spec['data_path']}"] if spec["data_path"] else ["data.preset=quickstart"]
@@ -43,7 +43,7 @@ def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     check_library_fields(recipe)
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
-    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
     return recipe, tokenizer, data, builder
 
 
@@ -54,7 +54,7 @@ def build_model(recipe: Any, tiny: bool) -> tuple[Any, dict[str, Any]]:
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from fintrl.models import TINY_MISTRAL, bnb_config, has_cuda, torch_dtype
+    from fintrl.model.loading import TINY_MISTRAL, bnb_config, has_cuda, torch_dtype
 
     start = time.perf_counter()
     config = MistralConfig(**TINY_MISTRAL) if tiny else MistralConfig()
@@ -150,12 +150,12 @@ def score(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from peft import get_peft_model
 
+    from fintrl.data.presets import TFN_TOPICS
     from fintrl.errors import ScoringError
-    from fintrl.models import has_cuda, lora_config
-    from fintrl.presets import TFN_TOPICS
-    from fintrl.prompts import PromptBuilder
-    from fintrl.recipe import PromptSection
-    from fintrl.scoring import LabelScorer
+    from fintrl.model.loading import has_cuda, lora_config
+    from fintrl.model.prompts import PromptBuilder
+    from fintrl.recipe.schema import PromptSection
+    from fintrl.scoring.scorer import LabelScorer
 
     torch.manual_seed(0)
     recipe, tokenizer, data, builder = load_setup(spec)
@@ -170,7 +170,7 @@ def score(spec: dict[str, Any]) -> dict[str, Any]:
     texts = list(data.eval["text"])
     texts = (texts * (spec["n_score"] // len(texts) + 1))[: spec["n_score"]]
     bs = spec["score_batch"] or recipe.eval.batch_size
-    builders = {"3": builder, "20": PromptBuilder(PromptSection(), list(TFN_TOPICS), "topic")}
+    builders = {"3": builder, "20": PromptBuilder.resolve(PromptSection(), list(TFN_TOPICS), "topic")}
     runs: list[tuple[str, str, Any, Any]] = []  # (labels, mode, full run, warm-up run)
     labels_info: dict[str, Any] = {}
     for n_labels, b in builders.items():
@@ -270,7 +270,7 @@ def fsdp_train(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from fintrl.distributed import launch_from_env, launch_problems
-    from fintrl.models import has_cuda
+    from fintrl.model.loading import has_cuda
     from fintrl.run_folder import ADAPTER_CONFIG
     from fintrl.train import save_adapter
 

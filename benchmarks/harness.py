@@ -283,7 +283,7 @@ def trl_default_trainer(recipe: Any, model: Any, tokenizer: Any, dataset: Any, o
     bf16 adapters for a quantized model)."""
     from trl import SFTConfig, SFTTrainer
 
-    from fintrl.models import has_cuda, lora_config
+    from fintrl.model.loading import has_cuda, lora_config
     from fintrl.train import TRAIN_DEFAULTS
 
     train = {**TRAIN_DEFAULTS, **recipe.train}

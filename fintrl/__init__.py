@@ -20,20 +20,20 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "Recipe": "fintrl.recipe",
-    "load_recipe": "fintrl.recipe",
-    "check_recipe": "fintrl.checks",
+    "Recipe": "fintrl.recipe.schema",
+    "load_recipe": "fintrl.recipe.schema",
+    "check_recipe": "fintrl.checks.recipe",
     "run": "fintrl.runner",
-    "evaluate": "fintrl.runner",
+    "evaluate": "fintrl.evaluation.report",
     "RunFolder": "fintrl.run_folder",
     "Report": "fintrl.run_folder",
-    "resolve_target": "fintrl.targets",
-    "load_for_inference": "fintrl.targets",
-    "LabelScorer": "fintrl.scoring",
-    "publish": "fintrl.hub",
-    "list_versions": "fintrl.hub",
-    "export_merged": "fintrl.export",
-    "audit": "fintrl.audit",
+    "resolve_target": "fintrl.scoring.targets",
+    "load_for_inference": "fintrl.scoring.targets",
+    "LabelScorer": "fintrl.scoring.scorer",
+    "publish": "fintrl.hub.publish",
+    "list_versions": "fintrl.hub.publish",
+    "export_merged": "fintrl.export.merge",
+    "audit": "fintrl.audit.confident",
     "FintrlError": "fintrl.errors",
 }
 __all__ = [
@@ -56,16 +56,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fintrl.audit import audit
-    from fintrl.checks import check_recipe
+    from fintrl.audit.confident import audit
+    from fintrl.checks.recipe import check_recipe
     from fintrl.errors import FintrlError
-    from fintrl.export import export_merged
-    from fintrl.hub import list_versions, publish
-    from fintrl.recipe import Recipe, load_recipe
+    from fintrl.evaluation.report import evaluate
+    from fintrl.export.merge import export_merged
+    from fintrl.hub.publish import list_versions, publish
+    from fintrl.recipe.schema import Recipe, load_recipe
     from fintrl.run_folder import Report, RunFolder
-    from fintrl.runner import evaluate, run
-    from fintrl.scoring import LabelScorer
-    from fintrl.targets import load_for_inference, resolve_target
+    from fintrl.runner import run
+    from fintrl.scoring.scorer import LabelScorer
+    from fintrl.scoring.targets import load_for_inference, resolve_target
 
 
 def __getattr__(name: str) -> Any:

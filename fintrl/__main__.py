@@ -3,6 +3,6 @@ RECIPE`, `torchrun -m fintrl run RECIPE`)."""
 
 import sys
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 
 sys.exit(main())

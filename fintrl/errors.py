@@ -1,6 +1,6 @@
 """The fintrl error family: every failure a user can fix, each with one sentence and its own exit code.
 
-The CLI is the one boundary that catches them (`fintrl.cli.main`): it prints `fintrl: error: <message>` on one line
+The CLI is the one boundary that catches them (`fintrl.cli.main.main`): it prints `fintrl: error: <message>` on one line
 and exits with the error's `exit_code`; the traceback only with `-v`. Library code raises these, never `SystemExit`.
 Errors that other libraries raise for the same user mistakes (a Hub 404, a full disk, a non-UTF-8 file) are turned
 into this family by `translate`, so they read the same way.

@@ -1,31 +1,28 @@
-"""THE run-folder contract: its file names, reading and writing its report, the lock, and the build-aside transaction.
+"""THE run-folder contract: its file names, and reading and writing what it holds (the report, the resolved
+prompt, the predictions), each validated on read as strictly as a recipe: a run folder may come from a download.
 
-A run folder is what every later step reads (eval, card, publish). So a run never writes into it directly: it builds
-in a hidden sibling work folder (`.NAME.incomplete/`), under an exclusive lock (`.NAME.lock`), and only when the
-whole run has succeeded is the work folder swapped into place (the old run, with `--overwrite`, is moved aside and
-deleted only then). A failed or interrupted run leaves its work folder, with its checkpoints, for `--resume`.
+A run folder is what every later step reads (eval, predict, serve, card, publish, compare, audit, export); how one is
+written (built aside, locked, swapped into place) is `fintrl.transaction`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
-import shutil
 import tempfile
-import time
-import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from fintrl.errors import RecipeError, RunFolderError, StorageError
+from fintrl.errors import RunFolderError
 
 if TYPE_CHECKING:
-    from fintrl.recipe import Recipe
+    import numpy as np
+
+    from fintrl.model.prompts import PromptBuilder
+    from fintrl.recipe.schema import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +36,19 @@ CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 RELIABILITY_PNG = "reliability.png"
 TRAINING_CURVE_PNG = "training_loss.png"
 COVERAGE_PNG = "coverage.png"  # accuracy against coverage: what abstaining below a confidence buys
-CALIBRATION = "calibration.json"  # the temperature `eval` and `predict` apply (`fintrl.calibration`)
+CALIBRATION = "calibration.json"  # the temperature `eval` and `predict` apply (`fintrl.scoring.calibration`)
 CHECKPOINTS = "checkpoints"
 EXPORT_INFO = "fintrl_export.json"  # a merged export (`fintrl export --merged`): source, labels, prompt, agreement
-AUDIT_CSV = "audit.csv"  # `fintrl audit`: every audited row, flagged ones first (`fintrl.audit`)
+AUDIT_CSV = "audit.csv"  # `fintrl audit`: every audited row, flagged ones first (`fintrl.audit.confident`)
 AUDIT_SUMMARY = "audit.json"  # its thresholds, counts per class pair, and how each split was scored
-
-# Sections that shape the weights and the data a checkpoint was trained on: `--resume` refuses a recipe that
-# changes them. `train`, `eval`, `publish` and `output_dir` may change between attempts, except
-# `eval.calibration_samples`: it decides which train rows are held out of training to fit the calibration.
-RESUME_FIXED = ("model", "quantization", "lora", "peft", "data", "prompt", "seed", "eval.calibration_samples")
+PROMPT = "prompt.json"  # the resolved prompt the adapter was trained with (`fintrl.model.prompts.PromptBuilder`)
 
 
 class Report(TypedDict, total=False):
     """`metrics.json`: what a run or an eval measured. Written once, by the run (or `fintrl eval`) that owns it.
 
-    Headline metrics sit at the top level; `fintrl.metrics.classification_metrics` fills those, `runner.evaluate` the
+    Headline metrics sit at the top level; `fintrl.metrics.classification.classification_metrics` fills those,
+    `runner.evaluate` the
     scoring and data parts, and a run adds training. Every reader (card, publish, versions, CLI) goes through here.
     """
 
@@ -125,7 +119,7 @@ class RunFolder:
         return self
 
     def recipe(self) -> Recipe:
-        from fintrl.recipe import load_recipe
+        from fintrl.recipe.schema import load_recipe
 
         if not self.is_run:
             raise RunFolderError(f"{self.path} is not a fintrl run folder (no {RECIPE})")
@@ -147,9 +141,25 @@ class RunFolder:
         write_atomic(self.file(METRICS), json.dumps(metrics, indent=2))
 
     def write_recipe(self, recipe: Recipe) -> None:
-        from fintrl.recipe import dump_recipe
+        from fintrl.recipe.schema import dump_recipe
 
         dump_recipe(recipe, self.file(RECIPE))
+
+    def prompt(self) -> PromptBuilder | None:
+        """The prompt the run trained with: its prompt.json (validated), else (a run made before runs stored it) its
+        recipe's prompt over the report's labels and task; None for a folder with neither (a bare adapter)."""
+        from fintrl.model.prompts import PromptBuilder
+
+        path = self.file(PROMPT)
+        if path.is_file():
+            return PromptBuilder.from_record(read_json(path), str(path))
+        if not (self.is_run and self.file(METRICS).is_file()):
+            return None
+        data = self.metrics().get("data") or {}
+        return PromptBuilder.resolve(self.recipe().prompt, data.get("labels") or [], data.get("task"))
+
+    def write_prompt(self, prompt: PromptBuilder) -> None:
+        write_atomic(self.file(PROMPT), json.dumps(prompt.record(), indent=2, ensure_ascii=False) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -168,221 +178,105 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def work_folder(final: Path) -> Path:
-    return final.parent / f".{final.name}.incomplete"
-
-
-def run_name(folder: Path) -> str:
-    """The name a run folder has, or will have once its work folder is swapped into place."""
-    name = Path(folder).resolve().name
-    return name[1 : -len(".incomplete")] if name.startswith(".") and name.endswith(".incomplete") else name
-
-
-def _lock_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.lock"
-
-
-@contextlib.contextmanager
-def locked(final: Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock on a run folder's name: a second writer fails at once with one line."""
-    import fcntl
-
-    if final.exists() and not final.is_dir():
-        raise StorageError(f"{final} is a file; the output must be a folder (choose another --output-dir)")
+def read_json(path: Path) -> Any:
+    """A JSON file fintrl wrote (or a download claims it did): unreadable or malformed is one RunFolderError line."""
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(_lock_path(final), "a")  # noqa: SIM115 - held for the whole block
-    except OSError as err:
-        if err.errno in (errno.ENOTDIR, errno.EEXIST):
-            raise StorageError(f"cannot create {final}: a parent of it is a file") from None
-        raise
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderError(
-                f"another fintrl process is writing {final}; wait for it to finish or choose another --output-dir"
-            ) from None
-        _restore_interrupted_swap(final)
-        yield
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunFolderError(f"{path}: cannot be read ({err})") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise RunFolderError(f"{path} is corrupt ({getattr(err, 'msg', 'nested too deeply')})") from None
 
 
-def _restore_interrupted_swap(final: Path) -> None:
-    """A crash between the two renames of `commit` leaves the old run aside: put it back."""
-    aside = sorted(final.parent.glob(f".{final.name}.replaced-*"))
-    if aside and not final.exists():
-        aside[-1].rename(final)
-        logger.warning("restored %s from an interrupted swap", final)
+class PredictionRow(TypedDict, total=False):
+    """One line of `predictions.jsonl`: an eval row as scored."""
+
+    text: str
+    gold: str
+    prediction: str | None  # None: no label (`generate` mode's unparsable answers)
+    probabilities: dict[str, float]  # every label's
+    raw_output: str  # `generate` mode only
 
 
-def prepare(final: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Path:
-    """Decide, before anything is written, where this run builds; refuse every unsafe case with the way out.
-
-    Returns the work folder (created, holding the recipe). The finished run at `final` is never touched here.
-    """
-    if resume and overwrite:
-        raise RecipeError(
-            "--resume and --overwrite exclude each other: --resume continues a run, --overwrite starts again"
-        )
-    run, work = RunFolder(final), work_folder(final)
-    if final.exists() and any(final.iterdir()) and not run.is_run:
-        raise RunFolderError(
-            f"{final} exists and is not a fintrl run folder; choose another --output-dir "
-            "(fintrl never replaces a folder it did not make)"
-        )
-    unfinished = work.is_dir() or (run.is_run and not run.is_finished)
-    if not (resume or overwrite):
-        if run.is_finished:
-            raise RunFolderError(
-                f"{final} already holds a finished run; use --output-dir DIR for a new one, --overwrite "
-                "to replace it once the new run succeeds, or --resume to train it further"
-            )
-        if unfinished:
-            where = work if work.is_dir() else final
-            raise RunFolderError(
-                f"an unfinished run of {final} (failed or interrupted) is in {where}; --resume "
-                "continues it from its last checkpoint, --overwrite starts again"
-            )
-    if overwrite and work.is_dir():
-        shutil.rmtree(work)
-    if resume:
-        _prepare_resume(run, work, recipe)
-    work.mkdir(parents=True, exist_ok=True)
-    RunFolder(work).write_recipe(recipe)
-    return work
+def prediction_rows(
+    texts: list[str],
+    gold: list[int],
+    labels: list[str],
+    predictions: list[int],
+    probabilities: np.ndarray,
+    raw_outputs: list[str] | None = None,
+) -> list[PredictionRow]:
+    """The rows of a predictions.jsonl from scores: label indices (negative: no label) and probabilities [n, labels]."""
+    rows: list[PredictionRow] = []
+    for i, text in enumerate(texts):
+        pred = predictions[i]
+        row: PredictionRow = {
+            "text": text,
+            "gold": labels[gold[i]],
+            "prediction": labels[pred] if pred >= 0 else None,
+            "probabilities": dict(zip(labels, map(float, probabilities[i].round(6)))),
+        }
+        if raw_outputs:
+            row["raw_output"] = raw_outputs[i]
+        rows.append(row)
+    return rows
 
 
-@contextlib.contextmanager
-def eval_output(final: Path, *, overwrite: bool, kind: str = "eval", marker: str = METRICS) -> Iterator[Path]:
-    """Where `fintrl eval` (or `kind`, e.g. audit, whose output holds `marker`) builds its report: never a run folder's
-    own files, never an older output without --overwrite.
-
-    Yields a work folder; on success it replaces `final`, on failure it is removed (an eval is cheap to redo).
-    """
-    with locked(final):
-        if RunFolder(final).is_run or (final / ADAPTER_CONFIG).is_file():
-            raise RunFolderError(
-                f"{final} is a run folder: {kind} never writes into a run's own files; choose another --output-dir"
-            )
-        if final.exists() and any(final.iterdir()):
-            if not (final / marker).is_file():
-                raise RunFolderError(f"{final} exists and holds no fintrl {kind}; choose another --output-dir")
-            if not overwrite:
-                raise RunFolderError(
-                    f"{final} already holds an {kind}; --overwrite replaces it once the new {kind} "
-                    "succeeds, or choose another --output-dir"
-                )
-        work = work_folder(final)
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
-            yield work
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        commit(work, final)
+def write_predictions(path: Path, rows: list[PredictionRow]) -> None:
+    write_atomic(Path(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def _prepare_resume(run: RunFolder, work: Path, recipe: Recipe) -> None:
-    """Continue in the work folder, or seed it with the finished run's checkpoints; the recipe must still fit them."""
-    source = RunFolder(work) if work.is_dir() else run
-    if not source.is_run:
-        logger.warning("--resume: nothing to resume in %s, starting from scratch", run.path)
-        return
-    differences = recipe_differences(source.recipe(), recipe)
-    if differences:
-        raise RunFolderError(
-            f"--resume: the recipe differs from the one the checkpoint was trained with in "
-            f"{'; '.join(differences)}; resume with the same recipe, or --overwrite to start again"
-        )
-    if source is run:  # a finished (or legacy unfinished) run: train further from a copy of its checkpoints
-        if last_checkpoint(run.path) is None:
-            if run.is_finished:
-                raise RunFolderError(
-                    f"--resume: {run.path} has no complete checkpoint to continue from; --overwrite trains it again"
-                )
-            return
-        work.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(run.file(CHECKPOINTS), work / CHECKPOINTS, dirs_exist_ok=True)
-
-
-def recipe_differences(old: Recipe, new: Recipe) -> list[str]:
-    """`lora.r: 16 -> 32`-style lines for every value of RESUME_FIXED that changed."""
-
-    def flat(node: Any, prefix: str) -> dict[str, Any]:
-        if isinstance(node, dict) and node:
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}.{key}").items()}
-        return {prefix: node}
-
-    def at(raw: dict[str, Any], dotted: str) -> Any:
-        for key in dotted.split("."):
-            raw = raw.get(key) if isinstance(raw, dict) else None
-        return raw
-
-    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
-    out = []
-    for section in RESUME_FIXED:
-        a, b = flat(at(before, section), section), flat(at(after, section), section)
-        out += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-    return out
-
-
-def commit(work: Path, final: Path) -> None:
-    """Swap the finished work folder into place; the run it replaces is moved aside first and deleted only after."""
-    if final.exists():
-        aside = final.parent / f".{final.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        final.rename(aside)
-        work.rename(final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        work.rename(final)
-
-
-def keep_if_resumable(work: Path, final: Path) -> None:
-    """After a failure: keep the work folder when a checkpoint makes it resumable (and say so); else remove it."""
-    if last_checkpoint(work) is None:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        logger.error(
-            "the unfinished run is kept in %s; `fintrl run RECIPE --output-dir %s --resume` continues it from "
-            "its last checkpoint, --overwrite discards it",
-            work,
-            final,
-        )
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why a Trainer checkpoint cannot be resumed from (a full disk or a kill mid-save), or None when it is whole.
-
-    transformers writes `trainer_state.json` last, so its absence means an unfinished save; safetensors and torch's
-    zip format both fail to open when truncated.
-    """
-    from safetensors import safe_open
-
-    state = folder / "trainer_state.json"
+def read_predictions(path: Path, labels: list[str] | None = None) -> list[PredictionRow] | None:
+    """The rows of a predictions.jsonl (validated: `parse_predictions`), or None when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
     try:
-        json.loads(state.read_text())
-    except (OSError, ValueError):
-        return "trainer_state.json missing or unreadable"
-    for weights in folder.glob("*.safetensors"):
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunFolderError(f"{path}: cannot be read ({err})") from None
+    return parse_predictions(text, str(path), labels)
+
+
+def parse_predictions(text: str, where: str, labels: list[str] | None = None) -> list[PredictionRow]:
+    """predictions.jsonl rows, checked line by line: a text, a gold label and a prediction from one label set (the
+    probabilities' keys, equal to `labels` when given), probabilities finite, in [0, 1] and summing to 1."""
+    import math
+
+    rows: list[PredictionRow] = []
+    names: list[str] | None = list(labels) if labels is not None else None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+
+        def bad(what: str, line_number: int = number) -> RunFolderError:
+            return RunFolderError(f"{where}, line {line_number}: {what}; rerun the run or eval that wrote it")
+
         try:
-            with safe_open(str(weights), framework="pt"):
-                pass
-        except Exception:  # noqa: BLE001 - any failure to open means a truncated file
-            return f"{weights.name} is truncated"
-    for pickle in folder.glob("*.pt"):
-        if not zipfile.is_zipfile(pickle):
-            return f"{pickle.name} is truncated"
-    return None
-
-
-def last_checkpoint(run_dir: Path) -> str | None:
-    """The newest whole checkpoint in `run_dir/checkpoints`; incomplete ones are skipped, with a warning."""
-    folder = run_dir / CHECKPOINTS
-    steps = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    for candidate in sorted(steps, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        problem = checkpoint_problem(candidate)
-        if problem is None:
-            return str(candidate)
-        logger.warning("skipping incomplete checkpoint %s: %s", candidate, problem)
-    return None
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise bad("not a JSON object") from None
+        if not isinstance(row, dict):
+            raise bad("not a JSON object")
+        probs = row.get("probabilities")
+        if not isinstance(row.get("text"), str) or not isinstance(row.get("gold"), str):
+            raise bad("`text` and `gold` must be strings")
+        if not isinstance(probs, dict) or not probs:
+            raise bad("`probabilities` must map every label to a probability")
+        if names is None:
+            names = list(probs)
+        if list(probs) != names:
+            raise bad(f"`probabilities` has the labels {list(probs)}, expected {names}")
+        values = list(probs.values())
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise bad("`probabilities` must be finite numbers")
+        if any(v < 0 or v > 1 for v in values) or abs(sum(values) - 1) > 1e-3:
+            raise bad(f"`probabilities` must lie in [0, 1] and sum to 1 (they sum to {sum(values):.4g})")
+        if row["gold"] not in names:
+            raise bad(f"gold label {row['gold']!r} is not one of {names}")
+        if row.get("prediction") is not None and row["prediction"] not in names:
+            raise bad(f"prediction {row['prediction']!r} is not one of {names}")
+        rows.append(row)
+    if not rows:
+        raise RunFolderError(f"{where} holds no predictions; rerun the run or eval that wrote it")
+    return rows

@@ -7,7 +7,6 @@ It is built aside and swapped into place only when it has succeeded (`fintrl.run
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import time
@@ -16,18 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fintrl import distributed, run_folder
-from fintrl.checks import check_recipe
-from fintrl.data import LabeledData, load_labeled_data
-from fintrl.prompts import PromptBuilder
-from fintrl.recipe import EvalSection, Recipe
-from fintrl.run_folder import CONFUSION_MATRIX_PNG, COVERAGE_PNG, PREDICTIONS, RELIABILITY_PNG, Report, RunFolder
-from fintrl.staging import portable_name
+from fintrl import distributed, transaction
+from fintrl.checks.recipe import check_recipe
+from fintrl.data.loading import load_labeled_data
+from fintrl.evaluation.report import evaluate
+from fintrl.model.prompts import PromptBuilder
+from fintrl.recipe.schema import Recipe
+from fintrl.run_folder import Report, RunFolder
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
-    from fintrl.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -47,111 +45,6 @@ class Timer:
         logger.info("stage %s done in %.1f s", name, self.seconds[name])
 
 
-FRAMEWORKS = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "fintrl")
-
-
-def environment() -> dict[str, str | None]:
-    """What a report was measured with: python, the frameworks' versions (None: not installed) and the device."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    def installed(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-    return {"python": platform.python_version(), **{name: installed(name) for name in FRAMEWORKS}, "device": device}
-
-
-def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    builder: PromptBuilder,
-    data: LabeledData,
-    section: EvalSection,
-    out_dir: Path,
-    model_id: str = "",
-    calibration: Calibration | None = None,
-) -> Report:
-    """Score the eval split and compute the report (+ baselines); write predictions and plots into `out_dir`.
-
-    With a `calibration` (for the scorer's mode), the probabilities reported, written and plotted are calibrated
-    ones, the report says how NLL, Brier and ECE changed, and the reliability diagram shows both. Every report has
-    bootstrap intervals on its headline metrics and a risk-coverage table and plot.
-    The report is returned, not written: its owner (a run, or `fintrl eval`) adds what it knows and writes it once."""
-    from fintrl.calibration import calibration_report
-    from fintrl.metrics import (
-        baselines,
-        classification_metrics,
-        plot_confusion_matrix,
-        plot_coverage,
-        plot_reliability,
-    )
-    from fintrl.scoring import INVALID, LabelScorer
-    from fintrl.stats import bootstrap_intervals, risk_coverage
-
-    scorer = LabelScorer(
-        model, tokenizer, builder, mode=section.mode, batch_size=section.batch_size, max_length=section.max_length
-    )
-    texts, gold = data.eval["text"], data.eval["label"]
-    start = time.perf_counter()
-    result = distributed.score(scorer, texts)  # under several processes: a shard each, gathered in order
-    seconds = time.perf_counter() - start
-    if not distributed.is_main():  # the main process reports and writes; the others are done
-        return Report()
-    raw = result.probabilities
-    calibrated = calibration is not None and calibration.applies_to(result.mode)
-    probabilities = calibration.apply(raw) if calibrated else raw
-    metrics = classification_metrics(gold, result.predictions, data.labels, probabilities)
-    metrics["intervals"] = bootstrap_intervals(gold, result.predictions, len(data.labels))
-    metrics["coverage"] = risk_coverage(probabilities, result.predictions, gold)
-    if calibration is not None:
-        metrics["calibration"] = calibration_report(calibration, raw, probabilities, gold, result.mode)
-    metrics["scoring"] = {
-        "mode": result.mode,
-        "n_truncated": result.n_truncated,
-        "max_length": section.max_length,
-        "examples_per_second": round(len(texts) / seconds, 2),
-        "n_invalid": result.n_invalid,
-    }
-    metrics["model"] = portable_name(model_id)  # an offline name's Hub id, a Hub id, or a folder's name: never a path
-    metrics["data"] = data.describe()
-    metrics["environment"] = environment()
-    if section.baselines:
-        metrics["baselines"] = baselines(data.train["text"], data.train["label"], texts, gold, data.labels)
-    if groups := data.eval_groups():  # a mixture: every source's eval split scored on its own too
-        metrics["per_source"] = {}
-        for name, rows in groups.items():
-            sub_gold, sub_texts = [gold[i] for i in rows], [texts[i] for i in rows]
-            sub = classification_metrics(
-                sub_gold, [result.predictions[i] for i in rows], data.labels, probabilities[rows]
-            )
-            if section.baselines:
-                sub["baselines"] = baselines(data.train["text"], data.train["label"], sub_texts, sub_gold, data.labels)
-            metrics["per_source"][name] = sub
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / PREDICTIONS).open("w") as f:
-        for i, text in enumerate(texts):
-            pred = result.predictions[i]
-            row = {
-                "text": text,
-                "gold": data.labels[gold[i]],
-                "prediction": data.labels[pred] if pred != INVALID else None,
-                "probabilities": dict(zip(data.labels, map(float, probabilities[i].round(6)))),
-            }
-            if result.raw_outputs:
-                row["raw_output"] = result.raw_outputs[i]
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    plot_confusion_matrix(metrics, out_dir / CONFUSION_MATRIX_PNG)
-    plot_reliability(probabilities, gold, out_dir / RELIABILITY_PNG, before=raw if calibrated else None)
-    plot_coverage(metrics["coverage"], out_dir / COVERAGE_PNG)
-    return metrics
-
-
 def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Report:
     """The whole loop, as one transaction on the run folder (see `fintrl.run_folder`). Returns the report.
 
@@ -166,19 +59,19 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
     with contextlib.ExitStack() as held:
 
         def begin() -> Path:  # the main process alone locks the name and prepares the work folder; all build in it
-            held.enter_context(run_folder.locked(final))
-            return run_folder.prepare(final, recipe, resume=resume, overwrite=overwrite)
+            held.enter_context(transaction.locked(final))
+            return transaction.prepare(final, recipe, resume=resume, overwrite=overwrite)
 
         work = distributed.on_main(begin)
         try:
             metrics = _run_in(work, recipe, resume)
         except BaseException:
             if distributed.is_main():
-                run_folder.keep_if_resumable(work, final)
+                transaction.keep_if_resumable(work, final)
             raise
 
         def finish() -> Report:
-            run_folder.commit(work, final)
+            transaction.commit(work, final)
             logger.info(
                 "run folder %s: accuracy %.3f, macro-F1 %.3f; stages (s): %s",
                 final,
@@ -190,7 +83,7 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
 
         metrics = distributed.on_main(finish)  # every process returns the main process's report
     if recipe.publish.repo_id:
-        from fintrl.hub import publish
+        from fintrl.hub.publish import publish
 
         distributed.on_main(
             lambda: publish(
@@ -202,9 +95,9 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
 
 def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     """Data, model, training, scoring, report and card, all written into `run_dir` (the work folder)."""
-    from fintrl.calibration import fit_on_rows, hold_out, save_calibration
-    from fintrl.card import write_card
-    from fintrl.models import load_model, load_tokenizer
+    from fintrl.hub.card import write_card
+    from fintrl.model.loading import load_model, load_tokenizer
+    from fintrl.scoring.calibration import fit_on_rows, hold_out, save_calibration
     from fintrl.train import TRAIN_DEFAULTS, LearningCurve, build_trainer, train
 
     timer = Timer()
@@ -213,7 +106,9 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
         logger.info("data: %d train / %d eval rows, labels %s", len(data.train), len(data.eval), data.labels)
     with timer.stage("load_model"), distributed.main_first():
         tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
-        builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+        builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
+        if distributed.is_main():
+            RunFolder(run_dir).write_prompt(builder)  # what eval, predict, serve, ... ask the adapter from now on
         model = load_model(recipe.model, recipe.quantization)
     curve = None
     sharded = distributed.sharded_training(recipe.train)
@@ -265,7 +160,7 @@ def _reload_for_scoring(trainer: object, recipe: Recipe, run_dir: Path) -> PreTr
     import torch
     from peft import PeftModel
 
-    from fintrl.models import load_model
+    from fintrl.model.loading import load_model
 
     trainer.accelerator.free_memory()  # type: ignore[attr-defined]  # its references to the sharded model, optimizer
     trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None  # type: ignore[attr-defined]

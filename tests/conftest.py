@@ -27,23 +27,23 @@ def fintrl_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(fintrl_home: Path) -> str:
-    from fintrl.models import resolve_model_path
+    from fintrl.model.loading import resolve_model_path
 
     return resolve_model_path("tiny-mistral")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: str):
-    from fintrl.models import load_model
-    from fintrl.recipe import ModelSection
+    from fintrl.model.loading import load_model
+    from fintrl.recipe.schema import ModelSection
 
     return load_model(ModelSection(name_or_path="tiny-mistral"), None)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir: str):
-    from fintrl.models import load_tokenizer
-    from fintrl.recipe import ModelSection
+    from fintrl.model.loading import load_tokenizer
+    from fintrl.recipe.schema import ModelSection
 
     return load_tokenizer(ModelSection(name_or_path="tiny-mistral"))
 
@@ -51,7 +51,7 @@ def tiny_tokenizer(tiny_model_dir: str):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> Path:
     """A finished tiny run (4-bit, 2 steps): the target of the eval/predict/serve tests, which only read it."""
-    from fintrl.recipe import recipe_from_dict
+    from fintrl.recipe.schema import recipe_from_dict
     from fintrl.runner import run
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
@@ -69,9 +69,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> dict
     be published). Its recipe has a `publish:` section naming the base's Hub id (BASE_REPO): the call `fintrl run`
     makes at the end is recorded. Tests that publish should publish a `copy_run` of it (publishing writes the run's
     README.md); those that load the base from the local Hub call `upload_tiny_base` first."""
-    from fintrl import hub
-    from fintrl.presets import PRESETS
-    from fintrl.recipe import recipe_from_dict
+    from fintrl.data.presets import PRESETS
+    from fintrl.hub import publish as hub
+    from fintrl.recipe.schema import recipe_from_dict
     from fintrl.runner import run
 
     if not _TRAINED:

@@ -564,4 +564,11 @@ def local_hub(tmp_path, monkeypatch):
         ):
             if module in sys.modules:
                 monkeypatch.setattr(sys.modules[module], name, value)
+        if "datasets.config" in sys.modules:  # datasets reads the endpoint and cache once, at import
+            for name, value in (("HF_ENDPOINT", hub.endpoint), ("HF_HUB_OFFLINE", False)):
+                monkeypatch.setattr(sys.modules["datasets.config"], name, value)
+        from huggingface_hub import HfFileSystem
+
+        HfFileSystem.clear_instance_cache()  # an instance made for an earlier local Hub keeps that Hub's address
         yield hub
+        HfFileSystem.clear_instance_cache()

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fintrl.audit import NEVER, confident_thresholds, find_label_issues
-from fintrl.audit_folds import FOLD_SCORED, HELD_OUT, IN_SAMPLE
-from fintrl.cli import main
+from fintrl.audit.confident import NEVER, confident_thresholds, find_label_issues
+from fintrl.audit.folds import FOLD_SCORED, HELD_OUT, IN_SAMPLE
+from fintrl.cli.main import main
 from tests.helpers import LABELS, tree_hash
 
 COLUMNS = ["rank", "flagged", "split", "row", "gold", "suggested", "predicted", "confidence", "p_gold", "margin",

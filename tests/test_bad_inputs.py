@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 from tests.helpers import tiny_recipe_dict, tree_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished tiny run (2 steps, one checkpoint) that every probe aims at and none may change."""
-    from fintrl.recipe import recipe_from_dict
+    from fintrl.recipe.schema import recipe_from_dict
     from fintrl.runner import run
 
     out = tmp_path_factory.mktemp("finished") / "run"
@@ -346,7 +346,7 @@ PROBES: list[Probe] = [
         3,
         "labels outside the label set",
     ),
-    # -- data files (fintrl.data_checks) -----------------------------------------------------------------------------
+    # -- data files (fintrl.data.checks) -----------------------------------------------------------------------------
     P("empty csv", lambda c: ["run", c.data_recipe({"train.csv": ""})], 3, "train.csv"),
     P("header-only csv", lambda c: ["run", c.data_recipe({"train.csv": "text,label\n"})], 3, "train.csv"),
     P(
@@ -433,7 +433,7 @@ PROBES: list[Probe] = [
 
 def published(c: Ctx, hub) -> None:
     """The finished run, published once as v1.0.0 of fintrl-test/fin (set-up, before the probe's hashes)."""
-    from fintrl.hub import publish
+    from fintrl.hub.publish import publish
 
     publish(c.run, "fintrl-test/fin", version="v1.0.0")
 
@@ -534,7 +534,7 @@ def test_bad_hub_input(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr("fintrl.retry.RETRY_BASE_DELAY", 0.001)
+    monkeypatch.setattr("fintrl.hub.retry.RETRY_BASE_DELAY", 0.001)
     if arrange:
         arrange(Ctx(tmp_path, finished), local_hub)
 
@@ -559,10 +559,7 @@ def check(probe: Probe, ctx: Ctx, monkeypatch: pytest.MonkeyPatch, capsys: pytes
     before = tree_hash(ctx.run), tree_hash(ctx.tmp)
     if probe.patch:
         probe.patch(monkeypatch)
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's own usage errors
-        code = exit_.code
+    code = main(argv)  # argparse's own usage errors too: exit 2, one line
     err = capsys.readouterr().err
     assert code == probe.code, err
     lines = [line for line in err.splitlines() if line.startswith(("fintrl: error:", "fintrl: interrupted"))]
@@ -593,6 +590,6 @@ def test_a_failed_overwrite_leaves_the_run_and_cleans_nothing_it_needs(
 def test_exit_codes_are_documented() -> None:
     from fintrl.errors import EXIT_CODES
 
-    readme = (REPO / "README.md").read_text()
+    manual = (REPO / "docs" / "errors.md").read_text()
     for code in EXIT_CODES:
-        assert f"| {code} |" in readme, f"exit code {code} missing from the README's Errors and recovery table"
+        assert f"| {code} |" in manual, f"exit code {code} missing from docs/errors.md's exit-code table"

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fintrl import calibration as cal
-from fintrl.cli import main
-from fintrl.metrics import expected_calibration_error
-from fintrl.stats import nll
+from fintrl.cli.main import main
+from fintrl.metrics.stats import expected_calibration_error, nll
+from fintrl.scoring import calibration as cal
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -76,8 +75,8 @@ def test_calibration_applies_to_its_own_scoring_mode_only() -> None:
 def test_hold_out_is_stratified_seeded_and_leaves_training() -> None:
     from datasets import ClassLabel, Dataset, Features, Value
 
-    from fintrl.data import LabeledData
-    from fintrl.recipe import EvalSection
+    from fintrl.data.loading import LabeledData
+    from fintrl.recipe.schema import EvalSection
 
     labels = [i % 3 for i in range(60)] + [0] * 40  # 60 % class 0
     texts = [f"text {i}" for i in range(100)]
@@ -99,9 +98,9 @@ def test_hold_out_is_stratified_seeded_and_leaves_training() -> None:
 
 def test_prediction_rows_abstain_below_the_threshold() -> None:
     probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.0, 0.0, 1.0]])
-    plain = cal.prediction_rows(["a", "b", "c"], LABELS, [0, 0, -1], probs)
+    plain = cal.predict_rows(["a", "b", "c"], LABELS, [0, 0, -1], probs)
     assert [r["label"] for r in plain] == ["negative", "negative", None] and "top_label" not in plain[0]
-    rows = cal.prediction_rows(["a", "b", "c"], LABELS, [0, 0, -1], probs, min_confidence=0.5)
+    rows = cal.predict_rows(["a", "b", "c"], LABELS, [0, 0, -1], probs, min_confidence=0.5)
     assert [(r["label"], r["top_label"], r["confidence"]) for r in rows] == [
         ("negative", "negative", 0.7),
         ("abstain", "negative", 0.4),
@@ -172,7 +171,7 @@ def test_eval_applies_the_calibration_by_default(trained, tmp_path: Path, capsys
 
 
 def test_predict_calibrates_and_abstains(trained, capsys: pytest.CaptureFixture) -> None:
-    from fintrl.targets import resolve_target
+    from fintrl.scoring.targets import resolve_target
 
     run_dir = trained["dir"]
     texts = ["Profit doubled.", "Plant closes.", "Sales were flat.", "Dividend raised.", "Costs rose."]
@@ -195,13 +194,13 @@ def test_predict_calibrates_and_abstains(trained, capsys: pytest.CaptureFixture)
     assert all(r["label"] in ("abstain", r["top_label"]) and r["confidence"] < 1 for r in abstained)
     assert all(r["label"] != "abstain" for r in predict("--min-confidence", "0"))
     assert main(["predict", str(run_dir), "--text", "x", "--min-confidence", "1.5"]) == 2
-    assert "--min-confidence 1.5" in capsys.readouterr().err
+    assert "--min-confidence: 1.5: give a probability" in capsys.readouterr().err
 
 
 def test_resume_refuses_another_calibration_sample_size() -> None:
     """The held-out rows are rows the checkpoint never trained on: --resume keeps them the same."""
-    from fintrl.recipe import recipe_from_dict
-    from fintrl.run_folder import recipe_differences
+    from fintrl.recipe.schema import recipe_from_dict
+    from fintrl.transaction import recipe_differences
     from tests.helpers import tiny_recipe_dict
 
     before = recipe_from_dict(tiny_recipe_dict(Path("run")))

@@ -13,11 +13,12 @@ import yaml
 from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.repocard import metadata_load
 
-from fintrl import card as fcard
-from fintrl import hub, staging
-from fintrl.cli import main
+from fintrl.cli.main import main
 from fintrl.errors import RecipeError, RunFolderError
-from fintrl.recipe import recipe_from_dict
+from fintrl.hub import card as fcard
+from fintrl.hub import publish as hub
+from fintrl.hub import staging
+from fintrl.recipe.schema import recipe_from_dict
 from tests.helpers import BASE_REPO, REPO, copy_run, python_block, upload_tiny_base
 
 FPB = "takala/financial_phrasebank"
@@ -231,8 +232,8 @@ def test_portable_values_and_the_base_model(trained, tmp_path):
                 recipe.model_copy(update={"model": recipe.model.model_copy(update={"name_or_path": local})})
             )
 
-    from fintrl.checks import _publish_problems
-    from fintrl.recipe import PublishSection
+    from fintrl.checks.recipe import _publish_problems
+    from fintrl.recipe.schema import PublishSection
 
     assert _publish_problems(PublishSection(base_model="org/base")) == []
     [problem] = _publish_problems(PublishSection(base_model="no slash"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 
 BASE = {"model": {"name_or_path": "tiny-mistral"}, "data": {"preset": "quickstart"}}
 NOWHERE = "/nonexistent/fintrl-data"

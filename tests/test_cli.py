@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 
 LABELS = {"negative", "neutral", "positive"}
 
@@ -93,7 +93,7 @@ def test_quiet_by_default_and_verbose_on_request(local_hub, tmp_path: Path) -> N
 
     def fintrl(*argv: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "fintrl.cli", *argv], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "fintrl.cli.main", *argv], env=env, capture_output=True, text=True, timeout=120
         )
 
     quiet = fintrl("versions", "fintrl-test/none")
@@ -110,7 +110,7 @@ def test_no_library_chatter_around_a_prediction(tiny_run: Path) -> None:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "fintrl.cli", "predict", str(tiny_run), "--text", "Profit rose."],
+        [sys.executable, "-m", "fintrl.cli.main", "predict", str(tiny_run), "--text", "Profit rose."],
         capture_output=True,
         text=True,
         timeout=300,

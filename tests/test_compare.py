@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub import hf_hub_download
 
-from fintrl import hub
-from fintrl.cli import main
-from fintrl.compare import compare
+from fintrl.cli.main import main
 from fintrl.errors import RunFolderError
-from fintrl.recipe import recipe_from_dict
+from fintrl.evaluation.compare import compare
+from fintrl.hub import publish as hub
+from fintrl.recipe.schema import recipe_from_dict
 from fintrl.runner import run
 from tests.helpers import REPO, copy_run, tiny_recipe_dict
 

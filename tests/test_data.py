@@ -2,11 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.data import load_labeled_data
+from fintrl.data.loading import load_labeled_data
+from fintrl.data.presets import PRESETS, TFN_TOPICS
 from fintrl.errors import DataError
-from fintrl.presets import PRESETS, TFN_TOPICS
-from fintrl.prompts import PromptBuilder
-from fintrl.recipe import DataSection, PromptSection, RecipeError
+from fintrl.model.prompts import PromptBuilder
+from fintrl.recipe.schema import DataSection, PromptSection, RecipeError
 from tests.helpers import SHARED_DATA, shared_data
 
 
@@ -96,15 +96,15 @@ def test_shared_tfns_with_preset_labels() -> None:
 
 
 def test_prompt_builder_examples_and_verbalizers() -> None:
-    builder = PromptBuilder(PromptSection(verbalizers={"bullish": "up"}), ["bearish", "bullish"], "sentiment")
+    builder = PromptBuilder.resolve(PromptSection(verbalizers={"bullish": "up"}), ["bearish", "bullish"], "sentiment")
     example = builder.example("Stocks rally", 1)
     assert example["completion"] == [{"role": "assistant", "content": "up"}]
     assert [m["role"] for m in example["prompt"]] == ["user"]  # no system prompt unless asked
     assert "bearish, up" in example["prompt"][0]["content"] and "Stocks rally" in example["prompt"][0]["content"]
-    with_system = PromptBuilder(PromptSection(system="You are terse."), ["a", "b"]).messages("x")
+    with_system = PromptBuilder.resolve(PromptSection(system="You are terse."), ["a", "b"]).messages("x")
     assert with_system[0] == {"role": "system", "content": "You are terse."}
     with pytest.raises(RecipeError, match="distinct"):
-        PromptBuilder(PromptSection(verbalizers={"a": "b"}), ["a", "b"])
+        PromptBuilder.resolve(PromptSection(verbalizers={"a": "b"}), ["a", "b"])
 
 
 @pytest.mark.parametrize("balance", [0.5, 1.0])

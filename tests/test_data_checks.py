@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fintrl import data_checks
-from fintrl.data import load_labeled_data
+from fintrl.data import checks as data_checks
+from fintrl.data.loading import load_labeled_data
 from fintrl.errors import DataError, FintrlError
-from fintrl.recipe import DataSection
+from fintrl.recipe.schema import DataSection
 from tests.test_data import _csv
 
 UP_DOWN = ["up", "down"]

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from fintrl import distributed
-from fintrl.cli import main
-from fintrl.distributed import Launch, launch_from_config, launch_problems
-from fintrl.recipe import recipe_from_dict
+from fintrl.checks.launch import Launch, launch_from_config, launch_problems
+from fintrl.cli.main import main
+from fintrl.recipe.schema import recipe_from_dict
 from fintrl.run_folder import (
     ADAPTER_CONFIG,
     CALIBRATION,
@@ -37,9 +37,8 @@ CONFIGS = ROOT / "recipes" / "accelerate"
 
 
 def readme_configs() -> dict[str, str]:
-    """The README's table of accelerate configs: file -> the distributed_type it says the file has."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Multi-GPU and multi-node", 1)[1].split("\n## ", 1)[0]
+    """The manual's table of accelerate configs (docs/distributed.md): file -> the distributed_type it says it has."""
+    section = (ROOT / "docs" / "distributed.md").read_text()
     return dict(re.findall(r"^\| `(recipes/accelerate/[\w.]+)` \| `(\w+)` \|", section, flags=re.M))
 
 
@@ -58,9 +57,9 @@ def test_accelerate_configs_parse_and_are_what_the_readme_says():
     assert fsdp["fsdp_cpu_ram_efficient_loading"] is True and fsdp["fsdp_sync_module_states"] is True
     zero = yaml.safe_load((CONFIGS / "deepspeed_zero3.yaml").read_text())["deepspeed_config"]
     assert zero["zero_stage"] == 3 and zero["zero3_save_16bit_model"] is True  # else the adapter cannot be gathered
-    readme = (ROOT / "README.md").read_text()
+    manual = (ROOT / "docs" / "distributed.md").read_text()
     for flag in ("--num_machines", "--machine_rank", "-m fintrl run"):
-        assert flag in readme
+        assert flag in manual
 
 
 def qlora_recipe(tmp_path: Path, **quantization: object) -> dict:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 from fintrl.run_folder import EXPORT_INFO
 from tests.helpers import BASE_REPO, LABELS, copy_run, python_block
 
@@ -26,11 +26,8 @@ def messages(info: dict, text: str) -> list[dict[str, str]]:
 
 
 def exit_code(argv: list[str]) -> int:
-    """`fintrl ARGV`'s exit code, usage errors (argparse exits) included."""
-    try:
-        return main(argv)
-    except SystemExit as exit:
-        return exit.code
+    """`fintrl ARGV`'s exit code, usage errors (argparse's) included."""
+    return main(argv)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import yaml
 from huggingface_hub import HfApi, hf_hub_download
 from safetensors.torch import load_file, save_file
 
-from fintrl import hub
-from fintrl.cli import main
+from fintrl.cli.main import main
 from fintrl.errors import HubError, RecipeError, RunFolderError
+from fintrl.hub import publish as hub
 from tests.helpers import (
     BASE_REPO,
     LABELS,
@@ -218,7 +218,7 @@ def test_predict_a_published_repo_without_offline_names(
     hub.publish(run_dir, REPO)
     recipe = yaml.safe_load(Path(hf_hub_download(REPO, "recipe.yaml")).read_text())
     assert recipe["model"]["name_or_path"] == BASE_REPO
-    monkeypatch.setattr("fintrl.models.OFFLINE_MODELS", {})
+    monkeypatch.setattr("fintrl.model.loading.OFFLINE_MODELS", {})
     assert main(["predict", REPO, "--text", TEXT]) == 0
     out = capsys.readouterr()
     published = json.loads(out.out)

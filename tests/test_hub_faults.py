@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 
-from fintrl import hub
-from fintrl.cli import main
+from fintrl.cli.main import main
 from fintrl.errors import HubError
-from fintrl.retry import RETRY_ATTEMPTS
+from fintrl.hub import publish as hub
+from fintrl.hub.retry import RETRY_ATTEMPTS
 from tests.helpers import REPO, copy_run
 
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr("fintrl.retry.RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr("fintrl.hub.retry.RETRY_BASE_DELAY", 0.01)
 
 
 def titles() -> list[str]:
@@ -187,7 +187,7 @@ def test_publish_keeps_what_others_added(trained, local_hub, tmp_path, caplog):
         ],
         commit_message="notes",
     )
-    caplog.set_level(logging.INFO, logger="fintrl.hub")
+    caplog.set_level(logging.INFO, logger="fintrl.hub.publish")
     run2 = with_metrics(copy_run(trained["dir"], tmp_path / "run2"), accuracy=0.875)
     v2 = hub.publish(run2, REPO)
     files = set(api.list_repo_files(REPO, revision="v1.1.0"))

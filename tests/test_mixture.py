@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fintrl.data import load_labeled_data
+from fintrl.data.loading import load_labeled_data
+from fintrl.data.sampling import weighted_indices
 from fintrl.errors import DataError
-from fintrl.recipe import DataSection, RecipeError, load_recipe, recipe_from_dict
-from fintrl.sampling import weighted_indices
+from fintrl.recipe.schema import DataSection, RecipeError, load_recipe, recipe_from_dict
 from tests.helpers import tiny_recipe_dict
 from tests.test_data import _csv
 

@@ -1,7 +1,7 @@
 import pytest
 from bitsandbytes.functional import has_avx512bf16
 
-from fintrl.models import (
+from fintrl.model.loading import (
     CHATML_TEMPLATE,
     DEFAULT_CHAT_TEMPLATE,
     linear_4bit_layers,
@@ -9,7 +9,7 @@ from fintrl.models import (
     renders_hidden_system_prompt,
     trainable_4bit,
 )
-from fintrl.recipe import ModelSection
+from fintrl.recipe.schema import ModelSection
 
 
 def test_tiny_model_gets_default_template_and_pad(tiny_tokenizer) -> None:

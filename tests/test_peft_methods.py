@@ -1,7 +1,8 @@
 """Every PEFT method a recipe can pick trains, scores exactly, reloads and carries a card.
 
 Prompt and prefix tuning put virtual tokens before every sequence: the shared-prefix fast paths (training loss, scorer)
-start from them (`fintrl.peft_methods.virtual_cache`); these tests compare both with PEFT's own forward (TRL's loss;
+start from them (`fintrl.model.peft_methods.virtual_cache`); these tests compare both with PEFT's own forward (TRL's
+loss;
 a full-sequence forward per text and label), for every method.
 """
 
@@ -15,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+from fintrl.checks.library_fields import library_problems
 from fintrl.errors import RecipeError
-from fintrl.library_checks import library_problems
-from fintrl.models import load_model, load_tokenizer
-from fintrl.peft_methods import config_fields, method_name, peft_config, virtual_tokens
-from fintrl.prompts import PromptBuilder
-from fintrl.recipe import ModelSection, PromptSection, dump_recipe, load_recipe, recipe_from_dict
-from fintrl.run_folder import CARD, PREDICTIONS, RECIPE, recipe_differences
-from fintrl.scoring import LabelScorer
+from fintrl.model.loading import load_model, load_tokenizer
+from fintrl.model.peft_methods import config_fields, method_name, peft_config, virtual_tokens
+from fintrl.model.prompts import PromptBuilder
+from fintrl.recipe.schema import ModelSection, PromptSection, dump_recipe, load_recipe, recipe_from_dict
+from fintrl.run_folder import CARD, PREDICTIONS, RECIPE
+from fintrl.scoring.scorer import LabelScorer
+from fintrl.transaction import recipe_differences
 from tests.helpers import python_blocks, tiny_recipe_dict
 
 # Each method with fields that suit the tiny model (few virtual tokens keep it fast).
@@ -84,7 +86,7 @@ def test_recipe_shape_round_trips_and_overrides(tmp_path: Path, caplog: pytest.L
     dora = load_recipe(tmp_path / "plain.yaml", overrides=["peft.method=dora"])
     cls, fields = config_fields(dora)
     assert cls.__name__ == "LoraConfig" and fields["use_dora"] and fields["r"] == 16  # the LoRA family keeps `lora:`
-    with caplog.at_level(logging.WARNING, logger="fintrl.recipe"):
+    with caplog.at_level(logging.WARNING, logger="fintrl.recipe.schema"):
         ia3 = load_recipe("recipes/quickstart.yaml", overrides=["peft.method=ia3"])
     assert ia3.lora is None and "lora: not used by peft.method ia3" in caplog.text  # said, not silently dropped
     assert method_name(recipe_from_dict({**method_dict(tmp_path, "lora"), "peft": None, "lora": None})) is None
@@ -95,7 +97,7 @@ def test_recipe_shape_round_trips_and_overrides(tmp_path: Path, caplog: pytest.L
 
 
 def test_validate_checks_methods_against_peft(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fintrl.cli import main
+    from fintrl.cli.main import main
 
     assert main(["validate", "recipes/quickstart_prefix_tuning.yaml"]) == 0
     assert main(["validate", "recipes/quickstart.yaml", "--set", "peft.method=prefx_tuning"]) == 2
@@ -155,14 +157,14 @@ def test_qlora_where_peft_supports_it(tmp_path: Path) -> None:
 def test_fast_loss_and_gradients_match_trl(tmp_path: Path, method: str) -> None:
     from trl import SFTTrainer
 
-    from fintrl.data import load_labeled_data
+    from fintrl.data.loading import load_labeled_data
     from fintrl.train import build_trainer, shared_prefix_length
 
     recipe = recipe_from_dict(
         method_dict(tmp_path / "run", method) | {"data": {"preset": "quickstart", "max_train_samples": 8}}
     )
     data = load_labeled_data(recipe.data)
-    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
     model = load_model(recipe.model, None)
     trainer = build_trainer(
         recipe, model, load_tokenizer(recipe.model), builder.sft_dataset(data.train), tmp_path / "run"
@@ -233,7 +235,7 @@ def test_scorer_matches_full_forward_for_every_mode(tmp_path: Path, method: str,
     model = perturbed_peft_model(recipe)
     assert bool(virtual_tokens(model)) == (method in ("prompt_tuning", "prefix_tuning"))
     for labels, modes in ((BRANCHING, ("loglik", "trie")), (["negative", "neutral", "positive"], ("first_token",))):
-        builder = PromptBuilder(PromptSection(task="topic"), labels)
+        builder = PromptBuilder.resolve(PromptSection(task="topic"), labels)
         for mode in modes:
             scorer = LabelScorer(model, tiny_tokenizer, builder, mode=mode, batch_size=3)
             result = scorer.score(TEXTS, progress=False)
@@ -252,7 +254,7 @@ def test_scorer_matches_full_forward_for_every_mode(tmp_path: Path, method: str,
 @pytest.mark.parametrize("method", METHODS)
 def test_run_reload_and_card(tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]) -> None:
     from fintrl.runner import run
-    from fintrl.targets import load_for_inference, resolve_target
+    from fintrl.scoring.targets import load_for_inference, resolve_target
 
     out = tmp_path / "run"
     report = run(recipe_from_dict(method_dict(out, method)))
@@ -260,7 +262,7 @@ def test_run_reload_and_card(tmp_path: Path, method: str, capsys: pytest.Capture
     target = resolve_target(str(out))
     model, tokenizer = load_for_inference(target)
     assert type(model.active_peft_config).__name__ == config_fields(target.recipe)[0].__name__
-    builder = PromptBuilder(target.recipe.prompt, target.labels)
+    builder = target.prompt_builder()
     again = LabelScorer(model, tokenizer, builder, mode=report["scoring"]["mode"]).score([r["text"] for r in rows])
     saved = np.array([[r["probabilities"][label] for label in target.labels] for r in rows])
     np.testing.assert_allclose(again.probabilities, saved, atol=2e-6)  # predictions.jsonl keeps 6 decimals
@@ -274,7 +276,7 @@ def test_run_reload_and_card(tmp_path: Path, method: str, capsys: pytest.Capture
         assert "AutoPeftModelForCausalLM" in python_blocks(card)[0] and "cannot apply it" in card
     run_snippet(python_blocks(card)[0], out)  # the card's first snippet loads this adapter and generates
     if method in ("prompt_tuning", "prefix_tuning"):  # nothing to merge: export says so before loading anything
-        from fintrl.cli import main
+        from fintrl.cli.main import main
 
         capsys.readouterr()
         assert main(["export", str(out), "--merged", str(tmp_path / "merged")]) == 4
@@ -294,8 +296,8 @@ def run_snippet(snippet: str, run_dir: Path) -> None:
 @pytest.mark.slow
 def test_publish_and_predict_a_prompt_tuning_adapter(tmp_path: Path, local_hub, tiny_model_dir, capsys) -> None:
     """README -> recipe -> run -> publish -> `fintrl predict org/name@v1.0.0`: the Hub copy scores as the run did."""
-    from fintrl import hub
-    from fintrl.cli import main
+    from fintrl.cli.main import main
+    from fintrl.hub import publish as hub
     from fintrl.runner import run
     from tests.helpers import BASE_REPO, REPO, upload_tiny_base
 

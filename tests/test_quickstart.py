@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 

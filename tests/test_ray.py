@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 from tests.helpers import ROOT
 
 ray = pytest.importorskip("ray")
@@ -231,7 +231,7 @@ def test_the_command_starts_and_stops_its_own_cluster(tiny_run: Path, texts: lis
     source = write_csv(tmp_path / "in.csv", texts[:40])
     out = tmp_path / "scored"
     done = subprocess.run(
-        [sys.executable, "-m", "fintrl.cli", "predict", str(tiny_run), "--engine", "ray", "--input", str(source)]
+        [sys.executable, "-m", "fintrl.cli.main", "predict", str(tiny_run), "--engine", "ray", "--input", str(source)]
         + ["--output", str(out), "--output-format", "jsonl"],
         capture_output=True,
         text=True,

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fintrl.checks import check_recipe
-from fintrl.library_checks import check_library_fields
-from fintrl.recipe import RecipeError, load_recipe, parse_override, recipe_from_dict
+from fintrl.checks.library_fields import check_library_fields
+from fintrl.checks.recipe import check_recipe
+from fintrl.recipe.schema import RecipeError, load_recipe, parse_override, recipe_from_dict
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -82,7 +82,7 @@ def test_bad_override_syntax() -> None:
 
 
 def test_validate_cli_is_fast_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fintrl.cli import main
+    from fintrl.cli.main import main
 
     assert main(["validate", str(RECIPES / "quickstart.yaml")]) == 0
     assert main(["validate", str(RECIPES / "quickstart.yaml"), "--set", "data.labls=3"]) == 2

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 from fintrl.errors import RunFolderError
-from fintrl.recipe import recipe_from_dict
-from fintrl.run_folder import last_checkpoint, recipe_differences, work_folder
+from fintrl.recipe.schema import recipe_from_dict
 from fintrl.runner import run
+from fintrl.transaction import last_checkpoint, recipe_differences, work_folder
 from tests.helpers import tiny_recipe_dict, tree_hash
 
 

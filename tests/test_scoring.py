@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from fintrl.data.presets import TFN_TOPICS
 from fintrl.errors import ScoringError
-from fintrl.metrics import classification_metrics, expected_calibration_error
-from fintrl.presets import TFN_TOPICS
-from fintrl.prompts import PromptBuilder
-from fintrl.recipe import PromptSection
-from fintrl.scoring import INVALID, LabelScorer, parse_answer
+from fintrl.metrics.classification import classification_metrics
+from fintrl.metrics.stats import expected_calibration_error
+from fintrl.model.prompts import PromptBuilder
+from fintrl.recipe.schema import PromptSection
+from fintrl.scoring.scorer import INVALID, LabelScorer, parse_answer
 
 TEXTS = [
     "Fed raises rates by 25bp",
@@ -27,7 +28,7 @@ LABEL_SETS = {
 
 
 def _builder(labels: list[str]) -> PromptBuilder:
-    return PromptBuilder(PromptSection(task="topic"), labels)
+    return PromptBuilder.resolve(PromptSection(task="topic"), labels)
 
 
 def _brute_force_logliks(model, scorer: LabelScorer, texts: list[str]) -> np.ndarray:
@@ -84,12 +85,15 @@ def test_trie_matches_constrained_generate(tiny_model, tiny_tokenizer, labels) -
 def test_trie_probabilities_are_renormalised_path_products(tiny_model, tiny_tokenizer) -> None:
     labels = LABEL_SETS["shared_prefix_multi_token"]
     fixed = PromptSection(instruction="Classify the topic.")  # same prompt for both label sets
-    scorer = LabelScorer(tiny_model, tiny_tokenizer, PromptBuilder(fixed, labels), mode="trie")
+    scorer = LabelScorer(tiny_model, tiny_tokenizer, PromptBuilder.resolve(fixed, labels), mode="trie")
     probs = scorer.score(TEXTS[:2], progress=False).probabilities
     stock = [labels.index(x) for x in ("Stock Commentary", "Stock Movement", "Stock")]
     # the three "Stock..." labels share their first token, so together they hold P(first token = "Stock")
     first = LabelScorer(
-        tiny_model, tiny_tokenizer, PromptBuilder(fixed, ["Stock", "IPO", "Fed | Central Banks"]), mode="first_token"
+        tiny_model,
+        tiny_tokenizer,
+        PromptBuilder.resolve(fixed, ["Stock", "IPO", "Fed | Central Banks"]),
+        mode="first_token",
     )
     np.testing.assert_allclose(
         probs[:, stock].sum(1), first.score(TEXTS[:2], progress=False).probabilities[:, 0], atol=1e-4

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from huggingface_hub import HfApi
 
-from fintrl.cli import main
+from fintrl.cli.main import main
 
 LABELS = ["negative", "neutral", "positive"]
 

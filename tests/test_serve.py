@@ -22,11 +22,11 @@ import httpx
 import pytest
 import uvicorn
 
-from fintrl.batcher import MicroBatcher
-from fintrl.cli import main
+from fintrl.cli.main import main
 from fintrl.errors import ModelError
-from fintrl.serve import bind, create_app
-from fintrl.targets import resolve_target
+from fintrl.scoring.targets import resolve_target
+from fintrl.serve.app import bind, create_app
+from fintrl.serve.batcher import MicroBatcher
 from tests.helpers import LABELS, ROOT
 
 TEXTS = ["Profit doubled.", "Plant closes.", "Sales fell 10 %.", "The AGM is in May.", "Dividend raised by 5 %."]
@@ -260,7 +260,7 @@ def test_page_and_openapi_docs(served) -> None:
 def test_cli_serve_takes_the_key_from_the_environment_and_stops_cleanly_on_ctrl_c(tiny_run: Path) -> None:
     env = {**os.environ, "FINTRL_API_KEY": "from-env", "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fintrl.cli", "serve", str(tiny_run), "--port", "0", "--max-wait-ms", "5"],
+        [sys.executable, "-m", "fintrl.cli.main", "serve", str(tiny_run), "--port", "0", "--max-wait-ms", "5"],
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,

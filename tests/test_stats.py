@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from fintrl import stats
-from fintrl.paired import compare_rows, flips, render, same_rows, verdict
+from fintrl.metrics import stats
+from fintrl.metrics.paired import compare_rows, flips, render, same_rows, verdict
 
 
 def test_vectorised_scores_match_scikit_learn_on_every_resample() -> None:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.data import load_labeled_data
+from fintrl.data.loading import load_labeled_data
 from fintrl.errors import RunFolderError
-from fintrl.models import load_model, load_tokenizer
-from fintrl.prompts import PromptBuilder
-from fintrl.recipe import recipe_from_dict
+from fintrl.model.loading import load_model, load_tokenizer
+from fintrl.model.prompts import PromptBuilder
+from fintrl.recipe.schema import recipe_from_dict
 from fintrl.runner import run
 from fintrl.train import build_trainer, sft_config
 from tests.helpers import tiny_recipe_dict
@@ -19,7 +19,7 @@ def test_loss_falls_on_the_answer_only(tmp_path: Path, tiny_model_dir: str) -> N
     recipe = recipe_from_dict(tiny_recipe_dict(tmp_path / "run"))
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model)
-    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
     trainer = build_trainer(
         recipe,
         load_model(recipe.model, recipe.quantization),
@@ -122,7 +122,7 @@ def test_resume_continues_from_checkpoint_with_its_learning_curve(tmp_path: Path
 
 
 def test_cli_run_with_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fintrl.cli import main
+    from fintrl.cli.main import main
 
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "tiny_test.yaml"
     code = main(
@@ -159,7 +159,7 @@ def test_prefix_sharing_loss_and_gradients_match_trl(tmp_path: Path, tiny_model_
     recipe = recipe_from_dict(tiny_recipe_dict(tmp_path / "run", max_train_samples=8) | {"quantization": None})
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model)
-    builder = PromptBuilder(recipe.prompt, data.labels, data.task)
+    builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
     trainer = build_trainer(
         recipe, load_model(recipe.model, None), tokenizer, builder.sft_dataset(data.train), tmp_path / "run"
     )

@@ -1,0 +1,123 @@
+"""`fintrl predict TARGET`: classify texts with a run folder, adapter or Hub repo; JSONL out with every label's
+probability. `--engine ray` scores files or folders on Ray Data into resumable shards (`fintrl.batch.engine`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fintrl.batch.engine import DEFAULT_SHARD_ROWS
+from fintrl.batch.shards import FORMATS
+from fintrl.cli.options import add_target, positive_int, probability
+from fintrl.errors import DataError, RecipeError, RunFolderError
+
+logger = logging.getLogger(__name__)
+
+# Options that apply only with --engine ray (argparse dest -> flag)
+RAY_ONLY = ("num_workers", "num_gpus_per_worker", "text_column", "address", "shard_rows", "output_format")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify texts (JSONL out, with per-label probabilities)")
+    add_target(p)
+    p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
+    p.add_argument("--input", help="file with one text per line, or - for stdin (--engine ray: CSV/JSONL/Parquet)")
+    p.add_argument("--output", help="JSONL file (default: stdout; --engine ray: a folder of shards)")
+    p.add_argument("--min-confidence", type=probability, metavar="P", help="`abstain` where the label's p < P")
+    g = p.add_argument_group("batch scoring on Ray (--engine ray: --input is a CSV/JSONL/Parquet file or folder)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: Ray Data, --output a folder")
+    g.add_argument("--num-workers", type=positive_int, metavar="N", help="scorer actors, one model each (default 1)")
+    g.add_argument("--num-gpus-per-worker", type=float, metavar="G", help="GPUs per actor (default 0: CPU)")
+    g.add_argument("--text-column", metavar="NAME", help="the input column to classify (default: text)")
+    g.add_argument("--address", help="a running Ray cluster (`auto`, or host:port); default: a local one")
+    g.add_argument(
+        "--shard-rows", type=positive_int, metavar="S", help=f"rows per output shard (default {DEFAULT_SHARD_ROWS})"
+    )
+    g.add_argument("--output-format", choices=tuple(FORMATS), help="shard files (default parquet)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return _run_ray(args)
+    given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if getattr(args, name) is not None]
+    if given:
+        raise RecipeError(f"{', '.join(given)}: only with --engine ray")
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise RunFolderError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another file")
+    texts = _read_texts(args.text, args.input)
+    from fintrl.run_folder import write_atomic
+    from fintrl.scoring.calibration import predict_rows
+    from fintrl.scoring.targets import load_for_inference, resolve_target
+
+    target = resolve_target(
+        args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
+    )
+    labels = target.label_set("predict")
+    model, tokenizer = load_for_inference(target)
+    scorer = target.scorer(model, tokenizer, mode=args.mode)
+    result = scorer.score(texts)
+    probabilities = result.probabilities if args.uncalibrated else target.calibrate(result.probabilities, result.mode)
+    rows = predict_rows(texts, labels, result.predictions, probabilities, args.min_confidence)  # abstain below it
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+    if args.output:
+        write_atomic(Path(args.output), "".join(line + "\n" for line in lines))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _read_texts(given: list[str], source: str | None) -> list[str]:
+    """--text values, then --input lines (a file or - for stdin); blank lines are skipped and counted."""
+    texts = list(given)
+    if source == "-":
+        texts += [line.rstrip("\n") for line in sys.stdin]
+    elif source:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"--input {path}: no such file (one text per line, or - for stdin)")
+        try:
+            texts += path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise DataError(f"--input {path} is not UTF-8 text; save it as UTF-8, one text per line") from None
+    if not any(t.strip() for t in texts):
+        raise RecipeError("nothing to classify: give --text TEXT or --input FILE (one text per line, - for stdin)")
+    empty = sum(not t.strip() for t in texts)
+    if empty:
+        logger.warning("skipping %d empty lines", empty)
+    return [t for t in texts if t.strip()]
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    from fintrl.batch.engine import RaySettings, require_ray, score_files
+
+    require_ray()
+    if args.text or not args.input or args.input == "-" or not args.output:
+        raise RecipeError(
+            "--engine ray scores files: give --input FILE|FOLDER (CSV, JSONL or Parquet) and --output FOLDER"
+        )
+    settings = RaySettings(
+        num_workers=args.num_workers or 1,
+        num_gpus_per_worker=args.num_gpus_per_worker or 0.0,
+        address=args.address,
+        text_column=args.text_column or "text",
+        shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS,
+        output_format=args.output_format or "parquet",
+    )
+    score_files(
+        args.target,
+        args.input,
+        args.output,
+        settings=settings,
+        recipe=args.recipe,
+        overrides=args.overrides,
+        trust_remote_code=args.trust_remote_code,
+        mode=args.mode,
+        calibrated=not args.uncalibrated,
+        min_confidence=args.min_confidence,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
+    )
+    return 0

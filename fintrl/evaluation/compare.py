@@ -1,0 +1,145 @@
+"""`fintrl compare A B` (and `fintrl versions org/name --compare OLD NEW`): two models on the same eval rows.
+
+A side is a run folder, an eval output folder (`fintrl eval --output-dir`), an adapter folder or a Hub repo at a
+version (`org/name@v1.0.0`). Saved predictions are reused when both sides' `predictions.jsonl` cover the same rows
+(the same texts with the same gold labels, in the same order). Otherwise the side that lacks them is scored now on
+the other side's rows, with its own recipe's prompt and scorer and its calibration (`runner.evaluate` into a
+temporary folder); when neither side has predictions, A's recipe gives the data and both are scored. The statistics
+and the verdict rule: `fintrl.metrics.paired`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fintrl.errors import DataError, HubError, RecipeError, RunFolderError
+from fintrl.metrics.paired import Rows, compare_rows, same_rows
+from fintrl.run_folder import METRICS, PREDICTIONS, RECIPE, RunFolder, parse_predictions, read_predictions
+
+if TYPE_CHECKING:
+    from fintrl.data.loading import LabeledData
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Side:
+    spec: str  # as the user gave it
+    rows: Rows | None  # saved predictions, or those scored now
+    labels: list[str] | None
+    scorable: bool  # holds a recipe and weights (an eval output folder does not)
+    how: str = "saved predictions"
+
+
+def _hub_file(repo_id: str, revision: str | None, filename: str) -> str | None:
+    """A file of a Hub repo at a revision, or None when the repo has no such file there."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    from fintrl.errors import translate
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision)).read_text(encoding="utf-8")
+    except EntryNotFoundError as err:
+        if isinstance(err, LocalEntryNotFoundError):
+            raise HubError(f"{repo_id}: the Hub did not answer ({err})") from None
+        return None
+    except Exception as err:
+        mapped = translate(err)
+        if mapped is None:
+            raise
+        raise type(mapped)(f"{repo_id}{'@' + revision if revision else ''}: {mapped}") from None
+
+
+def load_side(spec: str) -> Side:
+    """A side's saved predictions and label set, without loading any model."""
+    from fintrl.scoring.targets import looks_like_hub_id, split_revision
+
+    name, revision = split_revision(spec)
+    folder = Path(name)
+    if folder.is_dir():
+        scorable = (folder / RECIPE).is_file()
+        return Side(spec, read_predictions(folder / PREDICTIONS), RunFolder(folder).labels(), scorable)
+    if not looks_like_hub_id(name):
+        raise RunFolderError(f"{spec}: no such folder, and not a Hub repo (org/name or org/name@v1.0.0)")
+    report = json.loads(_hub_file(name, revision, METRICS) or "{}")
+    predictions = _hub_file(name, revision, PREDICTIONS)
+    rows = parse_predictions(predictions, f"{spec}: {PREDICTIONS}") if predictions is not None else None
+    return Side(spec, rows, (report.get("data") or {}).get("labels"), scorable=True)
+
+
+def _rows_as_data(rows: Rows, labels: list[str]) -> LabeledData:
+    """The other side's eval rows as data to score (no train rows: no baselines)."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from fintrl.data.loading import LabeledData
+
+    unknown = sorted({r["gold"] for r in rows} - set(labels))
+    if unknown:
+        raise DataError(f"gold labels {unknown} are not in the label set {labels}")
+    features = Features({"text": Value("string"), "label": ClassLabel(names=labels)})
+    rows_data = {"text": [r["text"] for r in rows], "label": [labels.index(r["gold"]) for r in rows]}
+    return LabeledData(
+        train=Dataset.from_dict({"text": [], "label": []}, features=features),
+        eval=Dataset.from_dict(rows_data, features=features),
+        labels=labels,
+        source="compare",
+        task="class",
+        license=None,
+        eval_split="the other side's eval rows",
+    )
+
+
+def score(side: Side, rows: Rows | None, labels: list[str] | None, trust_remote_code: bool = False) -> Rows:
+    """Score `side` on `rows` (or, given none, on its own recipe's eval split) exactly as `fintrl eval` would."""
+    from fintrl.data.loading import load_labeled_data
+    from fintrl.evaluation.report import evaluate
+    from fintrl.scoring.targets import load_for_inference, resolve_target
+
+    if not side.scorable:
+        raise RunFolderError(
+            f"{side.spec} has predictions on other rows, and no recipe or weights to score it again: compare its "
+            "run folder, adapter or Hub repo instead"
+        )
+    target = resolve_target(side.spec, trust_remote_code=trust_remote_code)
+    if rows is None:
+        data = load_labeled_data(target.recipe.data)
+    else:
+        data = _rows_as_data(rows, labels or target.labels or sorted({r["gold"] for r in rows}))
+    if (target.labels or data.labels) != data.labels:
+        raise DataError(f"label sets differ: {side.spec} was trained on {target.labels}, the rows have {data.labels}")
+    model, tokenizer = load_for_inference(target)
+    builder = target.prompt_builder(data.labels)
+    section = target.recipe.eval.model_copy(update={"baselines": False})
+    with tempfile.TemporaryDirectory(prefix="fintrl-compare-") as tmp:
+        evaluate(model, tokenizer, builder, data, section, Path(tmp), target.name, target.calibration)
+        scored = read_predictions(Path(tmp) / PREDICTIONS) or []
+    side.labels = side.labels or data.labels
+    return scored
+
+
+def compare(a_spec: str, b_spec: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """The comparison report of B against A (`fintrl.metrics.paired.compare_rows`), with how each side's rows were
+    had."""
+    a, b = load_side(a_spec), load_side(b_spec)
+    if a.labels and b.labels and a.labels != b.labels:
+        raise DataError(f"label sets differ: A has {a.labels}, B has {b.labels}; only the same labels compare")
+    labels = a.labels or b.labels
+    if same_rows(a.rows, b.rows):
+        rows = "the same eval rows: both sides' saved predictions"
+    elif a.rows is not None:
+        b.rows, b.how, rows = score(b, a.rows, labels, trust_remote_code), "scored now on A's rows", "A's eval rows"
+    elif b.rows is not None:
+        a.rows, a.how, rows = score(a, b.rows, labels, trust_remote_code), "scored now on B's rows", "B's eval rows"
+    else:
+        a.rows, a.how = score(a, None, None, trust_remote_code), "scored now on its recipe's eval split"
+        b.rows, b.how, rows = score(b, a.rows, a.labels, trust_remote_code), "scored now on A's rows", "A's eval split"
+    if not same_rows(a.rows, b.rows):  # scored rows drop nothing; a mismatch here is a bug, not a user's error
+        raise RecipeError(f"{a_spec} and {b_spec} could not be scored on the same rows")
+    report = compare_rows(a.rows, b.rows, a.labels or b.labels)
+    return {"a": a_spec, "b": b_spec, "a_rows": a.how, "b_rows": b.how, "rows": rows, **report}

@@ -1,0 +1,1 @@
+"""The Hub: Hub ids, staging what may leave the machine, the model card, publishing versions and reading them back."""

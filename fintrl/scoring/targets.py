@@ -1,0 +1,212 @@
+"""What `eval` and `predict` score, and how it loads: a run folder, an adapter folder, a Hub repo at a version, or a
+base model zero-shot.
+
+Nothing downloaded decides what code runs: `trust_remote_code` comes only from the user's own command line
+(`--trust-remote-code`) or their own `--recipe`, never from a recipe found in the target, and the base model of a Hub
+adapter is the one its `adapter_config.json` names (said on stderr before it loads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fintrl.errors import HubError, ModelError, RecipeError, RunFolderError
+from fintrl.recipe.schema import Recipe, label_names, load_recipe
+from fintrl.run_folder import ADAPTER_CONFIG, RECIPE, RunFolder
+from fintrl.scoring.calibration import Calibration, load_calibration
+
+if TYPE_CHECKING:
+    import numpy as np
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from fintrl.model.prompts import PromptBuilder
+    from fintrl.scoring.scorer import LabelScorer
+
+logger = logging.getLogger(__name__)
+
+# What a Hub adapter repo needs for inference: config, weights, tokenizer, template, recipe and report.
+_INFERENCE_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.yaml", "*.txt"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved target: the recipe that says how to prompt and score, and where the adapter (if any) lives."""
+
+    recipe: Recipe
+    adapter: str | None  # a local folder
+    labels: list[str] | None  # the label set the adapter was trained and scored on, when known
+    name: str  # for reports: the repo id, folder or base model as the user gave it
+    calibration: Calibration | None = None  # the run's calibration.json, when it has one
+    prompt: PromptBuilder | None = None  # the run's prompt.json: the prompt its adapter was trained with
+
+    def calibrate(self, probabilities: np.ndarray, mode: str | None = None) -> np.ndarray:
+        """The scorer's probabilities [n, labels], temperature-scaled as `eval` and `predict` do by default: the
+        predicted label never changes. Unchanged without a calibration, or when `mode` (the scorer's `result.mode`)
+        is not the one it was fitted on."""
+        return probabilities if self.calibration is None else self.calibration.apply(probabilities, mode)
+
+    def label_set(self, command: str) -> list[str]:
+        """The labels to score with: the adapter's, else the recipe's `data.labels` (a base model scored zero-shot)."""
+        labels = label_names(self.labels or self.recipe.data.labels)
+        if labels is None:
+            raise RecipeError(
+                f"{command} needs the label set: use a run folder / published adapter, "
+                "or give data.labels in the recipe"
+            )
+        return labels
+
+    def prompt_builder(self, labels: list[str] | None = None) -> PromptBuilder:
+        """The prompt to ask: the very one the adapter was trained with (its run folder's `prompt.json`), else the
+        recipe's over `labels` (default: `label_set`) and the data's task (a base model zero-shot, `--recipe`, or a
+        folder made before runs stored their prompt)."""
+        from fintrl.data.presets import data_task
+        from fintrl.model.prompts import PromptBuilder
+
+        if self.prompt is not None:
+            return self.prompt
+        return PromptBuilder.resolve(
+            self.recipe.prompt, labels or self.label_set("scoring"), data_task(self.recipe.data)
+        )
+
+    def scorer(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        mode: str | None = None,
+        batch_size: int | None = None,
+    ) -> LabelScorer:
+        """The scorer `eval`, `predict`, `serve` and Ray's actors use: the target's prompt, the recipe's eval settings
+        (or these)."""
+        from fintrl.scoring.scorer import LabelScorer
+
+        return LabelScorer.from_eval(
+            model, tokenizer, self.prompt_builder(), self.recipe.eval, mode=mode, batch_size=batch_size
+        )
+
+
+def split_revision(target: str) -> tuple[str, str | None]:
+    """`org/name@v1.0.0` -> ("org/name", "v1.0.0"); a local path keeps any `@` in its name."""
+    if "@" in target and not Path(target).exists():
+        name, _, revision = target.rpartition("@")
+        if not revision:
+            raise RecipeError(f"{target}: nothing after '@'; give a version, branch or commit (org/name@v1.0.0)")
+        return name, revision
+    return target, None
+
+
+def looks_like_hub_id(name: str) -> bool:
+    return not Path(name).expanduser().exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def resolve_target(
+    target: str, *, recipe_path: str | None = None, overrides: list[str] = (), trust_remote_code: bool = False
+) -> Target:
+    """The recipe and adapter for `target`.
+
+    >>> resolve_target("runs/quickstart").adapter
+    'runs/quickstart'
+    >>> resolve_target("your-org/fin-sentiment@v1.0.0").recipe.model.name_or_path  # the base its adapter names
+    """
+    name, revision = split_revision(target)
+    local = Path(name)
+    folder: Path | None = local if local.is_dir() else None
+    if folder is None and looks_like_hub_id(name):
+        folder = _download(name, revision)
+    elif revision is not None:
+        raise RecipeError(f"{target}: '@revision' applies to Hub repos only, and {name} is not one")
+    if recipe_path is not None:  # the user's own recipe: its trust_remote_code stands
+        recipe = load_recipe(recipe_path, overrides=overrides)
+        if trust_remote_code:
+            recipe = _with_model(recipe, trust_remote_code=True)
+        if folder is not None and (folder / ADAPTER_CONFIG).is_file():
+            return Target(recipe, str(folder), RunFolder(folder).labels(), target, load_calibration(folder))
+        if folder is not None and not (folder / "config.json").is_file():
+            raise RecipeError(f"{target} holds neither an adapter ({ADAPTER_CONFIG}) nor a model (config.json)")
+        return Target(_with_model(recipe, name_or_path=str(folder or name), revision=revision), None, None, target)
+    if folder is None or not (folder / RECIPE).is_file():
+        raise RecipeError(
+            f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the "
+            "data and prompt"
+        )
+    recipe = _with_model(load_recipe(folder / RECIPE, overrides=overrides), trust_remote_code=trust_remote_code)
+    if folder is not local:  # downloaded: the base is the one the adapter config names
+        recipe = _with_model(recipe, **_adapter_base(folder))
+    run = RunFolder(folder)
+    labels, prompt = run.labels(), run.prompt()
+    if prompt is not None and labels is not None and prompt.labels != labels:
+        raise RunFolderError(f"{folder}: its prompt's labels {prompt.labels} differ from its report's {labels}")
+    if (folder / ADAPTER_CONFIG).is_file():
+        return Target(recipe, str(folder), labels, target, load_calibration(folder), prompt)
+    if (folder / "config.json").is_file():  # a fully fine-tuned run: the folder is the model
+        full = _with_model(recipe, name_or_path=str(folder), revision=None)
+        return Target(full, None, labels, target, load_calibration(folder), prompt)
+    raise RecipeError(f"{target} holds no adapter or model weights; finish the run with `fintrl run --resume`")
+
+
+def _with_model(recipe: Recipe, **updates: object) -> Recipe:
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update=updates)})
+
+
+def _adapter_base(folder: Path) -> dict[str, object]:
+    config = json.loads((folder / ADAPTER_CONFIG).read_text()) if (folder / ADAPTER_CONFIG).is_file() else {}
+    base = config.get("base_model_name_or_path")
+    return {"name_or_path": base, "revision": config.get("revision")} if base else {}
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import validate_repo_id
+
+    from fintrl.errors import translate
+
+    try:
+        validate_repo_id(repo_id)
+    except Exception as err:  # noqa: BLE001 - HFValidationError, imported lazily
+        raise HubError(f"{repo_id}: not a local folder, and not a valid Hub repo id ({err})") from None
+    logger.info("downloading %s%s from the Hub", repo_id, f"@{revision}" if revision else "")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_INFERENCE_FILES))
+    except Exception as err:
+        mapped = translate(err)
+        if mapped is None:
+            raise
+        raise type(mapped)(f"{repo_id}{'@' + revision if revision else ''}: {mapped}") from None
+
+
+def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Base model (quantized as the recipe says) + the adapter, with the adapter's own tokenizer and chat template."""
+    from fintrl.model.loading import load_model, load_tokenizer
+
+    model_section = target.recipe.model
+    print(
+        f"fintrl: loading base model {model_section.name_or_path}"
+        + (f" @ {model_section.revision}" if model_section.revision else "")
+        + (" (trusting its remote code)" if model_section.trust_remote_code else "")
+        + (f" with adapter {target.name}" if target.adapter else ""),
+        file=sys.stderr,
+    )
+    model = load_model(model_section, target.recipe.quantization)
+    if target.adapter is None:
+        return model, load_tokenizer(model_section, target.recipe.prompt.system)
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(
+        model_section.model_copy(update={"chat_template": None, "revision": None}),
+        target.recipe.prompt.system,
+        path=target.adapter,
+    )
+    try:
+        return PeftModel.from_pretrained(model, target.adapter), tokenizer
+    except RuntimeError as err:
+        if "size mismatch" not in str(err) and "state_dict" not in str(err):
+            raise
+        raise ModelError(
+            f"adapter {target.name} does not fit base model {model_section.name_or_path} (its weight shapes "
+            "differ): it was trained on another base"
+        ) from None

@@ -1,0 +1,1 @@
+"""`fintrl serve`: the HTTP app, the service behind it, and the micro-batcher."""
