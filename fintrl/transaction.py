@@ -121,13 +121,14 @@ def prepare(final: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> Pa
 
 @contextlib.contextmanager
 def eval_output(final: Path, *, overwrite: bool, kind: str = "eval", marker: str = METRICS) -> Iterator[Path]:
-    """Where `fintrl eval` (or `kind`, e.g. audit, whose output holds `marker`) builds its report: never a run folder's
-    own files, never an older output without --overwrite.
+    """Where `fintrl eval` (or `kind`: audit, export, whose output holds `marker`) builds its output: never a run
+    folder's own files, never an older output without --overwrite (and then only one of its own kind).
 
     Yields a work folder; on success it replaces `final`, on failure it is removed (an eval is cheap to redo).
     """
     with locked(final):
-        if RunFolder(final).is_run or (final / ADAPTER_CONFIG).is_file():
+        own_kind = marker != METRICS and (final / marker).is_file()  # a merged export holds a recipe, as runs do
+        if (RunFolder(final).is_run and not own_kind) or (final / ADAPTER_CONFIG).is_file():
             raise RunFolderError(
                 f"{final} is a run folder: {kind} never writes into a run's own files; choose another --output-dir"
             )

@@ -112,6 +112,9 @@ ONE_OWNER = {
     "ArgumentParser(": {"cli.main"},
     "classification_metrics(": {"metrics.classification", "evaluation.report", "train"},  # + baselines, curve points
     "bootstrap_intervals(": {"evaluation.report"},
+    "validate_repo_id(": {"hub.ids"},  # every Hub-id check
+    "hf_hub_download(": {"hub.download"},  # every read from the Hub: retried, errors mapped
+    "snapshot_download(": {"hub.download"},
 }
 
 

@@ -122,7 +122,12 @@ def test_jsonl_parquet_and_folder_inputs(
     write_csv(folder / "a.csv", part[:100], column="body")
     write_csv(folder / "c.csv", ["Profit rose.\nMargins, too.", "2024"], column="body")  # a quoted newline; a number
     write_csv(folder / ".hidden.csv", ["not me"], column="body")
-    (folder / "notes.txt").write_text("not data")
+    (folder / "notes.md").write_text("not data")
+    lines = tmp_path / "in.txt"  # one text a line, as plain `fintrl predict --input` reads it
+    lines.write_text("".join(t + "\n" for t in part), encoding="utf-8")
+    out = tmp_path / "out-txt"
+    assert main(["predict", str(tiny_run), "--engine", "ray", "--input", str(lines), "--output", str(out)]) == 0
+    assert_same_answers(read_rows(out), reference)
     for source, expected in ((jsonl, part), (parquet, part), (folder, [*part, "Profit rose.\nMargins, too.", "2024"])):
         out = tmp_path / f"out-{source.name}"
         argv = ["predict", str(tiny_run), "--engine", "ray", "--input", str(source), "--output", str(out)]
@@ -185,8 +190,11 @@ def test_bad_inputs_are_one_line_each(
     fails([*ray_argv, "--input", str(source), "--output", str(tmp_path / "o"), "--text-column", "body"], 3, "'body'")
     fails([*ray_argv, "--input", str(source)], 2, "--output FOLDER")
     fails([*ray_argv, "--text", "Profit rose.", "--output", str(tmp_path / "o")], 2, "--input FILE|FOLDER")
+    (tmp_path / "in.md").write_text("a text\n")
+    fails([*ray_argv, "--input", str(tmp_path / "in.md"), "--output", str(tmp_path / "o")], 3, ".txt, .csv, .jsonl or")
     (tmp_path / "in.txt").write_text("a text\n")
-    fails([*ray_argv, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "o")], 3, ".csv, .jsonl or")
+    txt = [*ray_argv, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "o")]
+    fails([*txt, "--text-column", "body"], 3, "no columns")
     fails(["predict", str(tiny_run), "--text", "x", "--num-workers", "2"], 2, "--num-workers: only with --engine ray")
     fails([*ray_argv, "--input", str(source), "--output", str(tmp_path / "o"), "--num-workers", "0"], 2, "give 1")
 

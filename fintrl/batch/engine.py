@@ -115,16 +115,15 @@ class Tally:
 
 
 def _read(inputs: Inputs, column: str) -> Any:
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
     import ray.data
 
+    from fintrl.data.texts import csv_options
+
     kwargs: dict[str, Any] = {"filesystem": inputs.filesystem, "include_paths": True}
-    if inputs.reader == "csv":  # quoted newlines inside a text; the text column read as text, whatever it looks like
-        parse, convert = (
-            pcsv.ParseOptions(newlines_in_values=True),
-            pcsv.ConvertOptions(column_types={column: pa.string()}),
-        )
+    if inputs.reader == "text":  # one text a line; blank lines kept, so row numbers are line numbers (then skipped)
+        ds = ray.data.read_text(inputs.files, drop_empty_lines=False, **kwargs)
+    elif inputs.reader == "csv":
+        parse, convert = csv_options(column)
         ds = ray.data.read_csv(inputs.files, parse_options=parse, convert_options=convert, **kwargs)
     elif inputs.reader == "json":
         # pyarrow's JSON reader (lines=False) reads JSON Lines and takes a filesystem; lines=True (pandas) takes none

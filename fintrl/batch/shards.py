@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fintrl.data.texts import READERS, TEXT_COLUMN
 from fintrl.errors import DataError, RunFolderError, first_line
 
 if TYPE_CHECKING:
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 
 MANIFEST = "_fintrl_bulk.json"  # the job a bulk output folder belongs to (not a run folder: see run_folder.py)
 SHARD_PREFIX = "part-"
-READERS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet"}
 FORMATS = {"parquet": ".parquet", "jsonl": ".jsonl"}
 
 
@@ -38,11 +38,12 @@ class Inputs:
     filesystem: Any
     files: list[str]  # sorted: the shards' row order
     sizes: list[int]
-    reader: str  # csv | json | parquet
+    reader: str  # text | csv | json | parquet (`fintrl.data.texts.READERS`)
 
 
 def list_inputs(path: str) -> Inputs:
-    """The input files, sorted; a folder gives every .csv, .jsonl or .parquet file under it (hidden ones aside)."""
+    """The input files, sorted; a folder gives every .txt, .csv, .jsonl or .parquet file under it (hidden ones
+    aside)."""
     import pyarrow.fs as pafs
 
     fs, root = _filesystem(path)
@@ -56,9 +57,9 @@ def list_inputs(path: str) -> Inputs:
             if i.is_file and _suffix(i.path) in READERS and not _hidden(posixpath.relpath(i.path, root))
         ]
         if not found:
-            raise DataError(f"--input {path}: no .csv, .jsonl or .parquet files in this folder")
+            raise DataError(f"--input {path}: no .txt, .csv, .jsonl or .parquet files in this folder")
     elif _suffix(info.path) not in READERS:
-        raise DataError(f"--input {path}: give a .csv, .jsonl or .parquet file, or a folder of them")
+        raise DataError(f"--input {path}: give a .txt, .csv, .jsonl or .parquet file, or a folder of them")
     else:
         found = [info]
     readers = sorted({READERS[_suffix(i.path)] for i in found})
@@ -82,6 +83,10 @@ def check_columns(inputs: Inputs, column: str) -> None:
     import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
+    if inputs.reader == "text":
+        if column != TEXT_COLUMN:
+            raise DataError(f"--text-column {column}: .txt files have one text a line and no columns")
+        return
     for file in inputs.files:
         try:
             if inputs.reader == "parquet":

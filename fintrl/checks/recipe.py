@@ -24,6 +24,7 @@ from pathlib import Path
 from fintrl.checks.launch import Launch, launch_from_env, launch_problems
 from fintrl.checks.library_fields import library_problems
 from fintrl.errors import RecipeError
+from fintrl.hub.ids import hub_id_problem
 from fintrl.model.prompts import INSTRUCTION_FIELDS, TEMPLATE_FIELDS, placeholder_problems
 from fintrl.recipe.schema import DataSection, MixtureSource, ModelSection, PublishSection, Recipe
 
@@ -48,20 +49,6 @@ def check_recipe(recipe: Recipe, *, launch: Launch | None = None) -> None:
 
 
 # --- model, data, prompt, publish ----------------------------------------------------------------------------------
-
-
-def hub_id_problem(value: str, kind: str, namespace: bool) -> str | None:
-    """Why `value` is not a Hub repo id (syntax only, no network), or None."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(value)
-    except HFValidationError as err:
-        return f"{value!r} is not a {kind} ({' '.join(str(err).split())})"
-    if namespace and "/" not in value:
-        return f"{value!r} is not a {kind}: write it as org/name"
-    return None
 
 
 def _model_problems(section: ModelSection) -> list[str]:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fintrl.errors import DataError, HubError, RecipeError, RunFolderError
+from fintrl.errors import DataError, RecipeError, RunFolderError
+from fintrl.hub.download import read_file
+from fintrl.hub.ids import is_hub_id
 from fintrl.metrics.paired import Rows, compare_rows, same_rows
 from fintrl.run_folder import METRICS, PREDICTIONS, RECIPE, RunFolder, parse_predictions, read_predictions
 
@@ -36,39 +38,19 @@ class Side:
     how: str = "saved predictions"
 
 
-def _hub_file(repo_id: str, revision: str | None, filename: str) -> str | None:
-    """A file of a Hub repo at a revision, or None when the repo has no such file there."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    from fintrl.errors import translate
-
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision)).read_text(encoding="utf-8")
-    except EntryNotFoundError as err:
-        if isinstance(err, LocalEntryNotFoundError):
-            raise HubError(f"{repo_id}: the Hub did not answer ({err})") from None
-        return None
-    except Exception as err:
-        mapped = translate(err)
-        if mapped is None:
-            raise
-        raise type(mapped)(f"{repo_id}{'@' + revision if revision else ''}: {mapped}") from None
-
-
 def load_side(spec: str) -> Side:
     """A side's saved predictions and label set, without loading any model."""
-    from fintrl.scoring.targets import looks_like_hub_id, split_revision
+    from fintrl.scoring.targets import split_revision
 
     name, revision = split_revision(spec)
     folder = Path(name)
     if folder.is_dir():
         scorable = (folder / RECIPE).is_file()
         return Side(spec, read_predictions(folder / PREDICTIONS), RunFolder(folder).labels(), scorable)
-    if not looks_like_hub_id(name):
+    if not is_hub_id(name):
         raise RunFolderError(f"{spec}: no such folder, and not a Hub repo (org/name or org/name@v1.0.0)")
-    report = json.loads(_hub_file(name, revision, METRICS) or "{}")
-    predictions = _hub_file(name, revision, PREDICTIONS)
+    report = json.loads(read_file(name, revision, METRICS) or "{}")
+    predictions = read_file(name, revision, PREDICTIONS)
     rows = parse_predictions(predictions, f"{spec}: {PREDICTIONS}") if predictions is not None else None
     return Side(spec, rows, (report.get("data") or {}).get("labels"), scorable=True)
 

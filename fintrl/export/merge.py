@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -266,28 +265,20 @@ def export_merged(
         "agreement": agreement(adapter_result, merged_result, gold),
         "merged": {"dtype": merged_dtype, "unquantized_base": not dequantize, "trained_on_4bit_base": quantized},
     }
-    work = transaction.work_folder(out)
-    with transaction.locked(out):
-        check_output(out, run_dir, overwrite=overwrite)  # again, under the lock
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
-            merged.save_pretrained(work)
-            tokenizer.save_pretrained(work)
-            folder = RunFolder(work)
-            folder.write_recipe(recipe)
-            rows = prediction_rows(texts, gold, labels, merged_result.predictions, merged_result.probabilities)
-            write_predictions(folder.file(PREDICTIONS), rows)
-            record["seconds"] = round(time.perf_counter() - start, 2)
-            folder.write_metrics(_merged_report(run, recipe, labels, gold, merged_result, record))
-            run_folder.write_atomic(folder.file(EXPORT_INFO), json.dumps(record, indent=2, ensure_ascii=False))
-            from fintrl.hub.merged_card import render_merged_card
+    from fintrl.hub.merged_card import render_merged_card
 
-            run_folder.write_atomic(folder.file(CARD), render_merged_card(work))
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        transaction.commit(work, out)
+    with transaction.eval_output(out, overwrite=overwrite, kind="export", marker=EXPORT_INFO) as work:
+        merged.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        folder = RunFolder(work)
+        folder.write_recipe(recipe)
+        folder.write_prompt(builder)  # the merged model is asked what the adapter was trained with
+        rows = prediction_rows(texts, gold, labels, merged_result.predictions, merged_result.probabilities)
+        write_predictions(folder.file(PREDICTIONS), rows)
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        folder.write_metrics(_merged_report(run, recipe, labels, gold, merged_result, record))
+        run_folder.write_atomic(folder.file(EXPORT_INFO), json.dumps(record, indent=2, ensure_ascii=False))
+        run_folder.write_atomic(folder.file(CARD), render_merged_card(work))
     _free(merged, peft_model)
     shown = record["agreement"]
     logger.info(

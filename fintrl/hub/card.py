@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from fintrl.hub.staging import is_hub_id, portable_name, portable_report
+from fintrl.hub.ids import is_hub_id
+from fintrl.hub.staging import portable_name, portable_report
 from fintrl.run_folder import (
     CARD,
     CONFUSION_MATRIX_PNG,

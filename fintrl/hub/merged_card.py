@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fintrl.errors import RunFolderError
-from fintrl.hub.staging import is_hub_id, portable_report
+from fintrl.hub.ids import is_hub_id
+from fintrl.hub.staging import portable_report
 from fintrl.run_folder import ADAPTER_CONFIG, EXPORT_INFO, METRICS, PREDICTIONS, RECIPE, RunFolder
 from fintrl.transaction import run_name
 

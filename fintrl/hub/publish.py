@@ -38,6 +38,8 @@ import yaml
 
 from fintrl.errors import FintrlError, HubError, RecipeError, first_line
 from fintrl.hub.card import render_card
+from fintrl.hub.download import read_file
+from fintrl.hub.ids import check_repo_id
 from fintrl.hub.merged_card import is_export, render_merged_card, require_publishable
 from fintrl.hub.retry import T, reason, with_retries
 from fintrl.hub.staging import base_model_hub_id, stage, staged_files
@@ -81,50 +83,17 @@ def next_version(taken: list[str]) -> str:
     return f"v{major}.{minor + 1}.0"
 
 
-def check_repo_id(repo_id: str) -> str:
-    """`namespace/name` as the Hub spells it, checked before any request (huggingface_hub's own rules)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    shown = repr(repo_id if not isinstance(repo_id, str) or len(repo_id) <= 60 else repo_id[:57] + "...")
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise HubError(f"invalid repo id {shown}: use namespace/name, e.g. my-org/fin-sentiment")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise HubError(
-            f"invalid repo id {shown}: namespace and name use letters, digits, '-', '_' and '.', neither "
-            "starts nor ends with '-' or '.', no '--' or '..', at most 96 characters in all"
-        ) from None
-    return repo_id
-
-
 def _version_tags(api: HfApi, repo_id: str) -> dict[str, str]:
     """`vX.Y.Z` tag -> commit sha; other tags are not fintrl versions and are left alone."""
     refs = with_retries(lambda: api.list_repo_refs(repo_id), what="list_repo_refs")
     return {t.name: t.target_commit for t in refs.tags if VERSION_TAG.fullmatch(t.name)}
 
 
-def _file_at(repo_id: str, filename: str, commit: str) -> str | None:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    def download() -> str | None:
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=commit)).read_text()
-        except EntryNotFoundError as err:
-            if isinstance(err, LocalEntryNotFoundError):  # the Hub did not answer: the file may well exist
-                raise
-            return None
-
-    return with_retries(download, what=f"downloading {filename}")
-
-
 def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str, Any]:
     """What a version is, read from the files at its tag (not from a side index that could drift)."""
-    metrics = json.loads(_file_at(repo_id, METRICS, commit) or "{}")
-    adapter = json.loads(_file_at(repo_id, ADAPTER_CONFIG, commit) or "{}")
-    data = (recipe := yaml.safe_load(_file_at(repo_id, RECIPE, commit) or "{}") or {}).get("data", {})
+    metrics = json.loads(read_file(repo_id, METRICS, commit) or "{}")
+    adapter = json.loads(read_file(repo_id, ADAPTER_CONFIG, commit) or "{}")
+    data = (recipe := yaml.safe_load(read_file(repo_id, RECIPE, commit) or "{}") or {}).get("data", {})
     date = with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
     return {
         "version": tag,
@@ -338,7 +307,7 @@ def publish(
     }
     versions = sorted([current, *history], key=lambda v: parse_version(v["version"]), reverse=True)
     older = versions[versions.index(current) + 1 :]  # the previous version: the highest below this one
-    prior = _file_at(repo_id, PREDICTIONS, older[0]["commit"]) if older else None
+    prior = read_file(repo_id, PREDICTIONS, older[0]["commit"]) if older else None
     compared = with_previous(run_dir, older[0]["version"], prior) if older else None
     card = (render_merged_card if merged else render_card)(
         run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base, comparison=compared
@@ -388,7 +357,7 @@ def publish(
         ) from err
     if reused:  # the run keeps the card as it was published (the one rendered now may differ in its date)
         try:
-            card = _file_at(repo_id, CARD, commit) or card
+            card = read_file(repo_id, CARD, commit) or card
         except Exception as err:
             logger.warning(
                 "could not read the published card back (%s); the run gets the one rendered now", reason(err)

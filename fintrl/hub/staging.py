@@ -15,21 +15,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fintrl.errors import RecipeError, RunFolderError
+from fintrl.hub.ids import hub_id_problem, is_hub_id
 from fintrl.run_folder import ADAPTER_CONFIG, CARD, METRICS, RECIPE, Report, RunFolder
 from fintrl.transaction import run_name
 
 if TYPE_CHECKING:
     from fintrl.recipe.schema import Recipe
-
-
-def is_hub_id(name: str | None) -> bool:
-    """`org/name` that is not a path on this machine (absolute, relative, `~` or existing)."""
-    return (
-        isinstance(name, str)
-        and name.count("/") == 1
-        and not name.startswith(("/", ".", "~"))
-        and not Path(name).expanduser().exists()
-    )
 
 
 def portable_name(name: str | None) -> str | None:
@@ -83,7 +74,6 @@ def base_model_hub_id(recipe: Recipe, base_model: str | None = None) -> str:
     """The base model's Hub id, as the published adapter_config.json and recipe.yaml name it: `base_model` (from
     `--base-model`, else the recipe's publish.base_model) or the recipe's model when it is a Hub id or an offline name
     of one. A base that exists only on this machine is refused: the adapter would load nowhere else."""
-    from fintrl.checks.recipe import hub_id_problem
     from fintrl.model.loading import hub_id
 
     given = base_model or recipe.publish.base_model

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fintrl.errors import HubError, ModelError, RecipeError, RunFolderError
+from fintrl.errors import ModelError, RecipeError, RunFolderError
+from fintrl.hub.download import download_repo
+from fintrl.hub.ids import is_hub_id
 from fintrl.recipe.schema import Recipe, label_names, load_recipe
 from fintrl.run_folder import ADAPTER_CONFIG, RECIPE, RunFolder
 from fintrl.scoring.calibration import Calibration, load_calibration
@@ -100,10 +102,6 @@ def split_revision(target: str) -> tuple[str, str | None]:
     return target, None
 
 
-def looks_like_hub_id(name: str) -> bool:
-    return not Path(name).expanduser().exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
-
-
 def resolve_target(
     target: str, *, recipe_path: str | None = None, overrides: list[str] = (), trust_remote_code: bool = False
 ) -> Target:
@@ -116,8 +114,8 @@ def resolve_target(
     name, revision = split_revision(target)
     local = Path(name)
     folder: Path | None = local if local.is_dir() else None
-    if folder is None and looks_like_hub_id(name):
-        folder = _download(name, revision)
+    if folder is None and is_hub_id(name):
+        folder = download_repo(name, revision, _INFERENCE_FILES)
     elif revision is not None:
         raise RecipeError(f"{target}: '@revision' applies to Hub repos only, and {name} is not one")
     if recipe_path is not None:  # the user's own recipe: its trust_remote_code stands
@@ -157,26 +155,6 @@ def _adapter_base(folder: Path) -> dict[str, object]:
     config = json.loads((folder / ADAPTER_CONFIG).read_text()) if (folder / ADAPTER_CONFIG).is_file() else {}
     base = config.get("base_model_name_or_path")
     return {"name_or_path": base, "revision": config.get("revision")} if base else {}
-
-
-def _download(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import validate_repo_id
-
-    from fintrl.errors import translate
-
-    try:
-        validate_repo_id(repo_id)
-    except Exception as err:  # noqa: BLE001 - HFValidationError, imported lazily
-        raise HubError(f"{repo_id}: not a local folder, and not a valid Hub repo id ({err})") from None
-    logger.info("downloading %s%s from the Hub", repo_id, f"@{revision}" if revision else "")
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_INFERENCE_FILES))
-    except Exception as err:
-        mapped = translate(err)
-        if mapped is None:
-            raise
-        raise type(mapped)(f"{repo_id}{'@' + revision if revision else ''}: {mapped}") from None
 
 
 def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -6,32 +6,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 from fintrl.batch.engine import DEFAULT_SHARD_ROWS
 from fintrl.batch.shards import FORMATS
 from fintrl.cli.options import add_target, positive_int, probability
-from fintrl.errors import DataError, RecipeError, RunFolderError
+from fintrl.errors import RecipeError, RunFolderError
 
 logger = logging.getLogger(__name__)
 
 # Options that apply only with --engine ray (argparse dest -> flag)
-RAY_ONLY = ("num_workers", "num_gpus_per_worker", "text_column", "address", "shard_rows", "output_format")
+RAY_ONLY = ("num_workers", "num_gpus_per_worker", "address", "shard_rows", "output_format")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify texts (JSONL out, with per-label probabilities)")
     add_target(p)
     p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
-    p.add_argument("--input", help="file with one text per line, or - for stdin (--engine ray: CSV/JSONL/Parquet)")
+    p.add_argument(
+        "--input",
+        help="texts: a .txt file (one a line) or - for stdin, or a CSV/JSONL/Parquet file (--engine ray: a folder too)",
+    )
     p.add_argument("--output", help="JSONL file (default: stdout; --engine ray: a folder of shards)")
+    p.add_argument(
+        "--text-column", metavar="NAME", help="a CSV/JSONL/Parquet --input's column to classify (default: text)"
+    )
     p.add_argument("--min-confidence", type=probability, metavar="P", help="`abstain` where the label's p < P")
-    g = p.add_argument_group("batch scoring on Ray (--engine ray: --input is a CSV/JSONL/Parquet file or folder)")
+    g = p.add_argument_group("batch scoring on Ray (--engine ray: --input is a file or a folder of them)")
     g.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: Ray Data, --output a folder")
     g.add_argument("--num-workers", type=positive_int, metavar="N", help="scorer actors, one model each (default 1)")
     g.add_argument("--num-gpus-per-worker", type=float, metavar="G", help="GPUs per actor (default 0: CPU)")
-    g.add_argument("--text-column", metavar="NAME", help="the input column to classify (default: text)")
     g.add_argument("--address", help="a running Ray cluster (`auto`, or host:port); default: a local one")
     g.add_argument(
         "--shard-rows", type=positive_int, metavar="S", help=f"rows per output shard (default {DEFAULT_SHARD_ROWS})"
@@ -43,11 +47,12 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _run_ray(args)
     given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if getattr(args, name) is not None]
+    given = [flag for flag in given if flag != "--text-column"]  # a CSV/JSONL/Parquet --input reads it too
     if given:
         raise RecipeError(f"{', '.join(given)}: only with --engine ray")
     if args.output and Path(args.output).exists() and not args.overwrite:
         raise RunFolderError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another file")
-    texts = _read_texts(args.text, args.input)
+    texts = _read_texts(args.text, args.input, args.text_column)
     from fintrl.run_folder import write_atomic
     from fintrl.scoring.calibration import predict_rows
     from fintrl.scoring.targets import load_for_inference, resolve_target
@@ -69,19 +74,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_texts(given: list[str], source: str | None) -> list[str]:
-    """--text values, then --input lines (a file or - for stdin); blank lines are skipped and counted."""
-    texts = list(given)
-    if source == "-":
-        texts += [line.rstrip("\n") for line in sys.stdin]
-    elif source:
-        path = Path(source)
-        if not path.is_file():
-            raise DataError(f"--input {path}: no such file (one text per line, or - for stdin)")
-        try:
-            texts += path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise DataError(f"--input {path} is not UTF-8 text; save it as UTF-8, one text per line") from None
+def _read_texts(given: list[str], source: str | None, column: str | None) -> list[str]:
+    """--text values, then --input's texts (`fintrl.data.texts`); blank ones are skipped and counted."""
+    from fintrl.data.texts import TEXT_COLUMN, read_texts
+
+    texts = [*given, *(t or "" for t in (read_texts(source, column or TEXT_COLUMN) if source else []))]
     if not any(t.strip() for t in texts):
         raise RecipeError("nothing to classify: give --text TEXT or --input FILE (one text per line, - for stdin)")
     empty = sum(not t.strip() for t in texts)
