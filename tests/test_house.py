@@ -146,3 +146,10 @@ def test_library_functions_take_no_argparse_namespace() -> None:
         if not module.startswith("cli.") and re.search(r"argparse\.Namespace|(?<!\w)args: Any", path.read_text())
     ]
     assert offenders == []
+
+
+def test_tests_mirror_the_packages() -> None:
+    """A newcomer finds a package's tests under tests/<package>/."""
+    tests = Path(__file__).parent
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert packages and {name for name in packages if not (tests / name).is_dir()} == set()

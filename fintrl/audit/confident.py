@@ -8,8 +8,8 @@ on out-of-sample probabilities (`fintrl.audit.folds` says where each split's com
   confident one (of several, the most likely);
 - it is flagged when it is confident in some label, the suggestion is not its gold label, and the model's most likely
   label is not the gold one either.
-This is `cleanlab.filter.find_label_issues(filter_by="confident_learning")`, written out (tests/test_audit.py checks
-the two agree row for row when cleanlab is installed): the rule is a dozen lines of numpy, we need each row's
+This is `cleanlab.filter.find_label_issues(filter_by="confident_learning")`, written out (tests/audit/test_audit.py
+checks the two agree row for row when cleanlab is installed): the rule is a dozen lines of numpy, we need each row's
 thresholds and suggestion (cleanlab returns a mask), and cleanlab would add a dependency and ~2 s of import to every
 install for them. Thresholds are per split: the eval rows are scored by the run's adapter (calibrated), the
 train rows by fold adapters trained on less data, and the two are not equally sure of themselves.

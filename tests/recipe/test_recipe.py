@@ -7,7 +7,7 @@ from fintrl.checks.library_fields import check_library_fields
 from fintrl.checks.recipe import check_recipe
 from fintrl.recipe.schema import RecipeError, load_recipe, parse_override, recipe_from_dict
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)

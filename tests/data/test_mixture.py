@@ -11,10 +11,10 @@ from fintrl.data.loading import load_labeled_data
 from fintrl.data.sampling import weighted_indices
 from fintrl.errors import DataError
 from fintrl.recipe.schema import DataSection, RecipeError, load_recipe, recipe_from_dict
+from tests.data.test_loading import _csv
 from tests.helpers import tiny_recipe_dict
-from tests.test_data import _csv
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @pytest.fixture

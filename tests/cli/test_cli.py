@@ -55,7 +55,7 @@ def test_predict_texts_and_stdin(
 def test_zero_shot_base_model_needs_a_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "tiny-mistral"]) == 2
     assert "give a recipe" in capsys.readouterr().err
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / "tiny_test.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "tiny_test.yaml"
     assert (
         main(
             [

@@ -14,7 +14,7 @@ from fintrl.data import checks as data_checks
 from fintrl.data.loading import load_labeled_data
 from fintrl.errors import DataError, FintrlError
 from fintrl.recipe.schema import DataSection
-from tests.test_data import _csv
+from tests.data.test_loading import _csv
 
 UP_DOWN = ["up", "down"]
 
