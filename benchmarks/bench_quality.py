@@ -362,8 +362,8 @@ def paired_flips(old_run: Path, new_run: Path) -> dict[str, Any] | None:
     """Rows one run gets right and the other wrong, with McNemar's exact p-value (`fintrl.metrics.paired.flips`, what
     `fintrl compare` reports). On a few hundred validation rows a 0.01 accuracy gap is often noise; only the rows that
     flipped can tell, as both runs score the same rows. None unless both runs hold predictions on the same rows."""
-    from fintrl.metrics.paired import flips, read_predictions, same_rows
-    from fintrl.run_folder import PREDICTIONS
+    from fintrl.metrics.paired import flips, same_rows
+    from fintrl.run_folder import PREDICTIONS, read_predictions
 
     old, new = read_predictions(old_run / PREDICTIONS), read_predictions(new_run / PREDICTIONS)
     return flips(old, new) if same_rows(old, new) else None

@@ -2,10 +2,12 @@
 
 The entry points, imported lazily so that `import fintrl` (and `fintrl --help`) stays instant:
 
->>> from fintrl import load_recipe, run, resolve_target, load_for_inference
->>> report = run(load_recipe("recipes/quickstart.yaml"))
->>> target = resolve_target("runs/quickstart")
->>> model, tokenizer = load_for_inference(target)
+```python
+from fintrl import load_recipe, run, resolve_target, load_for_inference
+report = run(load_recipe("recipes/quickstart.yaml"))
+target = resolve_target("runs/quickstart")
+model, tokenizer = load_for_inference(target)
+```
 """
 
 from __future__ import annotations

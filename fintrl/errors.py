@@ -5,7 +5,9 @@ and exits with the error's `exit_code`; the traceback only with `-v`. Library co
 Errors that other libraries raise for the same user mistakes (a Hub 404, a full disk, a non-UTF-8 file) are turned
 into this family by `translate`, so they read the same way.
 
->>> raise DataError("data.path: train.csv is empty; it needs a header row and at least one row per class")
+>>> err = DataError("data.path: train.csv is empty; it needs a header row and at least one row per class")
+>>> err.exit_code
+3
 """
 
 from __future__ import annotations

@@ -86,8 +86,10 @@ class Report(TypedDict, total=False):
 class RunFolder:
     """A finished (or being built) run folder: the one place that knows its file names.
 
-    >>> run = RunFolder(Path("runs/quickstart"))
-    >>> run.metrics()["accuracy"]
+    ```python
+    run = RunFolder(Path("runs/quickstart"))
+    run.metrics()["accuracy"]
+    ```
     """
 
     path: Path

@@ -48,9 +48,11 @@ class Timer:
 def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Report:
     """The whole loop, as one transaction on the run folder (see `fintrl.run_folder`). Returns the report.
 
-    >>> from fintrl import load_recipe, run
-    >>> report = run(load_recipe("recipes/quickstart.yaml", overrides=["train.max_steps=10"]))
-    >>> round(report["accuracy"], 3)
+    ```python
+    from fintrl import load_recipe, run
+    report = run(load_recipe("recipes/quickstart.yaml", overrides=["train.max_steps=10"]))
+    round(report["accuracy"], 3)
+    ```
     """
     check_recipe(recipe)
     final = Path(recipe.output_dir)

@@ -61,7 +61,15 @@ def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
 
 def _write_predictions(run: Path, texts: str, predictions: list[str]) -> Path:
     run.mkdir(parents=True)
-    lines = [{"text": t, "gold": "neutral", "prediction": p} for t, p in zip(texts, predictions)]
+    lines = [
+        {
+            "text": t,
+            "gold": "neutral",
+            "prediction": p,
+            "probabilities": {"neutral": float(p == "neutral"), "positive": float(p != "neutral")},
+        }
+        for t, p in zip(texts, predictions)
+    ]
     (run / "predictions.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     return run
 

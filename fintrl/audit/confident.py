@@ -87,8 +87,10 @@ def audit(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Audit a finished run's rows: (every row, flagged ones first in rank order; the summary for audit.json).
 
-    >>> rows, summary = audit("runs/fpb_50agree_smollm2", folds=2)
-    >>> summary["flagged"], summary["pairs"]
+    ```python
+    rows, summary = audit("runs/fpb_50agree_smollm2", folds=2)
+    summary["flagged"], summary["pairs"]
+    ```
     """
     from fintrl.audit.folds import check_folds, cross_fit, eval_scores, in_sample
 

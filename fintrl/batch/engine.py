@@ -287,7 +287,9 @@ def score_files(
     """Score the texts of CSV/JSONL/Parquet `inputs_path` (a file or folder) with `target` on Ray, into shards under
     `output`; a rerun writes only the shards that are missing. Returns the number of rows scored now.
 
-    >>> score_files("runs/quickstart", "texts.csv", "runs/scored", settings=RaySettings(num_workers=2))
+    ```python
+    score_files("runs/quickstart", "texts.csv", "runs/scored", settings=RaySettings(num_workers=2))
+    ```
     """
     require_ray()
     from fintrl.scoring.targets import resolve_target

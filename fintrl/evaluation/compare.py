@@ -49,8 +49,8 @@ def load_side(spec: str) -> Side:
         return Side(spec, read_predictions(folder / PREDICTIONS), RunFolder(folder).labels(), scorable)
     if not is_hub_id(name):
         raise RunFolderError(f"{spec}: no such folder, and not a Hub repo (org/name or org/name@v1.0.0)")
-    report = json.loads(read_file(name, revision, METRICS) or "{}")
-    predictions = read_file(name, revision, PREDICTIONS)
+    report = json.loads(read_file(name, METRICS, revision=revision) or "{}")
+    predictions = read_file(name, PREDICTIONS, revision=revision)
     rows = parse_predictions(predictions, f"{spec}: {PREDICTIONS}") if predictions is not None else None
     return Side(spec, rows, (report.get("data") or {}).get("labels"), scorable=True)
 

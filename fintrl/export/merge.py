@@ -173,8 +173,10 @@ def export_merged(
     """Merge a finished LoRA run into its base and write a self-contained model folder at `out`; returns the export
     record (also `out/fintrl_export.json`). Built aside (`.OUT.incomplete`) and swapped in only once complete.
 
-    >>> info = export_merged(Path("runs/quickstart"), Path("runs/quickstart-merged"))
-    >>> info["agreement"]["agreement"], info["agreement"]["max_abs_dprob"]
+    ```python
+    info = export_merged(Path("runs/quickstart"), Path("runs/quickstart-merged"))
+    info["agreement"]["agreement"], info["agreement"]["max_abs_dprob"]
+    ```
     """
     from fintrl.model.loading import torch_dtype
     from fintrl.scoring.scorer import LabelScorer

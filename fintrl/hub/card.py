@@ -6,7 +6,9 @@ snippets that run as printed, how the metrics were measured, the training settin
 and each dataset's caveats. It names models and data by portable values only - a Hub id, a preset's name, a folder's
 name - never a path of this machine (`portable_name`).
 
->>> print(render_card(Path("runs/quickstart"), repo_id="your-org/fin-sentiment"))
+```python
+print(render_card(Path("runs/quickstart"), repo_id="your-org/fin-sentiment"))
+```
 """
 
 from __future__ import annotations
@@ -196,7 +198,9 @@ def render_card(
     model, when it is a Hub id or an offline name of one); `comparison` (`fintrl.metrics.paired.with_previous`, when
     publishing over an earlier version) fills "Compared with the previous version".
 
-    >>> card = render_card(Path("runs/quickstart"), repo_id="org/fin", version="v1.0.0", base_model="org/base")
+    ```python
+    card = render_card(Path("runs/quickstart"), repo_id="org/fin", version="v1.0.0", base_model="org/base")
+    ```
     """
     from huggingface_hub import ModelCard
 

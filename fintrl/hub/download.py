@@ -26,7 +26,7 @@ def _mapped(repo_id: str, revision: str | None, fn: Callable[[], T], what: str) 
         raise type(mapped)(f"{repo_id}{'@' + revision if revision else ''}: {mapped}") from None
 
 
-def read_file(repo_id: str, filename: str, revision: str | None = None) -> str | None:
+def read_file(repo_id: str, filename: str, *, revision: str | None = None) -> str | None:
     """The text of `filename` in `repo_id` at `revision`, or None when the repo has no such file there."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -42,7 +42,7 @@ def read_file(repo_id: str, filename: str, revision: str | None = None) -> str |
     return _mapped(repo_id, revision, download, f"downloading {filename}")
 
 
-def download_repo(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+def download_repo(repo_id: str, *, revision: str | None, patterns: list[str]) -> Path:
     """A local snapshot of the files of `repo_id` at `revision` that match `patterns`."""
     from huggingface_hub import snapshot_download
 

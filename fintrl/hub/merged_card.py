@@ -51,7 +51,9 @@ def render_merged_card(
 ) -> str:
     """The card of a merged export (the same keywords as `fintrl.hub.card.render_card`, so publishing calls either).
 
-    >>> print(render_merged_card(Path("runs/quickstart-merged"), repo_id="org/fin-merged", base_model="org/base"))
+    ```python
+    print(render_merged_card(Path("runs/quickstart-merged"), repo_id="org/fin-merged", base_model="org/base"))
+    ```
     """
     from huggingface_hub import ModelCard
 

@@ -91,9 +91,9 @@ def _version_tags(api: HfApi, repo_id: str) -> dict[str, str]:
 
 def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str, Any]:
     """What a version is, read from the files at its tag (not from a side index that could drift)."""
-    metrics = json.loads(read_file(repo_id, METRICS, commit) or "{}")
-    adapter = json.loads(read_file(repo_id, ADAPTER_CONFIG, commit) or "{}")
-    data = (recipe := yaml.safe_load(read_file(repo_id, RECIPE, commit) or "{}") or {}).get("data", {})
+    metrics = json.loads(read_file(repo_id, METRICS, revision=commit) or "{}")
+    adapter = json.loads(read_file(repo_id, ADAPTER_CONFIG, revision=commit) or "{}")
+    data = (recipe := yaml.safe_load(read_file(repo_id, RECIPE, revision=commit) or "{}") or {}).get("data", {})
     date = with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
     return {
         "version": tag,
@@ -266,7 +266,9 @@ def publish(
     `base_model`: the base's Hub id (default: the recipe's publish.base_model, else its model; see `base_model_hub_id`).
     A merged export (`fintrl export --merged`, `fintrl.hub.merged_card`) is published alike, with its own card.
 
-    >>> publish(Path("runs/quickstart"), "your-org/fin-sentiment", base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    ```python
+    publish(Path("runs/quickstart"), "your-org/fin-sentiment", base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    ```
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import RepositoryNotFoundError
@@ -307,7 +309,7 @@ def publish(
     }
     versions = sorted([current, *history], key=lambda v: parse_version(v["version"]), reverse=True)
     older = versions[versions.index(current) + 1 :]  # the previous version: the highest below this one
-    prior = read_file(repo_id, PREDICTIONS, older[0]["commit"]) if older else None
+    prior = read_file(repo_id, PREDICTIONS, revision=older[0]["commit"]) if older else None
     compared = with_previous(run_dir, older[0]["version"], prior) if older else None
     card = (render_merged_card if merged else render_card)(
         run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base, comparison=compared
@@ -357,7 +359,7 @@ def publish(
         ) from err
     if reused:  # the run keeps the card as it was published (the one rendered now may differ in its date)
         try:
-            card = read_file(repo_id, CARD, commit) or card
+            card = read_file(repo_id, CARD, revision=commit) or card
         except Exception as err:
             logger.warning(
                 "could not read the published card back (%s); the run gets the one rendered now", reason(err)

@@ -75,7 +75,12 @@ class PromptBuilder:
     @classmethod
     def resolve(cls, section: PromptSection, labels: list[str], data_task: str | None = None) -> PromptBuilder:
         """The prompt a run trains with: the recipe's prompt section over the data's labels; `{task}` is the recipe's
-        `prompt.task`, else the data's task (`fintrl.data.presets.data_task`)."""
+        `prompt.task`, else the data's task (`fintrl.data.presets.data_task`).
+
+        >>> from fintrl.recipe.schema import PromptSection
+        >>> PromptBuilder.resolve(PromptSection(), ["bearish", "bullish"], "topic").instruction
+        'Classify the topic of this financial text. Answer with one of: bearish, bullish.'
+        """
         verbalizers = section.verbalizers or {}
         unknown = set(verbalizers) - set(labels)
         if unknown:

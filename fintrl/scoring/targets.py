@@ -107,15 +107,16 @@ def resolve_target(
 ) -> Target:
     """The recipe and adapter for `target`.
 
-    >>> resolve_target("runs/quickstart").adapter
-    'runs/quickstart'
-    >>> resolve_target("your-org/fin-sentiment@v1.0.0").recipe.model.name_or_path  # the base its adapter names
+    ```python
+    resolve_target("runs/quickstart").adapter
+    resolve_target("your-org/fin-sentiment@v1.0.0").recipe.model.name_or_path  # the base its adapter names
+    ```
     """
     name, revision = split_revision(target)
     local = Path(name)
     folder: Path | None = local if local.is_dir() else None
     if folder is None and is_hub_id(name):
-        folder = download_repo(name, revision, _INFERENCE_FILES)
+        folder = download_repo(name, revision=revision, patterns=_INFERENCE_FILES)
     elif revision is not None:
         raise RecipeError(f"{target}: '@revision' applies to Hub repos only, and {name} is not one")
     if recipe_path is not None:  # the user's own recipe: its trust_remote_code stands
