@@ -1,5 +1,5 @@
-"""Where `fintrl predict --engine ray` reads and writes (fintrl/bulk.py runs it): the input files, sorted, and the
-output folder of shards, each written atomically, with the job it belongs to (MANIFEST) so that a rerun resumes only
+"""Where `fintrl predict --engine ray` reads and writes (`fintrl.batch.engine` runs it): the input files, sorted, and
+the output folder of shards, each written atomically, with the job it belongs to (MANIFEST) so that a rerun resumes only
 that job. Paths are local, or any filesystem URI pyarrow opens (s3://, gs://, hdfs://).
 """
 
