@@ -206,9 +206,12 @@ def summary(metrics: dict[str, Any], output_dir: str) -> dict[str, Any]:
     calibration = metrics.get("calibration") or {}
     if calibration.get("applied"):
         before, after = calibration["before"], calibration["after"]
-        out["calibration"] = {"temperature": round(calibration["temperature"], 3)} | {
-            k: f"{before[k]:.3f} -> {after[k]:.3f}" for k in ("ece", "nll", "brier")
-        }
+        check = calibration.get("check") or {}
+        out["calibration"] = (
+            {"temperature": round(calibration["temperature"], 3)}
+            | ({"kept": check["kept"], "why": check["reason"]} if check else {})
+            | {k: f"{before[k]:.3f} -> {after[k]:.3f}" for k in ("ece", "nll", "brier")}
+        )
     if metrics.get("coverage"):
         out["accuracy_at_coverage"] = {f"{p['coverage']:.0%}": p["accuracy"] for p in metrics["coverage"]["table"]}
     out |= {"invalid_rate": metrics.get("invalid_rate"), "baselines": metrics.get("baselines", {})}

@@ -7,6 +7,11 @@ one; the order of the labels, hence the predicted label, never changes. T minimi
 a seeded stratified sample of the train split, held out of training (the eval split is the one reported, so it is
 never used), scored once after training with the run's exact scorer. The run writes it to `calibration.json`;
 `eval` and `predict` apply it (`--uncalibrated`: not), and so can any server: `Target.calibrate`.
+
+A temperature is kept only when it is seen to help on rows it was not fitted on (`check_temperature`): the
+calibration rows are cross-fitted (each fold's T fitted on the other folds, its NLL measured on the fold), and T is kept
+when the out-of-fold NLL gain has a 95 % bootstrap interval above zero; otherwise T = 1 (probabilities as scored),
+and the report, the card and the summary say why. A model that is already calibrated is left alone.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 METHOD = "temperature scaling"
 BOUNDS = (0.05, 20.0)
+CHECK_FOLDS = 2  # cross-fitting folds over the calibration rows
+CHECK_RESAMPLES = 2000  # bootstrap resamples of the out-of-fold NLL gain
+MODES = ("first_token", "trie", "loglik")  # the scoring modes with probabilities
 MAX_FRACTION = 0.1  # of the train rows held out for calibration (at least one per label)
 ABSTAIN = "abstain"
 
@@ -52,6 +60,8 @@ class Calibration:
     seed: int | None = None
     nll_before: float | None = None  # on the calibration rows
     nll_after: float | None = None
+    fitted: float | None = None  # the T the fit found, kept (= temperature) or not (temperature = 1)
+    check: dict[str, Any] | None = None  # `check_temperature`: out-of-fold NLL gain, its interval, kept, reason
 
     def applies_to(self, mode: str | None) -> bool:
         """Probabilities of another scoring mode are another distribution: the temperature is not theirs."""
@@ -77,25 +87,75 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
     return scaled / scaled.sum(-1, keepdims=True)
 
 
-def fit_temperature(probabilities: np.ndarray, gold: Any) -> float:
-    """The T in BOUNDS that minimises the mean NLL of the gold labels; 1.0 when none does better than 1.0, and when the
-    rows cannot tell: if every row is already right, a sharper T always lowers their NLL (T runs to the bound, and
-    the rows it is applied to become over-confident), so an optimum at a bound is no calibration either."""
+def optimal_temperature(probabilities: np.ndarray, gold: Any) -> float:
+    """The T in BOUNDS that minimises the mean NLL of the gold labels (it may sit at a bound)."""
     from scipy.optimize import minimize_scalar
-
-    if (np.asarray(probabilities).argmax(-1) == np.asarray(gold)).all():
-        logger.warning("calibration: every held-out row is already right, so no temperature can be fitted; T stays 1")
-        return 1.0
 
     def loss(log_t: float) -> float:
         return nll(apply_temperature(probabilities, math.exp(log_t)), gold)
 
     best = minimize_scalar(loss, bounds=tuple(map(math.log, BOUNDS)), method="bounded", options={"xatol": 1e-4})
-    temperature = float(math.exp(best.x))
-    if not BOUNDS[0] * 1.05 < temperature < BOUNDS[1] / 1.05:
-        logger.warning("calibration: the fitted temperature sits at its bound (%.3g); T stays 1", temperature)
-        return 1.0
-    return temperature if best.fun < loss(0.0) else 1.0
+    return float(math.exp(best.x)) if best.fun < loss(0.0) else 1.0
+
+
+def at_bound(temperature: float) -> bool:
+    return not BOUNDS[0] * 1.05 < temperature < BOUNDS[1] / 1.05
+
+
+def fit_temperature(probabilities: np.ndarray, gold: Any) -> float:
+    """`optimal_temperature`, or 1.0 when the optimum sits at a bound: the rows cannot tell (every row right, say: a
+    sharper T always lowers their NLL and would make the rows it is applied to over-confident)."""
+    temperature = optimal_temperature(probabilities, gold)
+    return 1.0 if at_bound(temperature) else temperature
+
+
+def _row_nll(probabilities: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    return -np.log(np.clip(probabilities[np.arange(len(gold)), gold], 1e-12, None))
+
+
+def check_temperature(probabilities: np.ndarray, gold: Any, seed: int = 0) -> dict[str, Any]:
+    """Is a temperature worth keeping on these rows? Cross-fitted: each fold's T is fitted on the other folds and
+    judged on the fold, so the gain is measured on rows T never saw; kept when its 95 % bootstrap interval over rows
+    is above zero and the T fitted on all rows is not at a bound. Returns the record metrics.json and the card show."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    probabilities, gold = np.asarray(probabilities, dtype=float), np.asarray(gold)
+    fitted = optimal_temperature(probabilities, gold)
+    counts = np.bincount(gold, minlength=probabilities.shape[1])
+    stratified = counts[counts > 0].min() >= CHECK_FOLDS
+    splitter = (StratifiedKFold if stratified else KFold)(n_splits=CHECK_FOLDS, shuffle=True, random_state=seed)
+    raw, scaled, fold_temperatures = _row_nll(probabilities, gold), np.zeros(len(gold)), []
+    for fit_rows, held_rows in splitter.split(np.zeros(len(gold)), gold if stratified else None):
+        t = optimal_temperature(probabilities[fit_rows], gold[fit_rows])
+        fold_temperatures.append(round(t, 4))
+        scaled[held_rows] = _row_nll(apply_temperature(probabilities[held_rows], t), gold[held_rows])
+    gain = raw - scaled  # > 0: the temperature lowered that row's NLL
+    rng = np.random.default_rng(seed)
+    means = np.array([gain[rng.integers(0, len(gain), len(gain))].mean() for _ in range(CHECK_RESAMPLES)])
+    low, high = (float(v) for v in np.quantile(means, [0.025, 0.975]))
+    if at_bound(fitted):
+        kept, reason = False, f"the fitted T ({fitted:.3g}) sits at its search bound: these rows cannot tell"
+    elif low > 0:
+        kept, reason = True, f"it lowers NLL on rows it was not fitted on by {gain.mean():.4f} [{low:.4f}, {high:.4f}]"
+    else:
+        kept, reason = (
+            False,
+            (
+                f"on rows it was not fitted on it changes NLL by {-gain.mean():+.4f} (gain [{low:.4f}, {high:.4f}] "
+                "includes no gain): not beyond noise, so the probabilities stay as scored"
+            ),
+        )
+    return {
+        "method": f"{CHECK_FOLDS}-fold cross-fit, 95 % bootstrap over rows ({CHECK_RESAMPLES} resamples)",
+        "fitted_temperature": round(fitted, 6),
+        "fold_temperatures": fold_temperatures,
+        "nll_raw": float(raw.mean()),
+        "nll_scaled": float(scaled.mean()),
+        "gain": float(gain.mean()),
+        "interval": [low, high],
+        "kept": kept,
+        "reason": reason,
+    }
 
 
 def probability_scores(probabilities: np.ndarray, gold: Any) -> dict[str, float]:
@@ -113,12 +173,21 @@ def load_calibration(folder: Path | str) -> Calibration | None:
     path = Path(folder) / CALIBRATION
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-        record.pop("method", None)
-        return Calibration(**record)
-    except (ValueError, TypeError) as err:
-        raise RunFolderError(f"{path} is corrupt ({err}); delete it to score uncalibrated, or rerun the run") from None
+    from fintrl.run_folder import read_json
+
+    record = read_json(path)
+    fields = {f.name for f in dataclasses.fields(Calibration)}
+    if not isinstance(record, dict) or not {"temperature", "mode", "n", "split"} <= set(record) <= fields | {"method"}:
+        raise RunFolderError(f"{path}: not a fintrl calibration (fields {sorted(fields)}); rerun the run")
+    temperature = record["temperature"]
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+        raise RunFolderError(f"{path}: temperature {temperature!r} is not a number; rerun the run")
+    if not BOUNDS[0] <= temperature <= BOUNDS[1]:
+        raise RunFolderError(f"{path}: temperature {temperature} is outside [{BOUNDS[0]}, {BOUNDS[1]}]; rerun the run")
+    if record["mode"] not in MODES:
+        raise RunFolderError(f"{path}: mode {record['mode']!r} is not one of {', '.join(MODES)}; rerun the run")
+    record.pop("method", None)
+    return Calibration(**record)
 
 
 def save_calibration(calibration: Calibration, folder: Path) -> None:
@@ -174,22 +243,31 @@ def fit_on_rows(
     scorer = LabelScorer.from_eval(model, tokenizer, builder, section)
     result = scorer.score_sharded(rows["text"], progress=False)  # a shard per process, gathered
     gold = np.asarray(rows["label"])
-    temperature = fit_temperature(result.probabilities, gold)
+    return calibrate_rows(result.probabilities, gold, result.mode, seed)
+
+
+def calibrate_rows(probabilities: np.ndarray, gold: Any, mode: str, seed: int | None = None) -> Calibration:
+    """The calibration of scored held-out rows: the fitted T where `check_temperature` keeps it, else T = 1."""
+    gold = np.asarray(gold)
+    check = check_temperature(probabilities, gold, seed or 0)
+    temperature = check["fitted_temperature"] if check["kept"] else 1.0
     calibration = Calibration(
         temperature=round(temperature, 6),
-        mode=result.mode,
+        mode=mode,
         n=len(gold),
         split="train (held out of training)",
         seed=seed,
-        nll_before=nll(result.probabilities, gold),
-        nll_after=nll(apply_temperature(result.probabilities, temperature), gold),
+        nll_before=nll(probabilities, gold),
+        nll_after=nll(apply_temperature(probabilities, temperature), gold),
+        fitted=check["fitted_temperature"],
+        check=check,
     )
     logger.info(
-        "calibration: T = %.3f on %d held-out rows (NLL %.3f -> %.3f)",
-        temperature,
+        "calibration: fitted T = %.3f on %d held-out rows, %s: %s",
+        check["fitted_temperature"],
         len(gold),
-        calibration.nll_before,
-        calibration.nll_after,
+        "kept" if check["kept"] else "not kept (T = 1)",
+        check["reason"],
     )
     return calibration
 
@@ -204,6 +282,7 @@ def calibration_report(
         "method": METHOD,
         "temperature": calibration.temperature,
         "fitted_on": {"split": calibration.split, "n": calibration.n, "mode": calibration.mode},
+        "check": calibration.check,  # kept or not, and why (None: a calibration made before runs checked it)
         "applied": applied,
         "before": probability_scores(raw, gold),
         "after": probability_scores(calibrated if applied else raw, gold),

@@ -52,6 +52,61 @@ def test_rows_that_are_all_right_fit_no_temperature() -> None:
     assert cal.fit_temperature(probabilities, np.array([0, 1, 2] * 8)) == 1.0
 
 
+def test_a_temperature_that_would_worsen_new_rows_is_not_kept() -> None:
+    """60 rows of an already calibrated model: in-sample the fit finds T far from 1 (it chases noise), and that T makes
+    fresh rows of the same model worse; the cross-fitted check sees no gain beyond noise and keeps T = 1."""
+    _, gold, true_p = overconfident(n=3060, sharpen=1.0, seed=9)
+    rows, fresh = slice(0, 60), slice(60, None)
+    fitted = cal.fit_temperature(true_p[rows], gold[rows])
+    assert abs(fitted - 1) > 0.2  # an in-sample fit would have changed the probabilities...
+    assert nll(cal.apply_temperature(true_p[fresh], fitted), gold[fresh]) > nll(
+        true_p[fresh], gold[fresh]
+    )  # ...for worse
+    calibration = cal.calibrate_rows(true_p[rows], gold[rows], "trie", seed=0)
+    assert calibration.temperature == 1.0 and calibration.fitted == pytest.approx(fitted, rel=1e-3)
+    check = calibration.check
+    assert check["kept"] is False and check["interval"][0] <= 0 and "not beyond noise" in check["reason"]
+
+
+def test_a_temperature_that_helps_on_unseen_rows_is_kept_and_recorded() -> None:
+    probs, gold, _ = overconfident(n=256)
+    calibration = cal.calibrate_rows(probs, gold, "trie", seed=0)
+    assert calibration.check["kept"] and calibration.check["interval"][0] > 0
+    assert calibration.temperature == pytest.approx(3.0, rel=0.2) == calibration.fitted
+    assert len(calibration.check["fold_temperatures"]) == cal.CHECK_FOLDS
+    report = cal.calibration_report(calibration, probs, cal.apply_temperature(probs, 3.0), gold, "trie")
+    assert report["check"] == calibration.check  # metrics.json says which happened and why
+    from fintrl.metrics.stats import summary
+
+    shown = summary({"accuracy": 1, "f1_macro": 1, "f1_weighted": 1, "calibration": report}, "out")["calibration"]
+    assert shown["kept"] is True and shown["why"].startswith("it lowers NLL on rows it was not fitted on")
+
+
+def test_all_right_rows_are_a_case_of_the_check() -> None:
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6]] * 8)
+    check = cal.check_temperature(probabilities, np.array([0, 1, 2] * 8))
+    assert check["kept"] is False and "search bound" in check["reason"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(-1.0, "outside"), (0, "outside"), (1e9, "outside"), ("2", "not a number"), (float("nan"), "not a number")],
+)
+def test_a_calibration_file_is_checked_before_it_scales_anything(tmp_path: Path, value: object, message: str) -> None:
+    from fintrl.errors import RunFolderError
+
+    record = cal.Calibration(temperature=1.5, mode="trie", n=10, split="train").record() | {"temperature": value}
+    (tmp_path / "calibration.json").write_text(json.dumps(record))
+    with pytest.raises(RunFolderError, match=message):
+        cal.load_calibration(tmp_path)
+    (tmp_path / "calibration.json").write_text(json.dumps(record | {"temperature": 1.5, "mode": "sideways"}))
+    with pytest.raises(RunFolderError, match="mode 'sideways'"):
+        cal.load_calibration(tmp_path)
+    (tmp_path / "calibration.json").write_text("{")
+    with pytest.raises(RunFolderError, match="corrupt"):
+        cal.load_calibration(tmp_path)
+
+
 @pytest.mark.parametrize("temperature", [0.05, 0.3, 1.0, 2.5, 20.0])
 def test_temperature_never_changes_the_argmax(temperature: float) -> None:
     rng = np.random.default_rng(1)
