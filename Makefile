@@ -3,7 +3,8 @@
 #   make quickstart   train and score recipes/quickstart.yaml into runs/quickstart/ (CPU: a few minutes)
 #   make test         the test suite, as CI runs it (.ci/run calls this); PYTEST_ARGS='-m "not slow"' to narrow it
 #   make setup        only the set-up
-PYTHON ?= python3
+# A project virtualenv when scripts/setup made one (an OS-managed Python, PEP 668), else the active python3
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 export PYTHON
 PYTEST_ARGS ?=
 

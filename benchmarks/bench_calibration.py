@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs-dir", default="runs/bench/calibration")
     p.add_argument("--out", default="runs/bench/calibration.json")
     p.add_argument("--report", metavar="RESULTS.json", help="run nothing: print an earlier results JSON")
+    p.add_argument("--reuse", action="store_true", help="keep finished run folders of an earlier call (no retraining)")
     return p.parse_args(argv)
 
 
@@ -55,6 +56,8 @@ def train(dataset: str, seed: int, samples: int, args: argparse.Namespace) -> tu
         *args.overrides,
     ]
     recipe = load_recipe(REPO / "recipes" / f"{RECIPES[dataset]}.yaml", overrides=overrides, output_dir=str(out))
+    if args.reuse and (out / "metrics.json").is_file():
+        return out, json.loads((out / "metrics.json").read_text()).get("timings", {}).get("train")
     with contextlib.redirect_stdout(sys.stderr), stopwatch() as clock:
         run(recipe, overwrite=out.exists())
     return out, round(clock.seconds, 1)

@@ -96,6 +96,13 @@ def translate(exc: BaseException) -> FintrlError | None:
         return DataError(f"a file is not UTF-8 text ({first_line(exc)}); save it as UTF-8")
     if isinstance(exc, OSError):
         return _translate_os(exc)
+    if isinstance(exc, RecursionError):  # a JSON or YAML file nested thousands deep, read by a library
+        return DataError("a file is nested too deeply to read (thousands of levels); it is not one fintrl wrote")
+    jinja = sys.modules.get("jinja2.exceptions")
+    if jinja is not None and isinstance(exc, jinja.TemplateError):  # a chat template: the sandbox refused it, or broke
+        return ModelError(
+            f"a Jinja template failed ({type(exc).__name__}: {first_line(exc)}); is the chat template right?"
+        )
     yaml = sys.modules.get("yaml")
     if yaml is not None and isinstance(exc, yaml.YAMLError):
         return RecipeError(f"YAML syntax error: {' '.join(str(exc).split())}")
@@ -142,6 +149,8 @@ def _translate_hub(exc: BaseException) -> FintrlError | None:
         return HubError(
             "no such revision (version, branch or commit) in that Hub repo: `fintrl versions ORG/NAME` lists them"
         )
+    if isinstance(exc, hf.OfflineModeIsEnabled):
+        return HubError("the Hub is off (HF_HUB_OFFLINE=1): unset it to reach the Hub, or point at a local folder")
     if isinstance(exc, hf.LocalEntryNotFoundError):
         cause = _translate_hub(exc.__cause__) if exc.__cause__ is not None else None
         if cause is not None:  # the Hub's own failure (a 500, a dropped connection) says more than "offline?"

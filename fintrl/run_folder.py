@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from fintrl.errors import RunFolderError
+from fintrl.errors import RecipeError, RunFolderError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,6 +30,7 @@ RECIPE = "recipe.yaml"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.jsonl"
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the only adapter weights fintrl loads (never a pickle)
 TRAIN_LOG = "train_log.jsonl"
 CARD = "README.md"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
@@ -80,6 +81,7 @@ class Report(TypedDict, total=False):
     learning_curve: list[dict[str, Any]]
     train_args: dict[str, Any]  # the SFTConfig values the card lists
     timings: dict[str, float]  # seconds per stage
+    provenance: dict[str, Any]  # data fingerprints, recipe hash, code, seed, hardware, base (`fintrl.provenance`)
 
 
 @dataclass(frozen=True)
@@ -120,20 +122,37 @@ class RunFolder:
             )
         return self
 
-    def recipe(self) -> Recipe:
+    def recipe(self, overrides: list[str] = ()) -> Recipe:
+        """The run's recipe, validated as strictly as the user's own (a run folder may come from a download)."""
         from fintrl.recipe.schema import load_recipe
 
         if not self.is_run:
             raise RunFolderError(f"{self.path} is not a fintrl run folder (no {RECIPE})")
-        return load_recipe(self.file(RECIPE))
+        try:
+            return load_recipe(self.file(RECIPE), overrides=overrides)
+        except RecipeError as err:
+            if overrides:  # the user's --set may be what is wrong
+                raise
+            raise RunFolderError(f"{err} (the run folder's recipe; rerun the run that wrote it)") from None
 
     def metrics(self) -> Report:
-        try:
-            return json.loads(self.file(METRICS).read_text())
-        except FileNotFoundError:
-            raise RunFolderError(f"{self.path} has no {METRICS}: run `fintrl run` (or `fintrl eval`) first") from None
-        except json.JSONDecodeError as err:
-            raise RunFolderError(f"{self.file(METRICS)} is corrupt ({err.msg}); rerun the run or eval") from None
+        """The report, checked for what every reader relies on: a JSON object whose `data.labels` is the label set."""
+        path = self.file(METRICS)
+        if not path.is_file():
+            raise RunFolderError(f"{self.path} has no {METRICS}: run `fintrl run` (or `fintrl eval`) first")
+        report = read_json(path)
+        data = report.get("data") if isinstance(report, dict) else None
+        labels = data.get("labels") if isinstance(data, dict) else None
+        if not (
+            isinstance(labels, list)
+            and len(labels) >= 2
+            and all(isinstance(n, str) and n.strip() for n in labels)
+            and len(set(labels)) == len(labels)
+        ):
+            raise RunFolderError(
+                f"{path}: data.labels must list two or more distinct label names; rerun the run or eval"
+            )
+        return report
 
     def labels(self) -> list[str] | None:
         """The label set the run was scored on, or None for a folder without a report (a bare adapter)."""
@@ -154,7 +173,10 @@ class RunFolder:
 
         path = self.file(PROMPT)
         if path.is_file():
-            return PromptBuilder.from_record(read_json(path), str(path))
+            try:
+                return PromptBuilder.from_record(read_json(path), str(path))
+            except RecipeError as err:  # the folder's file is wrong, not the user's recipe: exit 5
+                raise RunFolderError(f"{err}; rerun the run that wrote it") from None
         if not (self.is_run and self.file(METRICS).is_file()):
             return None
         data = self.metrics().get("data") or {}

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fintrl import distributed, transaction
+from fintrl import distributed, provenance, transaction
 from fintrl.checks.recipe import check_recipe
 from fintrl.data.loading import load_labeled_data
 from fintrl.evaluation.report import evaluate
@@ -147,6 +147,13 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     shown = {*TRAIN_DEFAULTS, *recipe.train, "bf16", "use_cpu"}  # what the card lists: fintrl's defaults + the recipe's
     metrics["train_args"] = {k: v for k, v in trainer.args.to_dict().items() if k in shown}
     metrics["timings"] = timer.seconds
+    metrics["provenance"] = provenance.record(
+        recipe,
+        data,
+        device=metrics["environment"]["device"],
+        dtype=str(getattr(scoring_model, "dtype", "")).removeprefix("torch."),
+        world_size=distributed.world_size(),
+    )
     RunFolder(run_dir).write_metrics(metrics)
     with timer.stage("card"):
         write_card(run_dir)

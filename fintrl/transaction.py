@@ -35,6 +35,33 @@ logger = logging.getLogger(__name__)
 RESUME_FIXED = ("model", "quantization", "lora", "peft", "data", "prompt", "seed", "eval.calibration_samples")
 
 
+def enclosing_run(path: Path) -> Path | None:
+    """The run folder (or adapter folder) that `path` is or lies inside, if any: no output of fintrl goes there."""
+    resolved = Path(path).expanduser().resolve()
+    for folder in (resolved, *resolved.parents):
+        run = RunFolder(folder)
+        if run.is_run or run.file(ADAPTER_CONFIG).is_file():
+            return folder
+    return None
+
+
+def check_output_file(path: str | Path, *, flag: str, overwrite: bool, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """The one rule for a command's output file (`predict --output`, `compare --output`, ...): never inside a run folder
+    (a run is changed by no other command), never one of the command's inputs, never a folder, and never an existing
+    file without --overwrite. The file itself is then written whole or not at all (`run_folder.write_atomic`)."""
+    out = Path(path)
+    run = enclosing_run(out.parent) or (enclosing_run(out) if out.is_dir() else None)
+    if run is not None:
+        raise RunFolderError(f"{flag} {out} is inside the run folder {run}; no command but `fintrl run` writes there")
+    if any(out.resolve() == Path(i).expanduser().resolve() for i in inputs if i and i != "-"):
+        raise RunFolderError(f"{flag} {out} is also the input; write the output to another file")
+    if out.is_dir():
+        raise StorageError(f"{flag} {out} is a folder; give a file name")
+    if out.exists() and not overwrite:
+        raise RunFolderError(f"{flag} {out} exists; pass --overwrite to replace it, or choose another file")
+    return out
+
+
 def work_folder(final: Path) -> Path:
     return final.parent / f".{final.name}.incomplete"
 
@@ -126,6 +153,9 @@ def eval_output(final: Path, *, overwrite: bool, kind: str = "eval", marker: str
 
     Yields a work folder; on success it replaces `final`, on failure it is removed (an eval is cheap to redo).
     """
+    run = enclosing_run(final.parent)
+    if run is not None:
+        raise RunFolderError(f"{final} is inside the run folder {run}; {kind} never writes into a run's files")
     with locked(final):
         own_kind = marker != METRICS and (final / marker).is_file()  # a merged export holds a recipe, as runs do
         if (RunFolder(final).is_run and not own_kind) or (final / ADAPTER_CONFIG).is_file():

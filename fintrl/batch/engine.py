@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fintrl.batch.shards import Inputs, ShardWriter, check_columns, list_inputs, output_schema
-from fintrl.errors import DataError, FintrlError, RecipeError, first_line
+from fintrl.errors import DataError, FintrlError, RecipeError, RunFolderError, first_line
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -249,6 +249,27 @@ def score_shards(
     return total
 
 
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def _reachable(address: str) -> None:
+    """A `host:port` --address answers a TCP connection within seconds (Ray itself would wait with no end)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RecipeError(f"--address {address}: give host:port (the Ray head's GCS, e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise RecipeError(
+            f"--address {address}: no Ray cluster answers there ({err.strerror or err}); start one with "
+            "`ray start --head`, or leave --address out for a local one"
+        ) from None
+
+
 def _start_ray(address: str | None, verbose: bool) -> bool:
     """Connect to `address`, or start a local cluster on loopback; False when Ray was already up (tests).
 
@@ -262,6 +283,7 @@ def _start_ray(address: str | None, verbose: bool) -> bool:
     options: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": {"env_vars": env}}
     options["log_to_driver"] = verbose
     if address:
+        _reachable(address)
         ray.init(address=address, **options)
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -315,6 +337,15 @@ def score_files(
         "shard_rows": settings.shard_rows,
         "output_format": settings.output_format,
     }
+    from fintrl.transaction import enclosing_run
+
+    inside = enclosing_run(Path(output)) if "://" not in output else None
+    if inside is not None:
+        raise RunFolderError(f"--output {output} is inside the run folder {inside}; write the shards elsewhere")
+    if "://" not in output and "://" not in inputs_path:
+        out, source = Path(output).resolve(), Path(inputs_path).resolve()
+        if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+            raise RunFolderError(f"--output {output} overlaps --input {inputs_path}; write the shards elsewhere")
     writer = ShardWriter(output, job["output_format"])
     done = writer.prepare(job, overwrite=overwrite)
     workers = settings.num_workers
@@ -339,6 +370,7 @@ def score_files(
         refs, expected = pending_shards(_read(inputs, column), column, job["shard_rows"], done, tally)
         written = len(expected)
         tally.scored = score_shards(refs, expected, job, settings, writer)
+        writer.finish()  # an --overwrite's new shards replace the old ones only now
         seconds = time.perf_counter() - start
     except Exception as err:  # noqa: BLE001 - Ray wraps what actors raise; give the user's error back as one line
         mapped = _unwrap(err)

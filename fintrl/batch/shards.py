@@ -109,55 +109,80 @@ class ShardWriter:
     def __init__(self, output: str, fmt: str) -> None:
         self.output, self.fmt = output, fmt
         self.fs, self.root = _filesystem(output)
+        self.dest = self.root  # where shards go: OUTPUT, or its `.overwrite` sibling until an --overwrite succeeds
+        parent, name = posixpath.split(self.root.rstrip("/"))
+        self.staging = posixpath.join(parent, f".{name}.overwrite")
 
     def name(self, index: int) -> str:
         return f"{SHARD_PREFIX}{index:06d}{FORMATS[self.fmt]}"
 
-    def _names(self) -> set[str]:
+    def _names(self, folder: str) -> set[str]:
         import pyarrow.fs as pafs
 
-        return {posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(self.root))}
+        if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
+            return set()
+        return {posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(folder))}
+
+    def _job_of(self, folder: str, names: set[str]) -> dict[str, Any] | None:
+        return json.loads(self._read(f"{folder}/{MANIFEST}")) if MANIFEST in names else None
 
     def prepare(self, job: dict[str, Any], *, overwrite: bool) -> set[int]:
-        """Create or reopen OUTPUT for `job`; returns the shards already written (none after --overwrite)."""
+        """Create or reopen OUTPUT for `job`; returns the shards already written. With --overwrite over an earlier
+        output, the new shards are built beside it (`.NAME.overwrite`, resumable too) and replace fintrl's files in
+        OUTPUT only once every shard is written (`finish`): a failed or interrupted overwrite loses nothing."""
         import pyarrow.fs as pafs
 
-        info = self.fs.get_file_info(self.root)
-        if info.type == pafs.FileType.File:
+        if self.fs.get_file_info(self.root).type == pafs.FileType.File:
             raise RunFolderError(f"--output {self.output} is a file; --engine ray writes a folder of shards")
-        names = self._names() if info.type == pafs.FileType.Directory else set()
-        if MANIFEST in names:
-            old = json.loads(self._read(MANIFEST))
-            differ = [key for key in job if old.get(key) != job[key]]
-            if differ and not overwrite:
-                raise RunFolderError(
-                    f"--output {self.output} holds shards of another job ({', '.join(differ)} differ); pass "
-                    "--overwrite to replace them, or choose another folder"
-                )
-            if overwrite:  # only what fintrl wrote there goes
-                for name in names:
-                    if name == MANIFEST or name.startswith((SHARD_PREFIX, "." + SHARD_PREFIX)):
-                        self.fs.delete_file(f"{self.root}/{name}")
-                names = set()
-        elif names:
+        names = self._names(self.root)
+        old = self._job_of(self.root, names)
+        if old is None and names:
             raise RunFolderError(
                 f"--output {self.output} exists and is not a fintrl --engine ray output (no {MANIFEST}); choose a "
                 "new or empty folder"
             )
-        self.fs.create_dir(self.root, recursive=True)
+        if old is not None and overwrite:
+            self.dest = self.staging
+            names = self._names(self.staging)
+            if self._job_of(self.staging, names) != job:  # an earlier overwrite of another job: start it again
+                self._clear(self.staging, names)
+                names = set()
+        elif old is not None and old != job:
+            differ = [key for key in job if old.get(key) != job[key]]
+            raise RunFolderError(
+                f"--output {self.output} holds shards of another job ({', '.join(differ)} differ); pass "
+                "--overwrite to replace them (once the new ones are written), or choose another folder"
+            )
+        self.fs.create_dir(self.dest, recursive=True)
         self._write(MANIFEST, json.dumps(job, indent=2).encode())
         prefix, suffix = SHARD_PREFIX, FORMATS[self.fmt]
         return {int(n[len(prefix) : -len(suffix)]) for n in names if n.startswith(prefix) and n.endswith(suffix)}
 
-    def _read(self, name: str) -> bytes:
-        with self.fs.open_input_stream(f"{self.root}/{name}") as f:
+    def finish(self) -> None:
+        """After every shard is written: an --overwrite's new shards replace fintrl's files in OUTPUT (others stay)."""
+        if self.dest == self.root:
+            return
+        self._clear(self.root, self._names(self.root))
+        for name in self._names(self.staging):
+            self.fs.move(f"{self.staging}/{name}", f"{self.root}/{name}")
+        self.fs.delete_dir(self.staging)
+        self.dest = self.root
+
+    def _clear(self, folder: str, names: set[str]) -> None:
+        """Delete what fintrl wrote in `folder` (the manifest, shards, half-written shards), and nothing else."""
+        for name in names:
+            if name == MANIFEST or name.startswith((SHARD_PREFIX, "." + SHARD_PREFIX)):
+                self.fs.delete_file(f"{folder}/{name}")
+
+    def _read(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
             return f.read()
 
     def _write(self, name: str, data: bytes) -> None:
-        tmp = f"{self.root}/.{name}.tmp"
+        tmp = f"{self.dest}/.{name}.tmp"
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
-        self.fs.move(tmp, f"{self.root}/{name}")
+        self.fs.move(tmp, f"{self.dest}/{name}")
 
     def write(self, index: int, table: pa.Table) -> None:
         import pyarrow as pa

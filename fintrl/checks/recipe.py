@@ -25,7 +25,7 @@ from fintrl.checks.launch import Launch, launch_from_env, launch_problems
 from fintrl.checks.library_fields import library_problems
 from fintrl.errors import RecipeError
 from fintrl.hub.ids import hub_id_problem
-from fintrl.model.prompts import INSTRUCTION_FIELDS, TEMPLATE_FIELDS, placeholder_problems
+from fintrl.recipe.placeholders import INSTRUCTION_FIELDS, TEMPLATE_FIELDS, placeholder_problems
 from fintrl.recipe.schema import DataSection, MixtureSource, ModelSection, PublishSection, Recipe
 
 SEMVER = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")  # what `fintrl publish --version` takes (tags are vMAJOR.MINOR.PATCH)
@@ -102,7 +102,7 @@ def _data_problems(section: DataSection) -> list[str]:
 
 
 def _source_problems(where: str, preset: str | None, path: str | None, source: str | None) -> list[str]:
-    from fintrl.data.loading import SPLIT_SUFFIXES
+    from fintrl.data.files import SPLIT_SUFFIXES
     from fintrl.data.presets import PRESETS
 
     problems = []

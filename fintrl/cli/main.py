@@ -19,7 +19,20 @@ from fintrl.errors import first_line, translate
 logger = logging.getLogger("fintrl")
 
 # The verbs, in the order `fintrl --help` lists them: fintrl/cli/commands/<verb>.py each
-COMMANDS = ("run", "validate", "eval", "predict", "audit", "export", "serve", "card", "publish", "versions", "compare")
+COMMANDS = (
+    "run",
+    "validate",
+    "eval",
+    "predict",
+    "audit",
+    "export",
+    "serve",
+    "card",
+    "publish",
+    "versions",
+    "compare",
+    "reproduce",
+)
 
 
 class _Parser(argparse.ArgumentParser):

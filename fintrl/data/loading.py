@@ -13,18 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fintrl.data import checks as data_checks
+from fintrl.data.files import file_sha256, load_raw
 from fintrl.data.presets import PRESETS, Preset, data_task
 from fintrl.data.sampling import balance_classes, weighted_indices
 from fintrl.errors import DataError, FintrlError, RecipeError
 from fintrl.recipe.schema import SOURCE_FIELDS, DataSection, MixtureSource, label_names
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
-
-SPLIT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
-_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass
@@ -42,6 +40,7 @@ class LabeledData:
     mixture: list[dict[str, Any]] = field(default_factory=list)  # per-source provenance of a `data.mixture`
     checks: dict[str, int] = field(default_factory=dict)  # duplicate / overlap counts (`data_checks.text_checks`)
     config_name: str | None = None  # the Hub dataset's config (a Hub source only)
+    files: dict[str, str] = field(default_factory=dict)  # local files read: name -> sha256 (`source/name` in a mixture)
 
     def eval_groups(self) -> dict[str, list[int]]:
         """Eval row indices per source (a mixture's eval carries a `source` column); empty for a single source."""
@@ -101,53 +100,6 @@ def resolve_data(section: DataSection) -> tuple[DataSection, Preset | None]:
     return section.model_copy(update=updates), preset
 
 
-def _load_raw(section: DataSection) -> tuple[DatasetDict, dict[str, Path]]:
-    """The splits, and for local data the file each split was read from (each file checked before it is read)."""
-    from datasets import DatasetDict, load_dataset
-
-    location = section.path or section.source
-    assert location is not None
-    local = Path(location).expanduser()
-    if local.is_dir():
-        files = {p.stem: p for p in sorted(local.iterdir()) if p.suffix in SPLIT_SUFFIXES}
-        if not files:
-            raise DataError(
-                f"data.path: {local} holds no {'/'.join(SPLIT_SUFFIXES)} split files (e.g. train.csv, validation.csv)"
-            )
-        suffixes = {f.suffix for f in files.values()}
-        if len(suffixes) > 1:
-            raise DataError(f"data.path: {local} mixes file types {sorted(suffixes)}; keep one per folder")
-        if section.train_split not in files:
-            raise DataError(
-                f"data.train_split: no {section.train_split}{suffixes.pop()} in {local}; "
-                f"it has the splits {sorted(files)}"
-            )
-        files = {split: files[split] for split in (section.train_split, section.eval_split) if split in files}
-    elif local.is_file():
-        if local.suffix not in SPLIT_SUFFIXES:
-            raise DataError(f"data.path: {local} is not a {'/'.join(SPLIT_SUFFIXES)} file")
-        files = {section.train_split: local}
-    elif section.path is not None:
-        raise DataError(f"data.path: {location} does not exist")
-    else:
-        return load_dataset(location, section.config_name), {}
-    return DatasetDict({split: _read_file(path, section) for split, path in files.items()}), files
-
-
-def _read_file(path: Path, section: DataSection) -> Dataset:
-    from datasets import load_dataset
-
-    data_checks.sniff_file(path, section.text_column, section.label_column)
-    kwargs = {"keep_default_na": False} if path.suffix == ".csv" else {}
-    try:
-        return load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train", **kwargs)
-    except Exception as err:
-        found = data_checks.explain_load_error(err, path, section.text_column)
-        if found is None:
-            raise
-        raise found from err
-
-
 def _to_label_ids(
     values: list[Any], labels: list[str], id_map: dict[int, str] | None, preset: Preset | None, where: str
 ) -> list[int]:
@@ -184,7 +136,7 @@ def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
     from datasets import ClassLabel, Dataset, Features, Value
 
     section, preset = resolve_data(section)
-    raw, files = _load_raw(section)
+    raw, files = load_raw(section)
     source = section.path or section.source or ""
     if section.train_split not in raw:
         raise DataError(f"data.train_split: split {section.train_split!r} not found; {source} has {sorted(raw)}")
@@ -266,6 +218,7 @@ def _load_source(section: DataSection, in_mixture: bool = False) -> LabeledData:
         eval_split=eval_split,
         dropped=dropped,
         config_name=section.config_name if hub else None,
+        files={path.name: file_sha256(path) for path in files.values()},
         checks=data_checks.text_checks(train["text"], eval_ds["text"], f"data ({source})", warn=not in_mixture),
     )
 
@@ -388,4 +341,5 @@ def load_mixture(section: DataSection) -> LabeledData:
         dropped=dropped,
         mixture=provenance,
         checks=checks,
+        files={f"{entry.display_name}/{name}": sha for (entry, one, _) in parts for name, sha in one.files.items()},
     )

@@ -18,6 +18,27 @@ READERS = {".txt": "text", ".csv": "csv", ".jsonl": "json", ".ndjson": "json", "
 TEXT_COLUMN = "text"  # the column a .txt file's lines make (as Ray Data's read_text names it)
 
 
+def not_unicode(texts: list[str]) -> list[int]:
+    """Positions of texts that cannot be encoded as UTF-8 (lone surrogates such as "\\ud800", which JSON and Python
+    strings allow): no tokenizer takes them."""
+    bad = []
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(i)
+    return bad
+
+
+def check_unicode(texts: list[str], where: str) -> None:
+    """A DataError (exit 3) naming the first text that cannot be encoded."""
+    bad = not_unicode(texts)
+    if bad:
+        raise DataError(
+            f"{where}: text {bad[0] + 1} ({len(bad)} in all) is not valid Unicode (a lone surrogate); send UTF-8"
+        )
+
+
 def reader_for(path: str) -> str | None:
     """The reader of a file by its suffix (`text`, `csv`, `json`, `parquet`), or None for an unknown one."""
     return READERS.get(Path(path).suffix.lower())

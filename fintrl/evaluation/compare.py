@@ -36,6 +36,7 @@ class Side:
     labels: list[str] | None
     scorable: bool  # holds a recipe and weights (an eval output folder does not)
     how: str = "saved predictions"
+    eval_sha256: str | None = None  # its report's fingerprint of the rows it was evaluated on (`fintrl.provenance`)
 
 
 def load_side(spec: str) -> Side:
@@ -46,13 +47,24 @@ def load_side(spec: str) -> Side:
     folder = Path(name)
     if folder.is_dir():
         scorable = (folder / RECIPE).is_file()
-        return Side(spec, read_predictions(folder / PREDICTIONS), RunFolder(folder).labels(), scorable)
+        run = RunFolder(folder)
+        report = run.metrics() if run.file(METRICS).is_file() else {}
+        rows = read_predictions(folder / PREDICTIONS)
+        return Side(spec, rows, run.labels(), scorable, eval_sha256=_fingerprint(report))
     if not is_hub_id(name):
         raise RunFolderError(f"{spec}: no such folder, and not a Hub repo (org/name or org/name@v1.0.0)")
     report = json.loads(read_file(name, METRICS, revision=revision) or "{}")
     predictions = read_file(name, PREDICTIONS, revision=revision)
     rows = parse_predictions(predictions, f"{spec}: {PREDICTIONS}") if predictions is not None else None
-    return Side(spec, rows, (report.get("data") or {}).get("labels"), scorable=True)
+    labels = (report.get("data") or {}).get("labels") if isinstance(report, dict) else None
+    return Side(spec, rows, labels, scorable=True, eval_sha256=_fingerprint(report))
+
+
+def _fingerprint(report: object) -> str | None:
+    provenance = report.get("provenance") if isinstance(report, dict) else None
+    data = provenance.get("data") if isinstance(provenance, dict) else None
+    value = data.get("eval_sha256") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _rows_as_data(rows: Rows, labels: list[str]) -> LabeledData:
@@ -112,7 +124,13 @@ def compare(a_spec: str, b_spec: str, *, trust_remote_code: bool = False) -> dic
     if a.labels and b.labels and a.labels != b.labels:
         raise DataError(f"label sets differ: A has {a.labels}, B has {b.labels}; only the same labels compare")
     labels = a.labels or b.labels
+    differ = a.eval_sha256 is not None and b.eval_sha256 is not None and a.eval_sha256 != b.eval_sha256
     if same_rows(a.rows, b.rows):
+        if differ:  # the reports contradict their own predictions: no paired test on rows nobody can vouch for
+            raise RunFolderError(
+                f"{a_spec} and {b_spec} hold predictions on the same rows, but their reports fingerprint different "
+                f"evaluation data ({a.eval_sha256[:12]} vs {b.eval_sha256[:12]}); was one edited by hand? rerun them"
+            )
         rows = "the same eval rows: both sides' saved predictions"
     elif a.rows is not None:
         b.rows, b.how, rows = score(b, a.rows, labels, trust_remote_code), "scored now on A's rows", "A's eval rows"
@@ -124,4 +142,16 @@ def compare(a_spec: str, b_spec: str, *, trust_remote_code: bool = False) -> dic
     if not same_rows(a.rows, b.rows):  # scored rows drop nothing; a mismatch here is a bug, not a user's error
         raise RecipeError(f"{a_spec} and {b_spec} could not be scored on the same rows")
     report = compare_rows(a.rows, b.rows, a.labels or b.labels)
-    return {"a": a_spec, "b": b_spec, "a_rows": a.how, "b_rows": b.how, "rows": rows, **report}
+    data = {
+        "a_eval_sha256": a.eval_sha256,
+        "b_eval_sha256": b.eval_sha256,
+        "same": None if None in (a.eval_sha256, b.eval_sha256) else not differ,
+    }
+    if differ:
+        logger.warning(
+            "A and B were evaluated on different data (eval rows %s vs %s): the paired test uses %s, scored by both",
+            a.eval_sha256[:12],
+            b.eval_sha256[:12],
+            rows,
+        )
+    return {"a": a_spec, "b": b_spec, "a_rows": a.how, "b_rows": b.how, "rows": rows, "evaluation_data": data, **report}

@@ -53,8 +53,13 @@ DTYPES = get_args(ModelSection.model_fields["dtype"].annotation)  # auto, float3
 def check_output(out: Path, run_dir: Path, *, overwrite: bool) -> None:
     """Refuse, before anything loads, an OUT that is the run, inside it, a file, or an existing folder without
     --overwrite (and, even with it, a folder fintrl's export did not make)."""
-    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
-        raise RunFolderError(f"--merged {out}: the export goes outside the run folder {run_dir}; choose another folder")
+    from fintrl.transaction import enclosing_run
+
+    inside = enclosing_run(out.parent)
+    if out.resolve() == run_dir.resolve() or inside is not None:
+        raise RunFolderError(
+            f"--merged {out}: the export goes outside the run folder {inside or run_dir}; choose another folder"
+        )
     if out.exists() and not out.is_dir():
         raise StorageError(f"--merged {out} is a file; the export is a folder (choose another path)")
     if out.is_dir() and any(out.iterdir()):

@@ -257,6 +257,7 @@ def render_card(
         user_template=builder.user_message("{text}"),
         system=builder.system,
         metrics=metrics,
+        provenance=metrics.get("provenance"),
         headline=_headline(metrics),
         mcc=_headline(metrics, bold=False)["mcc"],
         intervals=metrics.get("intervals"),

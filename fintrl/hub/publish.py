@@ -91,9 +91,20 @@ def _version_tags(api: HfApi, repo_id: str) -> dict[str, str]:
 
 def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str, Any]:
     """What a version is, read from the files at its tag (not from a side index that could drift)."""
-    metrics = json.loads(read_file(repo_id, METRICS, revision=commit) or "{}")
-    adapter = json.loads(read_file(repo_id, ADAPTER_CONFIG, revision=commit) or "{}")
-    data = (recipe := yaml.safe_load(read_file(repo_id, RECIPE, revision=commit) or "{}") or {}).get("data", {})
+
+    def read(name: str, parse: Callable[[str], Any]) -> dict[str, Any]:
+        """A file of the version as a mapping; anything else (a hand-edited or hostile file) reads as empty."""
+        try:
+            value = parse(read_file(repo_id, name, revision=commit) or "{}")
+        except (ValueError, yaml.YAMLError, RecursionError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    metrics, adapter, recipe = read(METRICS, json.loads), read(ADAPTER_CONFIG, json.loads), read(RECIPE, yaml.safe_load)
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    source = metrics.get("provenance") if isinstance(metrics.get("provenance"), dict) else {}
+    fingerprints = source.get("data") if isinstance(source.get("data"), dict) else {}
+    code = source.get("code") if isinstance(source.get("code"), dict) else {}
     date = with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
     return {
         "version": tag,
@@ -104,6 +115,15 @@ def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str
         "n_train": metrics.get("data", {}).get("n_train"),
         "n_eval": metrics.get("data", {}).get("n_eval"),
         **{k: metrics.get(k) for k in ("accuracy", "f1_macro", "f1_weighted")},
+        "provenance": {
+            "train_sha256": fingerprints.get("train_sha256"),
+            "eval_sha256": fingerprints.get("eval_sha256"),
+            "recipe_sha256": source.get("recipe_sha256"),
+            "seed": source.get("seed"),
+            "fintrl": code.get("fintrl"),
+            "git_commit": code.get("git_commit"),
+            "git_dirty": code.get("git_dirty"),
+        },
     }
 
 

@@ -6,6 +6,7 @@ model's, home, working or temp folder)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -145,8 +146,15 @@ def stage(run_dir: Path, staging: Path, *, recipe: Recipe, card: str, base: str)
     the recipe and report portable values, check that no local path remains; the run folder is left untouched."""
     run = RunFolder(run_dir)
     for path in sorted(run_dir.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            shutil.copy2(path, staging / path.name)
+        if path.name.startswith("."):
+            continue
+        if path.is_symlink():  # its target may be anything on this machine (a token, a key): never uploaded
+            raise RunFolderError(
+                f"{path} is a symbolic link (to {os.readlink(path)}); fintrl uploads nothing from outside the run "
+                "folder: put the file itself there, or remove the link"
+            )
+        if path.is_file():
+            shutil.copy2(path, staging / path.name, follow_symlinks=False)
     saved_base = None
     if run.file(ADAPTER_CONFIG).is_file():  # a merged export (`fintrl export --merged`) has none
         config = json.loads(run.file(ADAPTER_CONFIG).read_text())

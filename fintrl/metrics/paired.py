@@ -116,7 +116,14 @@ def compare_rows(
 def render(report: dict[str, Any]) -> str:
     """The comparison as `fintrl compare` prints it; the verdict is the last line."""
     a, b = report.get("a", "A"), report.get("b", "B")
-    lines = [f"A: {a}", f"B: {b}", f"rows: {report['n']} ({report.get('rows', 'the same eval rows')})", ""]
+    lines = [f"A: {a}", f"B: {b}", f"rows: {report['n']} ({report.get('rows', 'the same eval rows')})"]
+    data = report.get("evaluation_data") or {}
+    if data.get("same") is False:
+        lines.append(
+            f"their own evaluation data differ (eval rows sha256 {data['a_eval_sha256'][:12]} vs "
+            f"{data['b_eval_sha256'][:12]}): both are compared on the rows above"
+        )
+    lines.append("")
     lines.append(f"{'metric':<12} {'A':>7} {'B':>7}  B - A, 95 % CI")
     for key in HEADLINE:
         m = report["metrics"][key]

@@ -208,6 +208,7 @@ def load_tokenizer(
             "%s has no chat template: using fintrl's default ([INST] ... [/INST] answer</s>)", section.name_or_path
         )
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    check_template_time(tokenizer)
     if system_prompt is None and renders_hidden_system_prompt(tokenizer):
         if "<|im_start|>" in tokenizer.get_vocab():
             logger.info("chat template injects a default system prompt: using plain ChatML instead")
@@ -217,6 +218,65 @@ def load_tokenizer(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
+
+
+TEMPLATE_SECONDS = 20.0  # a chat template renders a short conversation in milliseconds (the check's Python: ~1 s)
+TEMPLATE_MEMORY = 2 << 30  # bytes the check's process may take
+_RENDER = """
+import sys
+from transformers.utils.chat_template_utils import render_jinja_template
+conversation = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+render_jinja_template([conversation], chat_template=sys.stdin.read())
+"""
+_CHECKED: set[str] = set()
+
+
+def check_template_time(tokenizer: PreTrainedTokenizerBase) -> None:
+    """The chat template renders a short conversation within TEMPLATE_SECONDS and TEMPLATE_MEMORY, or the tokenizer is
+    refused. Jinja's sandbox limits what a template may touch, not how long it loops or how much it writes (nested
+    loops run for hours and fill memory), so each template is rendered once in a child process that can be stopped,
+    and remembered (FINTRL_HOME/checked-templates) once it passed."""
+    import hashlib
+    import resource
+    import subprocess
+    import sys
+
+    from fintrl.errors import ModelError
+
+    template = tokenizer.chat_template
+    if not isinstance(template, str):
+        return
+    key = hashlib.sha256(template.encode()).hexdigest()
+    marker = fintrl_home() / "checked-templates" / key
+    if key in _CHECKED or marker.is_file():
+        return
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (TEMPLATE_MEMORY, TEMPLATE_MEMORY))
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _RENDER],
+            input=template,
+            capture_output=True,
+            text=True,
+            timeout=TEMPLATE_SECONDS,
+            preexec_fn=limit,  # noqa: PLW1509 - a fresh interpreter, no threads to deadlock
+        )
+    except subprocess.TimeoutExpired:
+        raise ModelError(
+            f"the chat template did not render a two-message conversation within {TEMPLATE_SECONDS:g} s: it loops "
+            "without end; set model.chat_template to a template you trust"
+        ) from None
+    if done.returncode != 0 and "MemoryError" in done.stderr:
+        raise ModelError(
+            f"the chat template took more than {TEMPLATE_MEMORY >> 30} GiB to render a two-message conversation; set "
+            "model.chat_template to a template you trust"
+        )
+    if done.returncode == 0:  # any other failure is raised by the tokenizer itself, with its own message
+        _CHECKED.add(key)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
 
 
 def _model_error(section: ModelSection, err: ValueError) -> Exception:

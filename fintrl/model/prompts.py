@@ -9,41 +9,17 @@ adapter is always asked what it was trained on. Those two class methods are its 
 
 from __future__ import annotations
 
-import string
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from fintrl.data.presets import DEFAULT_TASK
 from fintrl.errors import RecipeError
+from fintrl.recipe.placeholders import INSTRUCTION_FIELDS, TEMPLATE_FIELDS, placeholder_problems
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
     from fintrl.recipe.schema import PromptSection
-
-INSTRUCTION_FIELDS = ("task", "labels")
-TEMPLATE_FIELDS = ("instruction", "text")
-
-
-def placeholder_problems(key: str, text: str, allowed: tuple[str, ...]) -> list[str]:
-    """Why `text` is not a template over exactly `allowed` plain placeholders: an unknown name, an attribute or index
-    (`{text.__class__}`), a conversion or format spec, or unbalanced braces. Checked for recipes and for every
-    prompt read back from a run folder or a downloaded repo alike."""
-    names = " and ".join(f"{{{a}}}" for a in allowed)
-    try:
-        parsed = [(f, conv, spec) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
-    except ValueError as err:
-        return [f"{key}: {err}; placeholders are {names}, a literal brace is written {{{{ or }}}}"]
-    problems = []
-    for field, conversion, spec in dict.fromkeys(parsed):
-        shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-        if field not in allowed or conversion or spec:
-            problems.append(
-                f"{key}: unknown placeholder {shown}; use only {names} (a literal brace is written {{{{ or }}}})"
-            )
-    if "text" in allowed and "text" not in [f for f, _, _ in parsed]:
-        problems.append(f'{key}: must contain the {{text}} placeholder; e.g. "{{instruction}}\\n\\n{{text}}"')
-    return problems
 
 
 def _require(condition: bool, message: str) -> None:

@@ -55,25 +55,72 @@ def apply_override(raw: dict[str, Any], keys: list[str], value: Any) -> None:
         parent = k
 
 
-def fix_yaml_floats(node: Any) -> Any:
+def fix_yaml_floats(node: Any, _done: dict[int, Any] | None = None) -> Any:
+    """Exponent floats made numbers. A node the YAML shares through an alias is fixed once and stays shared."""
+    done = {} if _done is None else _done
+    if id(node) in done:
+        return done[id(node)]
     if isinstance(node, dict):
-        return {k: fix_yaml_floats(v) for k, v in node.items()}
+        out: Any = {}
+        done[id(node)] = out
+        out.update((k, fix_yaml_floats(v, done)) for k, v in node.items())
+        return out
     if isinstance(node, list):
-        return [fix_yaml_floats(v) for v in node]
+        out = []
+        done[id(node)] = out
+        out.extend(fix_yaml_floats(v, done) for v in node)
+        return out
     if isinstance(node, str) and looks_numeric(node) and ("e" in node.lower()) and node.strip()[0] in "0123456789.-+":
         return float(node)
     return node
 
 
+MAX_EXPANDED_NODES = 100_000  # a recipe is a few hundred; billion laughs is 10^9
+MAX_DEPTH = 100
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a mapping key given twice (PyYAML silently keeps the last one)."""
+    """A SafeLoader that refuses a mapping key given twice (PyYAML silently keeps the last one), and a document whose
+    aliases would expand it past MAX_EXPANDED_NODES nodes or nest it past MAX_DEPTH levels (checked on the composed
+    graph, before anything is built or expanded)."""
 
     def construct_document(self, node: yaml.Node) -> Any:
+        size = _expanded_size(node, {}, 0)
+        if size > MAX_EXPANDED_NODES:
+            raise RecipeError(
+                f"its YAML aliases expand it to more than {MAX_EXPANDED_NODES} values (a recipe has a few hundred); "
+                "write the values out"
+            )
         problems: list[str] = []
         _duplicate_keys(node, "", problems, set())
         if problems:
             raise RecipeError("; ".join(problems))
         return super().construct_document(node)
+
+
+def load_yaml(text: str) -> Any:
+    """A recipe's YAML: `UniqueKeyLoader`'s checks, and nesting too deep for a parser a RecipeError, not a crash."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except RecursionError:
+        raise RecipeError(f"nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of sections") from None
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], depth: int) -> int:
+    """How many nodes `node` stands for once every alias is expanded (memoised: each shared node counted once)."""
+    if depth > MAX_DEPTH:
+        raise RecursionError
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a cycle (an alias to an ancestor) counts once instead of forever
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes, depth + 1) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes, depth + 1) + _expanded_size(v, sizes, depth + 1) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = min(size, MAX_EXPANDED_NODES + 1)
+    return sizes[id(node)]
 
 
 def _duplicate_keys(node: yaml.Node, path: str, problems: list[str], seen_nodes: set[int]) -> None:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fintrl.errors import ModelError, RecipeError, RunFolderError
+from fintrl.errors import HubError, ModelError, RecipeError, RunFolderError
 from fintrl.hub.download import download_repo
 from fintrl.hub.ids import is_hub_id
 from fintrl.recipe.schema import Recipe, label_names, load_recipe
-from fintrl.run_folder import ADAPTER_CONFIG, RECIPE, RunFolder
+from fintrl.run_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RECIPE, RunFolder
 from fintrl.scoring.calibration import Calibration, load_calibration
 
 if TYPE_CHECKING:
@@ -119,6 +119,24 @@ def resolve_target(
         folder = download_repo(name, revision=revision, patterns=_INFERENCE_FILES)
     elif revision is not None:
         raise RecipeError(f"{target}: '@revision' applies to Hub repos only, and {name} is not one")
+    try:
+        return _resolve(target, name, revision, folder, local, recipe_path, overrides, trust_remote_code)
+    except (RunFolderError, RecipeError) as err:
+        if folder is None or folder == local:
+            raise
+        raise HubError(f"{target}: the downloaded repo is not usable: {err}") from None  # exit 6: the repo's fault
+
+
+def _resolve(
+    target: str,
+    name: str,
+    revision: str | None,
+    folder: Path | None,
+    local: Path,
+    recipe_path: str | None,
+    overrides: list[str],
+    trust_remote_code: bool,
+) -> Target:
     if recipe_path is not None:  # the user's own recipe: its trust_remote_code stands
         recipe = load_recipe(recipe_path, overrides=overrides)
         if trust_remote_code:
@@ -133,7 +151,7 @@ def resolve_target(
             f"{target} is not a fintrl run folder or published adapter: give a recipe (--recipe) for the "
             "data and prompt"
         )
-    recipe = _with_model(load_recipe(folder / RECIPE, overrides=overrides), trust_remote_code=trust_remote_code)
+    recipe = _with_model(RunFolder(folder).recipe(overrides), trust_remote_code=trust_remote_code)
     if folder is not local:  # downloaded: the base is the one the adapter config names
         recipe = _with_model(recipe, **_adapter_base(folder))
     run = RunFolder(folder)
@@ -175,6 +193,14 @@ def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedToken
         return model, load_tokenizer(model_section, target.recipe.prompt.system)
     from peft import PeftModel
 
+    adapter = Path(target.adapter)
+    if not (adapter / ADAPTER_WEIGHTS).is_file():
+        pickles = sorted(p.name for p in adapter.glob("*.bin")) + sorted(p.name for p in adapter.glob("*.pt"))
+        raise ModelError(
+            f"adapter {target.name} has no {ADAPTER_WEIGHTS}"
+            + (f" (only {', '.join(pickles)}: pickles, which can run code as they load)" if pickles else "")
+            + "; fintrl loads adapter weights from safetensors only"
+        )
     tokenizer = load_tokenizer(
         model_section.model_copy(update={"chat_template": None, "revision": None}),
         target.recipe.prompt.system,

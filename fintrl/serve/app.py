@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "FINTRL_API_KEY"
 MAX_TEXTS_PER_REQUEST = 256
 MAX_BODY_BYTES = 1 << 20  # 1 MiB
+BODY_TIMEOUT_S = 10.0  # a body that stops arriving (a declared Content-Length never sent) is answered 408 then
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 PAGE = Path(__file__).resolve().parents[1] / "resources" / "serve" / "index.html"
 _BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
 _KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
@@ -82,7 +84,13 @@ class BodyLimit:
             return await self._too_large(scope, receive, send, more=True)
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_TIMEOUT_S)
+            except asyncio.TimeoutError:  # noqa: UP041 - a distinct class on Python 3.10
+                detail = f"the request body did not arrive within {BODY_TIMEOUT_S:g} s (is its Content-Length right?)"
+                return await JSONResponse({"detail": detail}, 408, headers={"connection": "close"})(
+                    scope, receive, send
+                )
             if message["type"] == "http.disconnect":
                 return None
             chunks.append(message.get("body", b""))
@@ -115,6 +123,45 @@ class BodyLimit:
         await JSONResponse({"detail": detail}, status_code=413, headers={"connection": "close"})(scope, receive, send)
 
 
+class LoopbackGuard:
+    """ASGI middleware for a keyless server on loopback: only requests addressed to this machine by name (a Host header
+    of localhost, 127.0.0.1 or ::1: no DNS-rebinding page can reach it) and not sent by another site's page (an Origin
+    header, when there is one, naming this machine too: no cross-origin form POST) are served; others get a 403."""
+
+    def __init__(self, app: Any, allowed: set[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    def _ours(self, value: str | None, *, url: bool) -> bool:
+        if value is None:
+            return not url  # no Origin: not a browser's cross-site request
+        from urllib.parse import urlsplit
+
+        host = urlsplit(value if url else f"//{value}").hostname
+        return host is not None and host.lower() in self.allowed
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        if not self._ours(headers.get("host", ""), url=False) or not self._ours(headers.get("origin"), url=True):
+            detail = "this server answers requests to localhost only (Host, Origin); --api-key serves others"
+            return await JSONResponse({"detail": detail}, 403)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def check_api_key(api_key: str | None) -> str | None:
+    """The key to require: --api-key, else $FINTRL_API_KEY, else none. An empty one (an unset shell variable in
+    `--api-key "$KEY"`) is refused: it would silently serve without a key."""
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV)
+        where = f"${API_KEY_ENV}"
+    else:
+        where = "--api-key"
+    if api_key is not None and not api_key.strip():
+        raise RecipeError(f"{where} is empty (an unset variable?); give a key, or leave it out to serve without one")
+    return api_key
+
+
 def _one_line(err: ValidationError | RequestValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
@@ -134,10 +181,13 @@ def create_app(
     max_texts_per_request: int = MAX_TEXTS_PER_REQUEST,
     max_body_bytes: int = MAX_BODY_BYTES,
     on_load_error: Callable[[BaseException], None] | None = None,
+    allowed_hosts: set[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `target`. `loader(target) -> LabelScorer` (default: `load_scorer`) runs in a thread
     once the app starts; `calibrate(probabilities, mode)` (default: the run's calibration, when it has one) maps
-    every batch's probabilities."""
+    every batch's probabilities. `allowed_hosts`: serve only requests whose Host (and Origin) name one of them
+    (`LoopbackGuard`). With an `api_key`, nothing about the model is shown without it: the API docs name neither
+    the model, its labels nor its version."""
     service = Service(
         target,
         loader=loader or (lambda t: load_scorer(t, max_batch_size)),
@@ -157,12 +207,15 @@ def create_app(
 
     app = FastAPI(
         title="fintrl",
-        summary=f"Classify financial text with {service.model_id}: labels {', '.join(service.labels)}",
-        version=service.version or "local",
+        summary="Classify financial text"
+        + ("" if api_key else f" with {service.model_id}: labels {', '.join(service.labels)}"),
+        version="-" if api_key else service.version or "local",
         lifespan=lifespan,
     )
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if allowed_hosts:
+        app.add_middleware(LoopbackGuard, allowed={h.lower() for h in allowed_hosts})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -295,7 +348,9 @@ def serve(
 
     if max_batch_size < 1 or max_wait_ms < 0:
         raise RecipeError("--max-batch-size must be at least 1 and --max-wait-ms 0 or more")
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = check_api_key(api_key)
+    if not 0 <= port <= 65535:
+        raise RecipeError(f"--port {port}: give a port between 1 and 65535 (0: any free port)")
     target = resolve_target(target_arg, recipe_path=recipe, overrides=overrides, trust_remote_code=trust_remote_code)
     target_labels(target)  # before binding: a target without labels fails at once
     sock = bind(host, port)
@@ -306,15 +361,16 @@ def serve(
         failed.append(err)
         server.should_exit = True
 
+    address, bound_port = sock.getsockname()[:2]
     app = create_app(
         target,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         api_key=api_key,
         on_load_error=stop_on_load_error,
+        allowed_hosts={*LOOPBACK_NAMES, address} if _is_loopback(address) and not api_key else None,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=10))
-    address, bound_port = sock.getsockname()[:2]
     url = f"http://{f'[{address}]' if ':' in address else address}:{bound_port}"
     print(
         f"fintrl: serving {target.name} on {url} (try-it page {url}/, API docs {url}/docs; "

@@ -121,12 +121,16 @@ class MicroBatcher(Generic[R]):
             results: Any = await loop.run_in_executor(self._executor, self.score, [p.text for p in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"the scorer returned {len(results)} results for {len(batch)} texts")
-        except Exception as err:  # this batch's requests fail; the next batch is scored as usual
+        except Exception as err:
             self.stats.failed_batches += 1
-            logger.exception("scoring a batch of %d texts failed", len(batch))
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(err)
+            if len(batch) > 1:  # one bad text must not fail the requests batched with it: each is scored alone
+                logger.warning("scoring a batch of %d texts failed (%s); scoring them one at a time", len(batch), err)
+                for pending in batch:
+                    await self._run(loop, [pending])
+                return
+            logger.exception("scoring a text failed")
+            if not batch[0].future.done():
+                batch[0].future.set_exception(err)
             return
         stats = self.stats
         stats.batches += 1

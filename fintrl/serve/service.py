@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fintrl.errors import first_line
+from fintrl.run_folder import ADAPTER_WEIGHTS
 from fintrl.scoring.targets import Target, split_revision
 from fintrl.serve.batcher import MicroBatcher
 
@@ -48,6 +49,16 @@ class ClassifyRequest(BaseModel):
         blank = [i for i, t in enumerate(v or []) if not t.strip()]
         if blank:
             raise ValueError(f"empty text at position {blank[0]} ({len(blank)} in all); remove blank texts")
+        return v
+
+    @field_validator("text", "texts")
+    @classmethod
+    def _unicode(cls, v: str | list[str] | None) -> str | list[str] | None:
+        from fintrl.data.texts import not_unicode
+
+        bad = not_unicode([v] if isinstance(v, str) else v or [])
+        if bad:
+            raise ValueError(f"text {bad[0]} is not valid Unicode (a lone surrogate such as \\ud800); send UTF-8 text")
         return v
 
     @model_validator(mode="after")
@@ -110,7 +121,7 @@ def adapter_version(target: Target) -> str | None:
     folder = Path(target.adapter)
     if folder.parent.name == "snapshots":  # the Hub cache: snapshots/<commit>/
         return folder.name[:12]
-    weights = folder / "adapter_model.safetensors"
+    weights = folder / ADAPTER_WEIGHTS
     if weights.is_file():
         digest = hashlib.sha256()
         with weights.open("rb") as f:

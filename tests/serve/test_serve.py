@@ -227,6 +227,66 @@ def test_api_key_guards_everything_but_health_page_and_docs(tiny_run: Path, serv
         for right in ({"x-api-key": "s3cret"}, {"authorization": "Bearer s3cret"}):
             assert classify(url, {"text": TEXTS[0]}, headers=right).status_code == 200
             assert counters(url, headers=right)["requests"] >= 1
+        public = httpx.get(url + "/openapi.json").text + httpx.get(url + "/").text + httpx.get(url + "/health").text
+        assert not any(label in public for label in LABELS) and service.model_id not in public  # nothing of the model
+
+
+def test_one_bad_text_fails_only_its_own_request(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text the scorer cannot take is batched with innocent ones: the batch is scored again one text at a time, so
+    only its own request fails."""
+    url, service = served
+    real = service.scorer.score
+
+    def fussy(texts: list[str], progress: bool = True):
+        if any("POISON" in t for t in texts):
+            raise ValueError("cannot tokenize this")
+        return real(texts, progress=progress)
+
+    monkeypatch.setattr(service.scorer, "score", fussy)
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            bodies = [{"text": t} for t in (TEXTS[0], "POISON pill", TEXTS[1], TEXTS[2])]
+            return await asyncio.gather(*(client.post(url + "/classify", json=b) for b in bodies))
+
+    answers = asyncio.run(together())
+    assert [a.status_code for a in answers] == [200, 500, 200, 200]
+    assert "cannot tokenize this" in answers[1].json()["detail"]
+
+
+def test_a_text_that_is_not_unicode_is_refused_as_bad_input(served) -> None:
+    url, _ = served
+    for body in ('{"text": "\\ud800 x"}', '{"texts": ["fine", "\\udfff"]}'):  # valid JSON, lone surrogates
+        answer = httpx.post(url + "/classify", content=body, timeout=30)
+        assert answer.status_code == 422 and "not valid Unicode" in answer.json()["detail"], answer.text
+    assert classify(url, {"text": TEXTS[0]}).status_code == 200
+
+
+def test_a_keyless_loopback_server_answers_only_its_own_host_and_origin(tiny_run: Path, served) -> None:
+    """No DNS-rebinding page (another Host) and no other site's form POST (another Origin) reaches it."""
+    _, service = served
+    app = create_app(
+        resolve_target(str(tiny_run)), loader=lambda _t: service.scorer, allowed_hosts={"127.0.0.1", "localhost"}
+    )
+    with running(app) as url:
+        wait_ready(url)
+        assert httpx.get(url + "/info", headers={"host": "evil.example"}).status_code == 403
+        assert classify(url, {"text": TEXTS[0]}, headers={"origin": "http://evil.example"}).status_code == 403
+        assert classify(url, {"text": TEXTS[0]}, headers={"origin": url}).status_code == 200
+        assert classify(url, {"text": TEXTS[0]}).status_code == 200  # no Origin: curl, scripts
+
+
+def test_a_body_that_never_arrives_is_answered(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that declares a large Content-Length and sends less gets a 408 within the server's timeout."""
+    monkeypatch.setattr("fintrl.serve.app.BODY_TIMEOUT_S", 0.5)
+    url, _ = served
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n")
+        conn.sendall(b'Content-Length: 100000\r\n\r\n{"text": ')
+        start = time.monotonic()
+        answer = conn.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and time.monotonic() - start < 5, answer
 
 
 def test_a_calibration_maps_every_answer(tiny_run: Path, served) -> None:

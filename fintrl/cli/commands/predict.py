@@ -11,7 +11,8 @@ from pathlib import Path
 from fintrl.batch.engine import DEFAULT_SHARD_ROWS
 from fintrl.batch.shards import FORMATS
 from fintrl.cli.options import add_target, positive_int, probability
-from fintrl.errors import RecipeError, RunFolderError
+from fintrl.errors import RecipeError
+from fintrl.transaction import check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     given = [flag for flag in given if flag != "--text-column"]  # a CSV/JSONL/Parquet --input reads it too
     if given:
         raise RecipeError(f"{', '.join(given)}: only with --engine ray")
-    if args.output and Path(args.output).exists() and not args.overwrite:
-        raise RunFolderError(f"--output {args.output} exists; pass --overwrite to replace it, or choose another file")
+    if args.output:
+        check_output_file(args.output, flag="--output", overwrite=args.overwrite, inputs=(args.input,))
     texts = _read_texts(args.text, args.input, args.text_column)
     from fintrl.run_folder import write_atomic
     from fintrl.scoring.calibration import predict_rows
@@ -76,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_texts(given: list[str], source: str | None, column: str | None) -> list[str]:
     """--text values, then --input's texts (`fintrl.data.texts`); blank ones are skipped and counted."""
-    from fintrl.data.texts import TEXT_COLUMN, read_texts
+    from fintrl.data.texts import TEXT_COLUMN, check_unicode, read_texts
 
     texts = [*given, *(t or "" for t in (read_texts(source, column or TEXT_COLUMN) if source else []))]
+    check_unicode(texts, "--text/--input")
     if not any(t.strip() for t in texts):
         raise RecipeError("nothing to classify: give --text TEXT or --input FILE (one text per line, - for stdin)")
     empty = sum(not t.strip() for t in texts)
