@@ -69,7 +69,7 @@ class Server:
         argv = ["serve", target, "--port", "0", "--max-batch-size", str(max_batch_size), "--max-wait-ms"]
         with log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fintrl.cli.main", *argv, str(max_wait_ms)],
+                [sys.executable, "-m", "fintrl", *argv, str(max_wait_ms)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,

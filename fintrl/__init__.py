@@ -36,6 +36,7 @@ _EXPORTS = {
     "list_versions": "fintrl.hub.publish",
     "export_merged": "fintrl.export.merge",
     "audit": "fintrl.audit.confident",
+    "reproduce": "fintrl.reproduce",
     "FintrlError": "fintrl.errors",
 }
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "load_for_inference",
     "load_recipe",
     "publish",
+    "reproduce",
     "resolve_target",
     "run",
 ]
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
     from fintrl.export.merge import export_merged
     from fintrl.hub.publish import list_versions, publish
     from fintrl.recipe.schema import Recipe, load_recipe
+    from fintrl.reproduce import reproduce
     from fintrl.run_folder import Report, RunFolder
     from fintrl.runner import run
     from fintrl.scoring.scorer import LabelScorer

@@ -36,11 +36,12 @@ RESUME_FIXED = ("model", "quantization", "lora", "peft", "data", "prompt", "seed
 
 
 def enclosing_run(path: Path) -> Path | None:
-    """The run folder (or adapter folder) that `path` is or lies inside, if any: no output of fintrl goes there."""
+    """The run folder (a recipe and a report, or an adapter) that `path` is or lies inside, if any: no output of
+    fintrl goes there. A folder that merely holds a recipe (a project's own recipe.yaml) is not one."""
     resolved = Path(path).expanduser().resolve()
     for folder in (resolved, *resolved.parents):
         run = RunFolder(folder)
-        if run.is_run or run.file(ADAPTER_CONFIG).is_file():
+        if run.is_finished or run.file(ADAPTER_CONFIG).is_file():
             return folder
     return None
 

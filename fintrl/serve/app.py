@@ -133,7 +133,7 @@ class LoopbackGuard:
 
     def _ours(self, value: str | None, *, url: bool) -> bool:
         if value is None:
-            return not url  # no Origin: not a browser's cross-site request
+            return url  # no Origin: not a browser's cross-site request (curl, scripts); no Host: refused
         from urllib.parse import urlsplit
 
         host = urlsplit(value if url else f"//{value}").hostname

