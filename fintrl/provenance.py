@@ -88,7 +88,3 @@ def record(recipe: Recipe, data: LabeledData, *, device: str, dtype: str, world_
         "hardware": {"device": device, "dtype": dtype, "world_size": world_size},
         "base_model": base_model(recipe.model.name_or_path, recipe.model.revision),
     }
-
-
-def short(value: str | None, n: int = 12) -> str:
-    return value[:n] if value else "-"

@@ -10,18 +10,14 @@ bitsandbytes' kernels are not guaranteed deterministic, so `bit_identical` may b
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from fintrl.data.files import file_sha256
 from fintrl.errors import RunFolderError
 from fintrl.run_folder import ADAPTER_WEIGHTS, PREDICTIONS, RunFolder, read_predictions
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def weight_change(a: Path, b: Path) -> float:
@@ -63,7 +59,7 @@ def reproduce(run_dir: str | Path, *, seed: int | None = None) -> dict[str, Any]
             for x, y in zip(a_rows, b_rows)
             for k in x["probabilities"]
         ]
-        shas = [_sha256(original.file(ADAPTER_WEIGHTS)), _sha256(again.file(ADAPTER_WEIGHTS))]
+        shas = [file_sha256(original.file(ADAPTER_WEIGHTS)), file_sha256(again.file(ADAPTER_WEIGHTS))]
         return {
             "run": str(run_dir),
             "seed": recipe.seed if seed is None else seed,
