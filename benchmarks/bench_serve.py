@@ -1,13 +1,19 @@
-"""Serving throughput and latency: `fintrl serve` with dynamic batching on (--max-batch-size 32) and off (1).
+"""Serving throughput and latency: two `fintrl serve` processes compared, each at its own settings.
 
-A bounded load test on loopback, in one run against one served run folder: two real `fintrl serve` processes (one
-batching, one not) are started side by side; at each concurrency level (1, 8, 32 clients, each sending one text per
-request and the next as soon as it is answered) a fixed number of requests goes to one server, then the same to the
-other. Reported per level and server: requests/second, p50/p95/p99 latency, the batches the server ran (its /info
-counters) and the mean batch size; then batching-on against batching-off ratios, measured in the same run. The labels
-of both servers are compared too (batching must not change an answer). From the repository root:
+`--compare batching` (default): dynamic batching on (--max-batch-size 32) against off (1). `--compare form`: the dense
+merged form (fintrl's default where it agrees with the adapter) against `--exact-4bit` (the 4-bit base + adapter),
+both batching.
+
+A bounded load test on loopback, in one run against one served run folder: the two servers are started side by side;
+at each concurrency level (1, 8, 32 clients, each sending one text per request and the next as soon as it is answered)
+a fixed number of requests goes to one server, then the same to the other. Reported per level and server:
+requests/second, p50/p95/p99 latency, the batches the server ran (its /info counters), the mean batch size, and the
+**overhead**: p50 latency over the server's own scoring time per batch (what a request costs beyond the model); then
+first-server over second-server ratios, measured in the same run. The labels of both servers are compared too. From
+the repository root:
 
     python -m benchmarks.bench_serve                                   # runs/quickstart, 200 requests per level
+    python -m benchmarks.bench_serve --compare form --concurrency 1,8  # dense merged vs --exact-4bit
     python -m benchmarks.bench_serve --quick --target RUN_FOLDER       # smoke: 24 requests, levels 1 and 8
 """
 
@@ -38,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--target", default="runs/quickstart", help="what `fintrl serve` serves (default: runs/quickstart)")
     p.add_argument("--quick", action="store_true", help="smoke run: 24 requests per level, levels 1 and 8")
+    p.add_argument(
+        "--compare", choices=("batching", "form"), default="batching", help="batching on/off, or dense/--exact-4bit"
+    )
     p.add_argument("--requests", type=int, default=None, help="requests per level and server (default 200; quick 24)")
     p.add_argument("--concurrency", default=None, help="client counts, comma-separated (default 1,8,32; quick 1,8)")
     p.add_argument("--max-batch-size", type=int, default=32, help="the batching server's --max-batch-size")
@@ -61,15 +70,12 @@ def load_texts() -> list[str]:
 class Server:
     """One `fintrl serve` process on a free loopback port; `stop()` sends Ctrl-C (SIGINT), then kills if need be."""
 
-    def __init__(
-        self, target: str, max_batch_size: int, max_wait_ms: float, log: Path, timeout: float, threads: int | None
-    ) -> None:
+    def __init__(self, target: str, flags: list[str], log: Path, timeout: float, threads: int | None) -> None:
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["serve", target, "--port", "0", "--max-batch-size", str(max_batch_size), "--max-wait-ms"]
         with log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fintrl", *argv, str(max_wait_ms)],
+                [sys.executable, "-m", "fintrl", "serve", target, "--port", "0", *flags],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -95,8 +101,11 @@ class Server:
         self.stop()
         raise SystemExit(f"`fintrl serve` was not ready after {timeout:.0f} s; its log: {self.log}")
 
+    def info(self) -> dict[str, Any]:
+        return httpx.get(self.url + "/info", timeout=30).json()
+
     def counters(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/info", timeout=30).json()["counters"]
+        return self.info()["counters"]
 
     def peak_rss_mb(self) -> float | None:
         """The server process's peak resident memory (Linux /proc), in MiB."""
@@ -154,36 +163,53 @@ def measure(server: Server, texts: list[str], n: int, concurrency: int) -> dict[
     row = asyncio.run(load_test(server.url, texts, n, concurrency))
     after = server.counters()
     batches = after["batches"] - before["batches"]
-    return {**row, "batches": batches, "mean_batch_size": (after["texts_scored"] - before["texts_scored"]) / batches}
+    score_ms = 1000 * (after["score_seconds"] - before["score_seconds"]) / batches
+    return {
+        **row,
+        "batches": batches,
+        "mean_batch_size": (after["texts_scored"] - before["texts_scored"]) / batches,
+        "score_ms_per_batch": score_ms,
+        "overhead_p50_over_score": row["p50_ms"] / score_ms,
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| clients | batching | req/s | p50 ms | p95 ms | p99 ms | batches | mean batch |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| clients | server | req/s | p50 ms | p95 ms | p99 ms | batches | mean batch | score ms/batch | p50 / score |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['concurrency']} | {r['batching']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | "
-            f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['batches']} | {r['mean_batch_size']:.1f} |"
+            f"| {r['concurrency']} | {r['server']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | "
+            f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['batches']} | {r['mean_batch_size']:.1f} | "
+            f"{r['score_ms_per_batch']:.0f} | {r['overhead_p50_over_score']:.2f} |"
         )
     return "\n".join(lines)
 
 
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ratios(rows: list[dict[str, Any]], first: str, second: str) -> list[dict[str, Any]]:
+    """First server over second, per concurrency level."""
     out = []
-    for on in (r for r in rows if r["batching"] == "on"):
-        off = next(r for r in rows if r["batching"] == "off" and r["concurrency"] == on["concurrency"])
+    for a in (r for r in rows if r["server"] == first):
+        b = next(r for r in rows if r["server"] == second and r["concurrency"] == a["concurrency"])
         out.append(
             {
-                "concurrency": on["concurrency"],
-                "throughput_on_over_off": on["requests_per_second"] / off["requests_per_second"],
-                "p50_on_over_off": on["p50_ms"] / off["p50_ms"],
-                "p99_on_over_off": on["p99_ms"] / off["p99_ms"],
-                "same_labels": on["labels"] == off["labels"],
+                "concurrency": a["concurrency"],
+                "throughput": a["requests_per_second"] / b["requests_per_second"],
+                "p50": a["p50_ms"] / b["p50_ms"],
+                "p99": a["p99_ms"] / b["p99_ms"],
+                "same_labels": a["labels"] == b["labels"],
             }
         )
     return out
+
+
+def server_flags(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The two servers compared, by name, first over second."""
+    batching = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+    if args.compare == "form":
+        return {"dense": batching, "4bit": [*batching, "--exact-4bit"]}
+    return {"on": batching, "off": ["--max-batch-size", "1", "--max-wait-ms", "0"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,26 +217,28 @@ def main(argv: list[str] | None = None) -> int:
     texts = load_texts()
     logs = Path(args.out).with_suffix("")
     load_start = loadavg()
-    print(f"starting two `fintrl serve {args.target}` processes (batching on: {args.max_batch_size}; off: 1) ...")
+    flags = server_flags(args)
+    first, second = flags
+    print(f"starting two `fintrl serve {args.target}` processes ({first}, {second}) ...")
     servers: dict[str, Server] = {}
     try:
         start = time.perf_counter()
-        on, off = (args.max_batch_size, args.max_wait_ms), (1, 0)
-        for name, (size, wait) in {"on": on, "off": off}.items():
-            servers[name] = Server(
-                args.target, size, wait, logs / f"server_{name}.log", args.load_timeout, args.threads
-            )
+        for name, server_args in flags.items():
+            log = logs / f"server_{name}.log"
+            servers[name] = Server(args.target, server_args, log, args.load_timeout, args.threads)
         print(f"both ready in {time.perf_counter() - start:.0f} s; warming up")
+        inference = {name: server.info().get("inference") for name, server in servers.items()}
         for server in servers.values():  # first requests pay one-off costs (allocations, kernels)
             measure(server, texts, 8, 4)
         rows = []
         for concurrency in args.levels:  # each level on both servers back to back: outside load hits both alike
-            for batching, server in servers.items():
-                row = {"batching": batching, **measure(server, texts, args.requests, concurrency)}
+            for name, server in servers.items():
+                row = {"server": name, **measure(server, texts, args.requests, concurrency)}
                 rows.append(row)
                 print(
-                    f"  {concurrency:>3} clients, batching {batching:>3}: {row['requests_per_second']:6.1f} req/s, "
+                    f"  {concurrency:>3} clients, {name:>5}: {row['requests_per_second']:6.1f} req/s, "
                     f"p50 {row['p50_ms']:6.0f} ms, p99 {row['p99_ms']:6.0f} ms, mean batch {row['mean_batch_size']:.1f}"
+                    f", p50 / scoring {row['overhead_p50_over_score']:.2f}"
                 )
     finally:
         peak_rss = {name: server.peak_rss_mb() for name, server in servers.items()}
@@ -219,22 +247,24 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     report = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "servers": {"exit_codes": codes, "peak_rss_mb": peak_rss},
+        "servers": {"flags": flags, "exit_codes": codes, "peak_rss_mb": peak_rss, "inference": inference},
         "environment": env,
         "loadavg_start_end": [load_start, load_end],
         "rows": rows,
-        "ratios": ratios(rows),
+        "ratios": {"of": [first, second], "rows": ratios(rows, first, second)},
     }
     out = write_report(args.out, report)
     print()
     print(table(rows))
     print()
-    for r in report["ratios"]:
+    for r in report["ratios"]["rows"]:
         print(
-            f"{r['concurrency']:>3} clients: batching on / off = {r['throughput_on_over_off']:.2f}x throughput, "
-            f"p50 latency x{r['p50_on_over_off']:.2f}, p99 x{r['p99_on_over_off']:.2f}; "
-            f"same labels: {r['same_labels']}"
+            f"{r['concurrency']:>3} clients: {first} / {second} = {r['throughput']:.2f}x throughput, "
+            f"p50 latency x{r['p50']:.2f}, p99 x{r['p99']:.2f}; same labels: {r['same_labels']}"
         )
+    for name, form in inference.items():
+        if form:
+            print(f"{name}: {form['form']} ({form['dtype']}): {form['reason']}")
     print("server peak memory: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in peak_rss.items() if v is not None))
     cpus = env.get("cpu_count") or 1  # the servers and clients keep the CPUs busy themselves (load ~cpus at the end)
     if max(load_start[0], load_end[0]) > cpus + 1:

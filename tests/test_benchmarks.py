@@ -134,32 +134,53 @@ def test_bench_quality_quick_runs_end_to_end(tmp_path: Path) -> None:
     assert out.with_suffix(".png").is_file()
 
 
-def test_bench_serve_quick_runs_end_to_end(trained: dict, tmp_path: Path) -> None:
-    """Two real `fintrl serve` processes (batching on and off) on the tiny run, a bounded load on loopback."""
-    out = tmp_path / "serve.json"
+def bench_serve(target: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_serve",
-            "--quick",
-            "--target",
-            str(trained["dir"]),
-            "--requests",
-            "12",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "benchmarks.bench_serve", "--quick", "--target", str(target), "--out", str(out), *flags],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_bench_serve_quick_runs_end_to_end(trained: dict, tmp_path: Path) -> None:
+    """Two real `fintrl serve` processes (batching on and off) on the tiny run, a bounded load on loopback."""
+    out = tmp_path / "serve.json"
+    done = bench_serve(trained["dir"], out, "--requests", "12")
     report = json.loads(out.read_text())
-    rows = {(r["concurrency"], r["batching"]): r for r in report["rows"]}
+    rows = {(r["concurrency"], r["server"]): r for r in report["rows"]}
     assert set(rows) == {(1, "on"), (1, "off"), (8, "on"), (8, "off")}
     assert all(r["requests"] == 12 and 0 < r["p50_ms"] <= r["p99_ms"] for r in rows.values())
+    assert all(r["overhead_p50_over_score"] > 0 for r in rows.values())
     assert rows[(8, "on")]["batches"] < 12 and rows[(8, "off")]["batches"] == 12  # batched, and not
     assert report["servers"]["exit_codes"] == {"on": 130, "off": 130}  # both stopped by Ctrl-C, cleanly
-    assert [r["concurrency"] for r in report["ratios"]] == [1, 8] and "| clients | batching |" in done.stdout
+    assert [r["concurrency"] for r in report["ratios"]["rows"]] == [1, 8] and "| clients | server |" in done.stdout
+
+
+def test_bench_serve_compares_the_dense_form_with_the_4bit_one(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "forms.json"
+    bench_serve(tiny_run, out, "--compare", "form", "--concurrency", "1", "--requests", "6")
+    report = json.loads(out.read_text())
+    forms = {name: info["form"] for name, info in report["servers"]["inference"].items()}
+    assert forms == {"dense": "dense-merged", "4bit": "4bit-adapter"}
+    assert report["ratios"]["of"] == ["dense", "4bit"] and report["ratios"]["rows"][0]["same_labels"] is True
+
+
+def test_bench_inference_quick_compares_the_forms(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "inference.json"
+    argv = ["--quick", "--target", str(tiny_run), "--n", "6", "--single", "3", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_inference", *argv], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert {name: r["form"]["form"] for name, r in report["forms"].items()} == {
+        "dense": "dense-merged",
+        "4bit": "4bit-adapter",
+    }
+    assert report["agreement"]["n"] == 6 and report["agreement"]["max_abs_dprob"] <= 1e-3
+    assert set(report["ratios"]) >= {"single_text_latency_4bit_over_dense", "throughput_dense_over_4bit"}
+    assert "dense vs 4-bit:" in done.stdout

@@ -68,7 +68,8 @@ class ScorerActor:
         import torch
 
         from fintrl.errors import translate
-        from fintrl.scoring.targets import load_for_inference, resolve_target
+        from fintrl.scoring.inference import load_inference
+        from fintrl.scoring.targets import resolve_target
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if cpus and not torch.cuda.is_available():  # one actor's share of the cores: actors must not contend
@@ -79,13 +80,13 @@ class ScorerActor:
                 job["target"], recipe_path=job["recipe"], overrides=job["overrides"], trust_remote_code=job["trust"]
             )
             self.labels = self.target.label_set("predict")
-            model, tokenizer = load_for_inference(self.target)
+            loaded = load_inference(self.target, exact_4bit=job.get("exact_4bit", False))
         except Exception as err:  # noqa: BLE001 - as the CLI's boundary would: a missing model is the user's error
             mapped = translate(err)
             if mapped is None:
                 raise
             raise mapped from None
-        self.scorer = self.target.scorer(model, tokenizer, mode=job["mode"])  # as `fintrl predict` builds it
+        self.scorer = self.target.scorer(loaded.model, loaded.tokenizer, mode=job["mode"])  # as predict builds it
         self.schema = output_schema(self.labels, job["min_confidence"])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -302,6 +303,7 @@ def score_files(
     trust_remote_code: bool = False,
     mode: str | None = None,
     calibrated: bool = True,
+    exact_4bit: bool = False,
     min_confidence: float | None = None,
     overwrite: bool = False,
     verbose: bool = False,
@@ -330,6 +332,7 @@ def score_files(
         "trust": bool(trust_remote_code),
         "mode": mode,
         "calibrated": calibrated,
+        **({"exact_4bit": True} if exact_4bit else {}),  # the form scored in: a resume must not mix the two
         "min_confidence": min_confidence,
         "labels": resolved.label_set("predict"),
         "inputs": [[f, s] for f, s in zip(inputs.files, inputs.sizes)],

@@ -42,6 +42,16 @@ def add_target(p: argparse.ArgumentParser) -> None:
     add_trust_remote_code(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (once the new one is written)")
     p.add_argument("--uncalibrated", action="store_true", help="raw probabilities: not the run's calibration.json")
+    add_exact_4bit(p)
+
+
+def add_exact_4bit(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--exact-4bit",
+        action="store_true",
+        help="score with the 4-bit base + adapter as trained, not the faster dense merged form (used by default "
+        "where it agrees with the adapter: docs/serving.md#inference-forms)",
+    )
 
 
 def probability(text: str) -> float:

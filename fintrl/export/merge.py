@@ -75,10 +75,10 @@ def check_output(out: Path, run_dir: Path, *, overwrite: bool) -> None:
             )
 
 
-def _free(*objects: Any) -> None:
+def _free() -> None:
+    """Give back the memory of models just dropped (`del`), before the next one loads."""
     import torch
 
-    del objects
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -150,20 +150,17 @@ def _merged_report(
     return report
 
 
-def _merge_base(target: Target, dtype: str, *, dequantize: bool) -> Any:
-    """The PeftModel to merge: the adapter on its base loaded unquantized in `dtype`, or (`dequantize`) on the 4-bit
-    base as the recipe quantizes it, dequantized to `dtype` (transformers' `dequantize`)."""
-    from fintrl.model.loading import load_model
+def _merged(target: Target, dtype: str, *, dequantize: bool) -> Any:
+    """The adapter merged into its base loaded unquantized in `dtype`, or (`dequantize`) into the 4-bit base as the
+    recipe quantizes it, dequantized to `dtype` (the merge `fintrl.scoring.inference` runs dense inference on)."""
+    from fintrl.scoring.inference import merged_dense
     from fintrl.scoring.targets import load_for_inference
 
+    if dequantize:
+        return merged_dense(target, dtype)
     model_section = target.recipe.model.model_copy(update={"dtype": dtype})
-    if not dequantize:
-        plain = target.recipe.model_copy(update={"quantization": None, "model": model_section})
-        return load_for_inference(dataclasses.replace(target, recipe=plain))[0]
-    from peft import PeftModel
-
-    base = load_model(model_section, target.recipe.quantization).dequantize()
-    return PeftModel.from_pretrained(base, target.adapter)
+    plain = target.recipe.model_copy(update={"quantization": None, "model": model_section})
+    return load_for_inference(dataclasses.replace(target, recipe=plain))[0].merge_and_unload(progressbar=True)
 
 
 def export_merged(
@@ -235,12 +232,12 @@ def export_merged(
     logger.info("scoring the adapter (as eval and predict load it) on %d eval rows", len(texts))
     model, tokenizer = load_for_inference(target)
     adapter_result = scorer(model, tokenizer).score(texts)
-    _free(model)
+    del model
+    _free()
 
-    peft_model = _merge_base(target, dtype, dequantize=dequantize)  # the tokenizer is the adapter's, as loaded above
     logger.info("merging the adapter into the base (%s)", merged_dtype)
     try:
-        merged = peft_model.merge_and_unload(progressbar=True)
+        merged = _merged(target, dtype, dequantize=dequantize)  # the tokenizer is the adapter's, as loaded above
     except (AttributeError, NotImplementedError, ValueError) as err:  # PEFT methods without merging (prompt tuning)
         raise ModelError(f"{run_dir}: its adapter cannot be merged into the base ({first_line(err)})") from None
     merged_scorer = scorer(merged, tokenizer)
@@ -286,7 +283,8 @@ def export_merged(
         folder.write_metrics(_merged_report(run, recipe, labels, gold, merged_result, record))
         run_folder.write_atomic(folder.file(EXPORT_INFO), json.dumps(record, indent=2, ensure_ascii=False))
         run_folder.write_atomic(folder.file(CARD), render_merged_card(work))
-    _free(merged, peft_model)
+    del merged
+    _free()
     shown = record["agreement"]
     logger.info(
         "exported %s: merged and adapter agree on %d of %d eval rows (%.1f %%), max |dp| %.2g; accuracy %.3f "

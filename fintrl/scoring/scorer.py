@@ -78,9 +78,11 @@ class LabelScorer:
         *,
         mode: str | None = None,
         batch_size: int | None = None,
+        keep_prefix: bool = False,
     ) -> LabelScorer:
         """The scorer for a recipe's `eval:` section; `mode` and `batch_size` override it (`--mode`, a server's
-        batch size)."""
+        batch size). `keep_prefix`: the model's weights will not change, so the prompt's shared prefix is run once
+        and kept for every later call (a server scoring one text per request skips it each time)."""
         return cls(
             model,
             tokenizer,
@@ -88,6 +90,7 @@ class LabelScorer:
             mode=mode or section.mode,
             batch_size=batch_size or section.batch_size,
             max_length=section.max_length,
+            keep_prefix=keep_prefix,
         )
 
     def __init__(
@@ -98,6 +101,7 @@ class LabelScorer:
         mode: str = "auto",
         batch_size: int = 16,
         max_length: int = 512,
+        keep_prefix: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ScoringError(f"scoring mode {mode!r}: expected one of {MODES}")
@@ -105,6 +109,8 @@ class LabelScorer:
         # Prompt learning: the scorer runs the base model after the adapter's virtual tokens (`_shared_prefix`)
         self._net = model.get_base_model() if virtual_tokens(model) else model
         self.batch_size, self.max_length = batch_size, max_length
+        self.keep_prefix = keep_prefix
+        self._kept: tuple[list[int], DynamicCache | None] | None = None  # (template prefix ids, its cache), once run
         self.label_ids = self._label_token_ids()
         distinct_first = len({ids[0] for ids in self.label_ids}) == len(self.label_ids)
         if mode == "first_token" and not distinct_first:
@@ -212,7 +218,8 @@ class LabelScorer:
         predictions = [INVALID] * len(texts)
         probabilities = np.zeros((len(texts), len(self.label_ids)))
         raw = [""] * len(texts) if self.mode == "generate" else []
-        self.model.eval()
+        if self.model.training:  # eval() walks every module: a few ms a call, a server's every request
+            self.model.eval()
         with torch.inference_mode():
             prefix_len, prefix = self._shared_prefix(encoded) if self.mode != "generate" else (0, None)
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -245,9 +252,17 @@ class LabelScorer:
 
     def _shared_prefix(self, encoded: list[list[int]]) -> tuple[int, DynamicCache | None]:
         """The token prefix every prompt shares (template + instruction), run through the model once; after a
-        prompt-learning adapter's virtual tokens, which the cache then holds first (as PEFT's forward has them)."""
+        prompt-learning adapter's virtual tokens, which the cache then holds first (as PEFT's forward has them).
+        With `keep_prefix`, the template's own prefix is run once for the scorer's life and reused wherever every
+        prompt starts with exactly its tokens (else this batch's is run, as without it)."""
         import torch
 
+        if self.keep_prefix:
+            if self._kept is None:
+                self._kept = self._template_prefix()
+            ids, cache = self._kept
+            if len(ids) >= 4 and all(len(e) > len(ids) and e[: len(ids)] == ids for e in encoded):
+                return len(ids), cache
         start = virtual_cache(self.model)
         shortest = min(map(len, encoded))
         length = 0
@@ -257,6 +272,21 @@ class LabelScorer:
             return 0, start
         ids = torch.tensor([encoded[0][:length]], device=self.model.device)
         return length, run_prefix(self._net, ids, self.model.config, cache=start, logits_to_keep=1)
+
+    def _template_prefix(self) -> tuple[list[int], DynamicCache | None]:
+        """The tokens every prompt starts with whatever its text (those two unlike texts share), and their cache."""
+        import torch
+
+        probes = [self._encode_prompt(text) for text in ("x", "7 Q")]
+        length = 0
+        while length < min(map(len, probes)) - 1 and probes[0][length] == probes[1][length]:
+            length += 1
+        ids = probes[0][:length]
+        start = virtual_cache(self.model)
+        if length < 4:
+            return ids, start
+        prefix = torch.tensor([ids], device=self.model.device)
+        return ids, run_prefix(self._net, prefix, self.model.config, cache=start, logits_to_keep=1)
 
     def _score_batch(
         self,

@@ -83,12 +83,13 @@ class Target:
         mode: str | None = None,
         batch_size: int | None = None,
     ) -> LabelScorer:
-        """The scorer `eval`, `predict`, `serve` and Ray's actors use: the target's prompt, the recipe's eval settings
-        (or these)."""
+        """The scorer `predict`, `serve` and Ray's actors use: the target's prompt, the recipe's eval settings (or
+        these), and the prompt's shared prefix run once for all its calls (an inference model's weights are fixed)."""
         from fintrl.scoring.scorer import LabelScorer
 
+        builder = self.prompt_builder()
         return LabelScorer.from_eval(
-            model, tokenizer, self.prompt_builder(), self.recipe.eval, mode=mode, batch_size=batch_size
+            model, tokenizer, builder, self.recipe.eval, mode=mode, batch_size=batch_size, keep_prefix=True
         )
 
 

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import ValidationError
 
@@ -48,14 +48,12 @@ from fintrl.serve.service import (
     Calibrate,
     ClassifyRequest,
     ClassifyResponse,
+    Loader,
     Service,
     calibration,
     load_scorer,
     target_labels,
 )
-
-if TYPE_CHECKING:
-    from fintrl.scoring.scorer import LabelScorer
 
 logger = logging.getLogger(__name__)
 
@@ -176,21 +174,22 @@ def create_app(
     max_batch_size: int = 32,
     max_wait_ms: float = 10.0,
     api_key: str | None = None,
-    loader: Callable[[Target], LabelScorer] | None = None,
+    loader: Loader | None = None,
+    exact_4bit: bool = False,
     calibrate: Calibrate | None = None,
     max_texts_per_request: int = MAX_TEXTS_PER_REQUEST,
     max_body_bytes: int = MAX_BODY_BYTES,
     on_load_error: Callable[[BaseException], None] | None = None,
     allowed_hosts: set[str] | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving `target`. `loader(target) -> LabelScorer` (default: `load_scorer`) runs in a thread
-    once the app starts; `calibrate(probabilities, mode)` (default: the run's calibration, when it has one) maps
-    every batch's probabilities. `allowed_hosts`: serve only requests whose Host (and Origin) name one of them
-    (`LoopbackGuard`). With an `api_key`, nothing about the model is shown without it: the API docs name neither
-    the model, its labels nor its version."""
+    """The FastAPI app serving `target`. `loader(target) -> (LabelScorer, InferenceForm)` (default: `load_scorer`,
+    in the dense merged form unless `exact_4bit`) runs in a thread once the app starts; `calibrate(probabilities,
+    mode)` (default: the run's calibration, when it has one) maps every batch's probabilities. `allowed_hosts`: serve
+    only requests whose Host (and Origin) name one of them (`LoopbackGuard`). With an `api_key`, nothing about the
+    model is shown without it: the API docs name neither the model, its labels nor its version."""
     service = Service(
         target,
-        loader=loader or (lambda t: load_scorer(t, max_batch_size)),
+        loader=loader or (lambda t: load_scorer(t, max_batch_size, exact_4bit=exact_4bit)),
         calibrate=calibrate or calibration(target),
         batcher_args={"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
     )
@@ -311,7 +310,9 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening address for uvicorn (port 0: any free port); a clear error when it is taken."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on accepted sockets whose proto
+        # says TCP, and they inherit it from this one; with it on, each answer waited ~40 ms for a delayed ACK
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as err:
@@ -341,6 +342,7 @@ def serve(
     recipe: str | None = None,
     overrides: list[str] = (),
     trust_remote_code: bool = False,
+    exact_4bit: bool = False,
     access_log: bool = False,
 ) -> int:
     """Serve until Ctrl-C (uvicorn shuts down gracefully, then KeyboardInterrupt reaches the CLI: exit 130)."""
@@ -367,6 +369,7 @@ def serve(
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         api_key=api_key,
+        exact_4bit=exact_4bit,
         on_load_error=stop_on_load_error,
         allowed_hosts={*LOOPBACK_NAMES, address} if _is_loopback(address) and not api_key else None,
     )

@@ -22,11 +22,13 @@ from fintrl.scoring.targets import Target, split_revision
 from fintrl.serve.batcher import MicroBatcher
 
 if TYPE_CHECKING:
+    from fintrl.scoring.inference import InferenceForm
     from fintrl.scoring.scorer import LabelScorer
 
 logger = logging.getLogger("fintrl.serve.app")
 
 Calibrate = Callable[[np.ndarray, str], np.ndarray]  # (probabilities [n, n_labels], scoring mode) -> calibrated
+Loader = Callable[[Target], "tuple[LabelScorer, InferenceForm | None]"]  # the scorer, and the form its model runs in
 
 
 class ClassifyRequest(BaseModel):
@@ -89,12 +91,13 @@ def target_labels(target: Target) -> list[str]:
     return target.label_set("serve")
 
 
-def load_scorer(target: Target, batch_size: int) -> LabelScorer:
-    """Base + adapter as `fintrl predict` loads them, and a scorer whose one batch is one micro-batch."""
-    from fintrl.scoring.targets import load_for_inference
+def load_scorer(target: Target, batch_size: int, *, exact_4bit: bool = False) -> tuple[LabelScorer, InferenceForm]:
+    """The target as `fintrl predict` loads it (`load_inference`: its fastest form that agrees with the adapter), and
+    a scorer whose one batch is one micro-batch."""
+    from fintrl.scoring.inference import load_inference
 
-    model, tokenizer = load_for_inference(target)
-    return target.scorer(model, tokenizer, batch_size=batch_size)
+    loaded = load_inference(target, exact_4bit=exact_4bit)
+    return target.scorer(loaded.model, loaded.tokenizer, batch_size=batch_size), loaded.form
 
 
 def calibration(target: Target) -> Calibrate | None:
@@ -135,11 +138,12 @@ class Service:
     """The state behind the endpoints: target, scorer (None until loaded), batcher and counters."""
 
     def __init__(
-        self, target: Target, *, loader: Callable[[Target], LabelScorer], calibrate: Calibrate | None, batcher_args
+        self, target: Target, *, loader: Loader, calibrate: Calibrate | None, batcher_args: dict[str, Any]
     ) -> None:
         self.target, self.loader, self.calibrate = target, loader, calibrate
         self.labels = target_labels(target)
         self.scorer: LabelScorer | None = None
+        self.form: InferenceForm | None = None
         self.load_error: BaseException | None = None
         self.requests = 0
         self.batcher: MicroBatcher[Prediction] = MicroBatcher(self._score, **batcher_args)
@@ -183,7 +187,7 @@ class Service:
         threading.Thread(target=work, name="fintrl-load", daemon=True).start()
         ok, value = await done
         if ok:
-            self.scorer = value
+            self.scorer, self.form = value
             logger.info("model loaded in %.1f s; ready (%s scoring)", time.perf_counter() - start, value.mode)
             return
         self.load_error = value
@@ -212,6 +216,7 @@ class Service:
             "max_length": self.scorer.max_length if self.scorer else recipe.eval.max_length,
             "calibrated": self.calibrated,
             "loaded": self.scorer is not None,
+            "inference": self.form.record() if self.form else None,
             "batching": {"max_batch_size": self.batcher.max_batch_size, "max_wait_ms": self.batcher.max_wait * 1000},
             "counters": {
                 "requests": self.requests,

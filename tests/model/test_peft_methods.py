@@ -245,6 +245,11 @@ def test_scorer_matches_full_forward_for_every_mode(tmp_path: Path, method: str,
             np.testing.assert_allclose(result.probabilities, reference, atol=2e-5, err_msg=f"{method} {mode}")
             if mode != "trie":  # trie predicts its greedy path, which need not be the likeliest label
                 assert result.predictions == reference.argmax(1).tolist()
+            # as a server scores: one text a call, the template's prefix run once and kept (`keep_prefix`)
+            kept = LabelScorer(model, tiny_tokenizer, builder, mode=mode, keep_prefix=True)
+            alone = np.concatenate([kept.score([text], progress=False).probabilities for text in TEXTS])
+            np.testing.assert_allclose(alone, reference, atol=2e-5, err_msg=f"{method} {mode} kept prefix")
+            assert len(kept._kept[0]) > 10  # the template's prefix was kept, not skipped
 
 
 # --- a run per method: trains, scores, reloads identically, and its card says what it is --------------------------

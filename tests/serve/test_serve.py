@@ -104,6 +104,7 @@ def test_answers_equal_fintrl_predict(served, tiny_run: Path, capsys: pytest.Cap
     info = httpx.get(url + "/info").json()
     assert info["labels"] == LABELS and info["loaded"] and info["base_model"] == "tiny-mistral"
     assert info["scoring_mode"] in ("first_token", "trie") and info["max_length"] == 512
+    assert info["inference"]["form"] == "dense-merged" and info["inference"]["check"]["agreement"] >= 0.995
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served) -> None:
@@ -183,7 +184,7 @@ def test_health_is_503_until_the_model_is_loaded(tiny_run: Path, served) -> None
 
     def slow_loader(_target):
         assert gate.wait(60)
-        return service.scorer  # the one already loaded
+        return service.scorer, service.form  # the one already loaded
 
     with running(create_app(target, loader=slow_loader)) as url:
         health = httpx.get(url + "/health")
@@ -215,7 +216,7 @@ def test_health_is_503_until_the_model_is_loaded(tiny_run: Path, served) -> None
 
 def test_api_key_guards_everything_but_health_page_and_docs(tiny_run: Path, served) -> None:
     _, service = served
-    app = create_app(resolve_target(str(tiny_run)), api_key="s3cret", loader=lambda _t: service.scorer)
+    app = create_app(resolve_target(str(tiny_run)), api_key="s3cret", loader=lambda _t: (service.scorer, service.form))
     with running(app) as url:
         wait_ready(url)  # /health needs no key
         assert httpx.get(url + "/").status_code == 200 and httpx.get(url + "/openapi.json").status_code == 200
@@ -268,7 +269,9 @@ def test_a_keyless_loopback_server_answers_only_its_own_host_and_origin(tiny_run
     """No DNS-rebinding page (another Host) and no other site's form POST (another Origin) reaches it."""
     _, service = served
     app = create_app(
-        resolve_target(str(tiny_run)), loader=lambda _t: service.scorer, allowed_hosts={"127.0.0.1", "localhost"}
+        resolve_target(str(tiny_run)),
+        loader=lambda _t: (service.scorer, service.form),
+        allowed_hosts={"127.0.0.1", "localhost"},
     )
     with running(app) as url:
         wait_ready(url)
@@ -299,7 +302,7 @@ def test_a_calibration_maps_every_answer(tiny_run: Path, served) -> None:
         modes.append(mode)
         return probabilities * 0 + 1 / len(LABELS)
 
-    app = create_app(resolve_target(str(tiny_run)), calibrate=flatten, loader=lambda _t: service.scorer)
+    app = create_app(resolve_target(str(tiny_run)), calibrate=flatten, loader=lambda _t: (service.scorer, service.form))
     with running(app) as url:
         wait_ready(url)
         answer = classify(url, {"texts": TEXTS[:2]}).json()
@@ -420,3 +423,24 @@ def test_try_it_page_in_a_real_browser(served, tmp_path: Path) -> None:
         artifacts = Path(os.environ["FINTRL_TEST_ARTIFACTS"])
         artifacts.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, artifacts / shot.name)
+
+
+def test_answers_are_not_held_back_by_nagle(tiny_run: Path) -> None:
+    """asyncio turns Nagle's algorithm off only on accepted sockets whose proto says TCP (they inherit the listening
+    socket's); with it on, every answer waited for the client's delayed ACK (~40 ms a request on Linux)."""
+    from fintrl.serve.app import bind
+
+    listening = bind("127.0.0.1", 0)
+    with listening, socket.create_connection(listening.getsockname()[:2]):
+        accepted, _ = listening.accept()
+        with accepted:
+            assert accepted.proto == socket.IPPROTO_TCP
+
+            async def transport_nodelay() -> int:
+                loop = asyncio.get_running_loop()
+                transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+                value = transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                transport.abort()
+                return value
+
+            assert asyncio.run(transport_nodelay()) != 0

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from fintrl.evaluation.report import evaluate
     from fintrl.metrics.stats import summary
     from fintrl.run_folder import RunFolder
-    from fintrl.scoring.targets import load_for_inference, resolve_target
+    from fintrl.scoring.inference import load_inference
+    from fintrl.scoring.targets import resolve_target
     from fintrl.transaction import eval_output
 
     if distributed.is_distributed():  # its output folder has one writer; a run under a launcher scores in shards
@@ -40,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(
                 f"label sets differ: the adapter was trained on {target.labels}, the eval data has {data.labels}"
             )
-        model, tokenizer = load_for_inference(target)
+        loaded = load_inference(target, exact_4bit=args.exact_4bit)
         calibration = None if args.uncalibrated else target.calibration  # the run's calibration.json, by default
         builder = target.prompt_builder(data.labels)  # the prompt the adapter was trained with
-        metrics = evaluate(model, tokenizer, builder, data, recipe.eval, work, target.name, calibration)
+        metrics = evaluate(loaded.model, loaded.tokenizer, builder, data, recipe.eval, work, target.name, calibration)
+        metrics["inference"] = loaded.form.record()
         RunFolder(work).write_metrics(metrics)
     print(json.dumps(summary(metrics, str(out_dir)), indent=2))
     return 0

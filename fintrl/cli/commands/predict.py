@@ -56,14 +56,15 @@ def run(args: argparse.Namespace) -> int:
     texts = _read_texts(args.text, args.input, args.text_column)
     from fintrl.run_folder import write_atomic
     from fintrl.scoring.calibration import predict_rows
-    from fintrl.scoring.targets import load_for_inference, resolve_target
+    from fintrl.scoring.inference import load_inference
+    from fintrl.scoring.targets import resolve_target
 
     target = resolve_target(
         args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
     )
     labels = target.label_set("predict")
-    model, tokenizer = load_for_inference(target)
-    scorer = target.scorer(model, tokenizer, mode=args.mode)
+    loaded = load_inference(target, exact_4bit=args.exact_4bit)
+    scorer = target.scorer(loaded.model, loaded.tokenizer, mode=args.mode)
     result = scorer.score(texts)
     probabilities = result.probabilities if args.uncalibrated else target.calibrate(result.probabilities, result.mode)
     rows = predict_rows(texts, labels, result.predictions, probabilities, args.min_confidence)  # abstain below it
@@ -115,6 +116,7 @@ def _run_ray(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         mode=args.mode,
         calibrated=not args.uncalibrated,
+        exact_4bit=args.exact_4bit,
         min_confidence=args.min_confidence,
         overwrite=args.overwrite,
         verbose=args.verbose,

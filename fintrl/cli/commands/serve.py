@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fintrl.cli.options import add_overrides, add_trust_remote_code
+from fintrl.cli.options import add_exact_4bit, add_overrides, add_trust_remote_code
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="recipe giving labels and prompt (default: the run folder's / repo's)")
     add_overrides(p)
     add_trust_remote_code(p)
+    add_exact_4bit(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         overrides=args.overrides,
         trust_remote_code=args.trust_remote_code,
+        exact_4bit=args.exact_4bit,
         access_log=args.verbose,
     )
