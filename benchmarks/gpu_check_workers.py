@@ -1,8 +1,9 @@
 """gpu_check's workers, each run in its own process by `benchmarks.gpu_check` (through `harness.run_worker`).
 
-`train(spec)` measures one training part (`trl_default`, `fintrl`, `fintrl_nogc`) and `score(spec)` the `scoring`
-part, both on a Mistral-7B-shaped model (or, with `spec["tiny"]`, a 4-layer one) with random weights, quantized to
-4-bit NF4 while it loads, exactly as `fintrl.model.loading.load_model` quantizes a real checkpoint. See gpu_check.py.
+`train(spec)` measures one training part (`trl_default`, `fintrl`, `fintrl_nogc`), `score(spec)` the `scoring` part
+and `score_forms(spec)` the `dense_scoring` part, all on a Mistral-7B-shaped model (or, with `spec["tiny"]`, a 4-layer
+one) with random weights, quantized to 4-bit NF4 while it loads, exactly as `fintrl.model.loading.load_model`
+quantizes a real checkpoint. See gpu_check.py.
 """
 
 from __future__ import annotations
@@ -232,6 +233,80 @@ def score(spec: dict[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "vram_before_bytes": vram_before,
         **peak_memory(),
+    }
+
+
+def score_forms(spec: dict[str, Any]) -> dict[str, Any]:
+    """The `dense_scoring` part: the 4-bit model + LoRA (perturbed, so merging matters) against the same adapter merged
+    into the dequantized 4-bit weights, as `fintrl.scoring.inference.merged_dense` builds it (`dequantize()`, then
+    PEFT's merge; here on the random model, which has no checkpoint to load from): examples/s on every prompt at the
+    recipe's batch size, single-prompt latency, labels and probabilities compared, peak VRAM of each."""
+    import gc
+
+    import numpy as np
+    import torch
+    from peft import PeftModel, get_peft_model
+
+    from fintrl.model.loading import has_cuda, lora_config
+    from fintrl.scoring.scorer import LabelScorer
+
+    recipe, tokenizer, data, builder = load_setup(spec)
+    texts = list(data.eval["text"])
+    texts = (texts * (spec["n_score"] // len(texts) + 1))[: spec["n_score"]]
+    bs = spec["score_batch"] or recipe.eval.batch_size
+
+    def measure(model: Any) -> dict[str, Any]:
+        scorer = LabelScorer.from_eval(model, tokenizer, builder, recipe.eval, batch_size=bs, keep_prefix=True)
+        scorer.score(texts[:bs], progress=False)  # warm-up
+        reset_peak_memory()
+        times, results = round_robin({"all": lambda: scorer.score(texts, progress=False)}, spec["repeats"])
+        single = []
+        for text in texts[:16]:
+            with stopwatch() as clock:
+                scorer.score([text], progress=False)
+            single.append(clock.seconds * 1000)
+        result = results["all"]
+        return {
+            "examples_per_second": len(texts) / min(times["all"]),
+            "single_ms_median": float(np.median(single)),
+            "predictions": list(result.predictions),
+            "probabilities": result.probabilities,
+            **peak_memory(),
+        }
+
+    torch.manual_seed(0)
+    model, model_info = build_model(recipe, spec["tiny"])
+    model = get_peft_model(model, lora_config(recipe.lora))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    model.eval()
+    quantized = measure(model)
+    adapter = Path(tempfile.mkdtemp(prefix="gpu_check_adapter_"))
+    model.save_pretrained(adapter)
+    del model
+    gc.collect()
+    if has_cuda():
+        torch.cuda.empty_cache()
+    with stopwatch() as merge:
+        base, _ = build_model(recipe, spec["tiny"])  # the same random weights, quantized the same way
+        dense_model = PeftModel.from_pretrained(base.dequantize(), adapter).merge_and_unload().eval()
+    dense = measure(dense_model)
+    same = np.asarray(dense["predictions"]) == np.asarray(quantized["predictions"])
+    delta = float(np.abs(dense.pop("probabilities") - quantized.pop("probabilities")).max())
+    return {
+        "part": "dense_scoring",
+        "model": model_info,
+        "n": len(texts),
+        "batch_size": bs,
+        "dense_dtype": str(dense_model.dtype).removeprefix("torch."),
+        "merge_seconds": merge.seconds,
+        "quantized": {k: v for k, v in quantized.items() if k != "predictions"},
+        "dense": {k: v for k, v in dense.items() if k != "predictions"},
+        "agreement": {"n": int(same.size), "same_label": int(same.sum()), "max_abs_dprob": delta},
+        "throughput_dense_over_4bit": dense["examples_per_second"] / quantized["examples_per_second"],
+        "single_latency_4bit_over_dense": quantized["single_ms_median"] / dense["single_ms_median"],
     }
 
 

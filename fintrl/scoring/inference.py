@@ -39,6 +39,7 @@ MIN_AGREEMENT = 0.995  # share of check rows whose label must be the 4-bit adapt
 MAX_ABS_DPROB = 1e-3  # largest allowed |p_dense - p_4bit| over every row and label
 CHECK_ROWS = 200  # rows the check scores in both forms (a seeded sample of the run's eval rows when it has more)
 CHECK_VERSION = 1  # bump when the check itself changes: older cached verdicts are then not reused
+MEMORY_SHARE = 0.8  # the dense weights may take at most this share of the memory free when they load
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "quickstart" / "validation.csv"
 
 DENSE = "dense-merged"  # the adapter merged into the dequantized 4-bit weights
@@ -98,6 +99,9 @@ def load_inference(target: Target, *, exact_4bit: bool = False) -> Inference:
         if verdict["dtype"] is None:
             model, tokenizer = load_for_inference(target)
             form = InferenceForm(QUANTIZED, _dtype_name(model), verdict["reason"] + " (checked before)", verdict)
+        elif (short := _no_room(verdict.get("dense_bytes", 0))) is not None:
+            model, tokenizer = load_for_inference(target)
+            form = InferenceForm(QUANTIZED, _dtype_name(model), f"the dense form does not fit: {short}", verdict)
         else:
             model, tokenizer = merged_dense(target, verdict["dtype"]), _tokenizer(target)
             form = InferenceForm(DENSE, verdict["dtype"], _agreed(verdict) + " (checked before)", verdict)
@@ -163,16 +167,21 @@ def _check(target: Target, texts: list[str], source: str) -> Inference:
     }
     chosen: PreTrainedModel | None = None
     for dtype in (["bfloat16"] if fast_bf16() else []) + ["float32"]:
+        need = dense_bytes(model, dtype)
+        if (short := _no_room(need)) is not None:
+            record["candidates"].append({"dtype": dtype, "error": short})
+            continue
         try:
             dense = merged_dense(target, dtype)
         except (AttributeError, NotImplementedError, ValueError, RuntimeError) as err:
-            record["candidates"].append({"dtype": dtype, "error": first_line(err)})
+            record["candidates"].append({"dtype": dtype, "error": f"could not be merged ({first_line(err)})"})
             continue
         measured = {"dtype": dtype, **_agreement(reference, _score(target, dense, tokenizer, texts))}
         record["candidates"].append(measured)
         if measured["passed"]:
             chosen = dense
             record.update(dtype=dtype, agreement=measured["agreement"], max_abs_dprob=measured["max_abs_dprob"])
+            record["dense_bytes"] = need
             break
         del dense
         _collect()
@@ -187,6 +196,33 @@ def _check(target: Target, texts: list[str], source: str) -> Inference:
     _collect()
     record["reason"] = _agreed(record)
     return Inference(chosen, tokenizer, InferenceForm(DENSE, record["dtype"], record["reason"], record))
+
+
+def dense_bytes(model: Any, dtype: str) -> int:
+    """The bytes the model's weights take in `dtype`, counted on the loaded 4-bit model (a packed 4-bit weight by the
+    shape it unpacks to)."""
+    import math
+
+    import torch
+
+    size = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    numel = 0
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        numel += math.prod(state.shape) if state is not None else param.numel()
+    return numel * size
+
+
+def _no_room(need: int) -> str | None:
+    """Why `need` bytes of dense weights do not fit in the memory free now (the GPU's, else RAM), or None."""
+    import psutil  # accelerate's own dependency
+    import torch
+
+    free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else psutil.virtual_memory().available
+    if need <= MEMORY_SHARE * free:
+        return None
+    where = "GPU" if torch.cuda.is_available() else "RAM"
+    return f"it needs {need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB of {where} are free"
 
 
 def check_texts(target: Target) -> tuple[list[str], str]:
@@ -238,7 +274,7 @@ def _agreed(record: dict[str, Any]) -> str:
 
 def _shortfall(candidate: dict[str, Any]) -> str:
     if "error" in candidate:
-        return f"{candidate['dtype']} could not be merged ({candidate['error']})"
+        return f"{candidate['dtype']}: {candidate['error']}"
     return f"{candidate['dtype']} {candidate['agreement']:.1%} labels, max |dp| {candidate['max_abs_dprob']:.2g}"
 
 

@@ -74,6 +74,32 @@ def test_a_form_that_disagrees_is_not_used_and_the_reason_is_said(
     assert load_inference(resolve_target(str(tiny_run))).form.form == QUANTIZED  # the cached "no" is kept too
 
 
+def test_dense_weights_that_would_not_fit_in_memory_are_not_loaded(
+    tiny_run: Path, fintrl_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = resolve_target(str(tiny_run))
+    assert load_inference(target).form.form == DENSE  # checked and cached with room to spare
+    monkeypatch.setattr(inference, "MEMORY_SHARE", 0.0)
+    cached = load_inference(target).form  # the cached "yes" is not enough: memory is looked at on every load
+    assert cached.form == QUANTIZED and cached.reason.startswith("the dense form does not fit: it needs 0.")
+    monkeypatch.setattr(inference, "CHECK_VERSION", 98)
+    fresh = load_inference(target).form
+    assert fresh.form == QUANTIZED and "float32: it needs" in fresh.reason and "GiB of RAM are free" in fresh.reason
+
+
+def test_dense_bytes_count_4bit_weights_by_their_unpacked_shape(tiny_run: Path) -> None:
+    from fintrl.model.loading import load_model
+    from fintrl.recipe.schema import ModelSection
+
+    target = resolve_target(str(tiny_run))
+    quantized, _ = load_for_inference(target)
+    plain = load_model(ModelSection(name_or_path="tiny-mistral"), None)
+    assert inference.dense_bytes(quantized, "float32") == 4 * sum(p.numel() for p in plain.parameters()) + 4 * sum(
+        p.numel() for n, p in quantized.named_parameters() if "lora_" in n
+    )
+    assert inference.dense_bytes(quantized, "bfloat16") * 2 == inference.dense_bytes(quantized, "float32")
+
+
 def test_a_cached_verdict_that_is_not_one_is_checked_again(tiny_run: Path, fintrl_home: Path) -> None:
     target = resolve_target(str(tiny_run))
     load_inference(target)
