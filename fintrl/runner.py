@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fintrl import distributed, provenance, transaction
+from fintrl import distributed, provenance, tracking, transaction
 from fintrl.checks.recipe import check_recipe
 from fintrl.data.loading import load_labeled_data
 from fintrl.evaluation.report import evaluate
@@ -157,6 +157,10 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
     RunFolder(run_dir).write_metrics(metrics)
     with timer.stage("card"):
         write_card(run_dir)
+    if tracking.reports_to(recipe.train, tracking.TRACKIO):
+        args, step = trainer.args, trainer.state.global_step
+        where = {"project": args.project, "name": args.run_name, "space_id": args.trackio_space_id}
+        tracking.log_report(metrics, run_dir, step=step, **where)
     return metrics
 
 

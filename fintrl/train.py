@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from fintrl import distributed
+from fintrl import distributed, tracking
 from fintrl.errors import RecipeError
 from fintrl.metrics.classification import classification_metrics
 from fintrl.metrics.plots import plot_training_curve
@@ -60,7 +60,7 @@ def sft_config(recipe: Recipe, run_dir: Path) -> SFTConfig:
     """SFTConfig with fintrl's defaults below the recipe's values, and CPU-safe precision on machines without CUDA."""
     from trl import SFTConfig
 
-    fields = {**TRAIN_DEFAULTS, **recipe.train}
+    fields = {**TRAIN_DEFAULTS, **tracking.run_defaults(recipe, time.strftime("%Y%m%d-%H%M%S")), **recipe.train}
     if "gradient_checkpointing" in recipe.train:  # transformers 5's old name, ignored by it once the new one is set
         fields["activation_checkpointing"] = fields.pop("gradient_checkpointing")
     if has_cuda():

@@ -17,10 +17,12 @@ _TRAINED: dict = {}  # the `trained` run, made once per session whichever module
 
 @pytest.fixture(scope="session", autouse=True)
 def fintrl_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Offline models are built once per session into a temp folder; the user's cache is never touched."""
+    """Offline models are built once per session into a temp folder (and trackio logs there); the user's cache is
+    never touched."""
     home = tmp_path_factory.mktemp("fintrl_home")
     mp = pytest.MonkeyPatch()
     mp.setenv("FINTRL_HOME", str(home))
+    mp.setenv("TRACKIO_DIR", str(home / "trackio"))  # trackio reads it once, on import: set before anything imports it
     yield home
     mp.undo()
 

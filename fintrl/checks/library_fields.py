@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import difflib
 import enum
+import importlib.util
 import inspect
 import logging
 import re
@@ -23,6 +24,8 @@ from fintrl.recipe.yaml_io import looks_numeric
 
 # BitsAndBytesConfig.__init__ has no annotations: its fields' types, as its post_init and bitsandbytes take them.
 _DTYPES = Literal["float32", "bfloat16", "float16"]
+# Trackers a recipe names in train.report_to, and how to install each (transformers' callbacks import them)
+TRACKERS = {"trackio": "pip install 'fintrl[track]'", "mlflow": "pip install mlflow", "wandb": "pip install wandb"}
 
 
 BNB_TYPES: dict[str, Any] = {
@@ -160,6 +163,9 @@ def _value_problem(section: str, key: str, value: Any, hint: Any, field: datacla
         for item in value if isinstance(value, list) else []:
             if isinstance(item, str) and item not in choices:
                 return _not_a_choice(item, choices)
+        for item in value if isinstance(value, list) else [value]:
+            if item in TRACKERS and importlib.util.find_spec(item) is None:  # else the trainer fails after loading
+                return f"{item} is not installed: {TRACKERS[item]}"
     if isinstance(value, str) and choices:
         return None if _is_choice(value, choices) else _not_a_choice(value, choices)
     return _type_problem(value, hint)
