@@ -26,6 +26,8 @@ from fintrl.run_folder import Report, RunFolder
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from fintrl.train import CurveHook
+
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +47,12 @@ class Timer:
         logger.info("stage %s done in %.1f s", name, self.seconds[name])
 
 
-def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Report:
+def run(
+    recipe: Recipe, *, resume: bool = False, overwrite: bool = False, on_curve_point: CurveHook | None = None
+) -> Report:
     """The whole loop, as one transaction on the run folder (see `fintrl.run_folder`). Returns the report.
+    `on_curve_point(step, metrics)` sees each learning-curve point as it is scored; what it raises stops the run
+    (a sweep prunes a trial so).
 
     ```python
     from fintrl import load_recipe, run
@@ -66,7 +72,7 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
 
         work = distributed.on_main(begin)
         try:
-            metrics = _run_in(work, recipe, resume)
+            metrics = _run_in(work, recipe, resume, on_curve_point)
         except BaseException:
             if distributed.is_main():
                 transaction.keep_if_resumable(work, final)
@@ -95,7 +101,7 @@ def run(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Rep
     return metrics
 
 
-def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
+def _run_in(run_dir: Path, recipe: Recipe, resume: bool, on_curve_point: CurveHook | None = None) -> Report:
     """Data, model, training, scoring, report and card, all written into `run_dir` (the work folder)."""
     from fintrl.hub.card import write_card
     from fintrl.model.loading import load_model, load_tokenizer
@@ -121,7 +127,7 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool) -> Report:
             range(len(data.eval)), min(recipe.eval.curve_samples, len(data.eval))
         )
         sample = data.eval.select(sorted(rows))  # in eval order: with every row, the last point scores what eval does
-        curve = LearningCurve(tokenizer, builder, recipe.eval, sample["text"], sample["label"])
+        curve = LearningCurve(tokenizer, builder, recipe.eval, sample["text"], sample["label"], on_curve_point)
     with timer.stage("train"):
         trainer = build_trainer(
             recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir, callbacks=[curve] if curve else None

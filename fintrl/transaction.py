@@ -73,7 +73,8 @@ def run_name(folder: Path) -> str:
     return name[1 : -len(".incomplete")] if name.startswith(".") and name.endswith(".incomplete") else name
 
 
-def _lock_path(final: Path) -> Path:
+def lock_path(final: Path) -> Path:
+    """The lock file that says a process is writing `final` (held only while it does; the file stays)."""
     return final.parent / f".{final.name}.lock"
 
 
@@ -86,7 +87,7 @@ def locked(final: Path) -> Iterator[None]:
         raise StorageError(f"{final} is a file; the output must be a folder (choose another --output-dir)")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(_lock_path(final), "a")  # noqa: SIM115 - held for the whole block
+        handle = open(lock_path(final), "a")  # noqa: SIM115 - held for the whole block
     except OSError as err:
         if err.errno in (errno.ENOTDIR, errno.EEXIST):
             raise StorageError(f"cannot create {final}: a parent of it is a file") from None

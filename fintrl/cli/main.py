@@ -21,6 +21,7 @@ logger = logging.getLogger("fintrl")
 # The verbs, in the order `fintrl --help` lists them: fintrl/cli/commands/<verb>.py each
 COMMANDS = (
     "run",
+    "sweep",
     "validate",
     "eval",
     "predict",

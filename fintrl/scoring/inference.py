@@ -74,8 +74,9 @@ class Inference:
     form: InferenceForm = field(default_factory=lambda: InferenceForm(AS_LOADED, "", ""))
 
 
-def load_inference(target: Target, *, exact_4bit: bool = False) -> Inference:
-    """The target in its fastest form that answers as the adapter does (say which on stderr, once).
+def load_inference(target: Target, *, exact_4bit: bool = False, labels: list[str] | None = None) -> Inference:
+    """The target in its fastest form that answers as the adapter does (say which on stderr, once). `labels`: the
+    label set to check with where the target has none of its own (a base model scored zero-shot on `eval`'s data).
 
     ```python
     loaded = load_inference(resolve_target("runs/quickstart"))
@@ -83,9 +84,11 @@ def load_inference(target: Target, *, exact_4bit: bool = False) -> Inference:
     scorer = target.scorer(loaded.model, loaded.tokenizer)
     ```
     """
-    from fintrl.scoring.targets import load_for_inference
+    from fintrl.recipe.schema import label_names
+    from fintrl.scoring.targets import announce, load_for_inference
 
-    keep = _keeps_its_form(target)
+    labels = target.labels or labels or label_names(target.recipe.data.labels)
+    keep = _keeps_its_form(target) or (None if labels else "no label set to check a dense form with")
     if keep is not None or exact_4bit:
         model, tokenizer = load_for_inference(target)
         reason = keep or "--exact-4bit: the 4-bit base + adapter, as trained"
@@ -93,7 +96,7 @@ def load_inference(target: Target, *, exact_4bit: bool = False) -> Inference:
         print(form.line(), file=sys.stderr)
         return Inference(model, tokenizer, form)
     texts, source = check_texts(target)
-    cache = _cache_file(target, texts)
+    cache = _cache_file(target, texts, labels)
     verdict = _read_verdict(cache)
     if verdict is not None:
         if verdict["dtype"] is None:
@@ -103,11 +106,12 @@ def load_inference(target: Target, *, exact_4bit: bool = False) -> Inference:
             model, tokenizer = load_for_inference(target)
             form = InferenceForm(QUANTIZED, _dtype_name(model), f"the dense form does not fit: {short}", verdict)
         else:
+            announce(target)
             model, tokenizer = merged_dense(target, verdict["dtype"]), _tokenizer(target)
             form = InferenceForm(DENSE, verdict["dtype"], _agreed(verdict) + " (checked before)", verdict)
         print(form.line(), file=sys.stderr)
         return Inference(model, tokenizer, form)
-    loaded = _check(target, texts, source)
+    loaded = _check(target, texts, source, labels)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(cache, json.dumps(loaded.form.check, indent=2))
     print(loaded.form.line(), file=sys.stderr)
@@ -149,14 +153,14 @@ def merged_dense(target: Target, dtype: str) -> PreTrainedModel:
     return PeftModel.from_pretrained(base, target.adapter).merge_and_unload()
 
 
-def _check(target: Target, texts: list[str], source: str) -> Inference:
+def _check(target: Target, texts: list[str], source: str, labels: list[str]) -> Inference:
     """Score the check rows with the 4-bit adapter, then with each dense candidate; keep the first that agrees."""
     from fintrl.scoring.targets import load_for_inference
 
     start = time.perf_counter()
     model, tokenizer = load_for_inference(target)
     print(f"fintrl: checking the dense merged form against the 4-bit adapter on {source}", file=sys.stderr)
-    reference = _score(target, model, tokenizer, texts)
+    reference = _score(target, model, tokenizer, texts, labels)
     record: dict[str, Any] = {
         "version": CHECK_VERSION,
         "rows": len(texts),
@@ -176,7 +180,7 @@ def _check(target: Target, texts: list[str], source: str) -> Inference:
         except (AttributeError, NotImplementedError, ValueError, RuntimeError) as err:
             record["candidates"].append({"dtype": dtype, "error": f"could not be merged ({first_line(err)})"})
             continue
-        measured = {"dtype": dtype, **_agreement(reference, _score(target, dense, tokenizer, texts))}
+        measured = {"dtype": dtype, **_agreement(reference, _score(target, dense, tokenizer, texts, labels))}
         record["candidates"].append(measured)
         if measured["passed"]:
             chosen = dense
@@ -245,9 +249,9 @@ def check_texts(target: Target) -> tuple[list[str], str]:
     return texts, f"fintrl's {len(texts)} packaged sample sentences (the target has no eval rows)"
 
 
-def _score(target: Target, model: Any, tokenizer: Any, texts: list[str]) -> ScoreResult:
+def _score(target: Target, model: Any, tokenizer: Any, texts: list[str], labels: list[str]) -> ScoreResult:
     mode = "auto" if target.recipe.eval.mode == "generate" else target.recipe.eval.mode  # exact: every row a label
-    return target.scorer(model, tokenizer, mode=mode).score(texts, progress=False)
+    return target.scorer(model, tokenizer, mode=mode, labels=labels).score(texts, progress=False)
 
 
 def _agreement(reference: ScoreResult, dense: ScoreResult) -> dict[str, Any]:
@@ -289,24 +293,22 @@ def _tokenizer(target: Target) -> PreTrainedTokenizerBase:
     return load_tokenizer(plain, target.recipe.prompt.system, path=target.adapter)
 
 
-def _cache_file(target: Target, texts: list[str]) -> Path:
+def _cache_file(target: Target, texts: list[str], labels: list[str]) -> Path:
     """Where the verdict for this target on this machine is kept: every input that could change it is in the key."""
     from importlib.metadata import version
 
     import torch
 
-    from fintrl.data.files import file_sha256
     from fintrl.model.loading import fintrl_home
 
     adapter = Path(target.adapter) if target.adapter else None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     key = {
         "check": CHECK_VERSION,
-        "adapter": file_sha256(adapter / ADAPTER_WEIGHTS) if adapter else None,
-        "adapter_config": file_sha256(adapter / ADAPTER_CONFIG) if adapter else None,
+        **{name: _sha256(adapter / name) if adapter else None for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)},
         "base": [target.recipe.model.name_or_path, target.recipe.model.revision, target.recipe.model.dtype],
         "quantization": target.recipe.quantization,
-        "prompt": target.prompt_builder().user_message("{text}"),
+        "prompt": target.prompt_builder(labels).user_message("{text}"),
         "mode": target.recipe.eval.mode,
         "device": [device, fast_bf16()],
         "versions": [version(name) for name in ("torch", "transformers", "peft", "bitsandbytes")],
@@ -314,6 +316,13 @@ def _cache_file(target: Target, texts: list[str]) -> Path:
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     return fintrl_home() / "inference-checks" / f"{digest}.json"
+
+
+def _sha256(path: Path) -> str | None:
+    """None where the file is missing: loading the adapter then says what is wrong with it."""
+    from fintrl.data.files import file_sha256
+
+    return file_sha256(path) if path.is_file() else None
 
 
 def _read_verdict(path: Path) -> dict[str, Any] | None:

@@ -82,12 +82,14 @@ class Target:
         *,
         mode: str | None = None,
         batch_size: int | None = None,
+        labels: list[str] | None = None,
     ) -> LabelScorer:
-        """The scorer `predict`, `serve` and Ray's actors use: the target's prompt, the recipe's eval settings (or
-        these), and the prompt's shared prefix run once for all its calls (an inference model's weights are fixed)."""
+        """The scorer `predict`, `serve` and Ray's actors use: the target's prompt (over `labels` where the target
+        has no label set of its own), the recipe's eval settings (or these), and the prompt's shared prefix run once
+        for all its calls (an inference model's weights are fixed)."""
         from fintrl.scoring.scorer import LabelScorer
 
-        builder = self.prompt_builder()
+        builder = self.prompt_builder(labels)
         return LabelScorer.from_eval(
             model, tokenizer, builder, self.recipe.eval, mode=mode, batch_size=batch_size, keep_prefix=True
         )
@@ -177,10 +179,8 @@ def _adapter_base(folder: Path) -> dict[str, object]:
     return {"name_or_path": base, "revision": config.get("revision")} if base else {}
 
 
-def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Base model (quantized as the recipe says) + the adapter, with the adapter's own tokenizer and chat template."""
-    from fintrl.model.loading import load_model, load_tokenizer
-
+def announce(target: Target) -> None:
+    """Say on stderr, before it loads, which base (and whose code) and which adapter are loaded."""
     model_section = target.recipe.model
     print(
         f"fintrl: loading base model {model_section.name_or_path}"
@@ -189,6 +189,14 @@ def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedToken
         + (f" with adapter {target.name}" if target.adapter else ""),
         file=sys.stderr,
     )
+
+
+def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Base model (quantized as the recipe says) + the adapter, with the adapter's own tokenizer and chat template."""
+    from fintrl.model.loading import load_model, load_tokenizer
+
+    model_section = target.recipe.model
+    announce(target)
     model = load_model(model_section, target.recipe.quantization)
     if target.adapter is None:
         return model, load_tokenizer(model_section, target.recipe.prompt.system)

@@ -70,7 +70,7 @@ def _check_invariant(run_dir: Path, task: str, tmp_path: Path) -> None:
     assert stored["task"] == task and f"Classify the {task} of" in stored["instruction"]
     target = resolve_target(str(run_dir))
     assert target.prompt_builder().instruction == stored["instruction"]  # predict, Ray's actors, compare
-    assert load_scorer(target, batch_size=4).builder.instruction == stored["instruction"]  # serve
+    assert load_scorer(target, batch_size=4)[0].builder.instruction == stored["instruction"]  # serve
 
     out = tmp_path / "eval"
     assert main(["eval", str(run_dir), "--output-dir", str(out)]) == 0

@@ -46,8 +46,7 @@ def test_a_qlora_run_runs_dense_and_answers_as_its_4bit_adapter(
     assert np.abs(dense.probabilities - exact.probabilities).max() <= inference.MAX_ABS_DPROB
 
     assert {p.name for p in tiny_run.iterdir()} == before  # nothing written into the run folder
-    (cached,) = checks(fintrl_home)
-    assert json.loads(cached.read_text())["dtype"] == "float32"
+    assert check in [json.loads(p.read_text()) for p in checks(fintrl_home)]  # the verdict, cached outside it
 
     def no_check(*_args):
         raise AssertionError("the cached verdict should have been used")

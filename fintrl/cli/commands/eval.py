@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(
                 f"label sets differ: the adapter was trained on {target.labels}, the eval data has {data.labels}"
             )
-        loaded = load_inference(target, exact_4bit=args.exact_4bit)
+        loaded = load_inference(target, exact_4bit=args.exact_4bit, labels=data.labels)
         calibration = None if args.uncalibrated else target.calibration  # the run's calibration.json, by default
         builder = target.prompt_builder(data.labels)  # the prompt the adapter was trained with
         metrics = evaluate(loaded.model, loaded.tokenizer, builder, data, recipe.eval, work, target.name, calibration)

@@ -1,0 +1,151 @@
+"""What a sweep leaves: `sweep.json` (every trial, its values, score, interval, state and run folder; the best; the
+verdict of the best against the baseline), `sweep.png` (score by trial and by each field) and a printed table.
+Rewritten after every trial, so a stopped sweep still shows what it found."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fintrl.run_folder import write_atomic
+
+if TYPE_CHECKING:
+    import optuna
+
+    from fintrl.sweep.space import Dimension
+
+logger = logging.getLogger(__name__)
+
+RESULTS = "sweep.json"
+PLOT = "sweep.png"
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    return out / "trials" / f"trial-{number:03d}"
+
+
+def remove_run(run_dir: Path) -> None:
+    """A trial's run folder, the work folder a stopped run leaves beside it, and its lock file."""
+    from fintrl.transaction import lock_path, work_folder
+
+    for path in (run_dir, work_folder(run_dir)):
+        shutil.rmtree(path, ignore_errors=True)
+    lock_path(run_dir).unlink(missing_ok=True)
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial, in order: number, state, values, score, interval, run folder, seconds."""
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "params": t.params,
+            "value": t.value,
+            "interval": t.user_attrs.get("interval"),
+            "run": t.user_attrs.get("run"),
+            "seconds": t.user_attrs.get("seconds"),
+            "pruned_at_step": t.last_step if t.state.name == "PRUNED" else None,
+        }
+        for t in study.trials
+    ]
+
+
+def best_row(study: optuna.Study, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    done = [r for r in rows if r["state"] == "complete"]
+    if not done:
+        return None
+    return next(r for r in done if r["number"] == study.best_trial.number)
+
+
+def write_results(out: Path, spec: dict[str, Any], study: optuna.Study, dims: list[Dimension]) -> dict[str, Any]:
+    rows = trial_rows(study)
+    result = {**spec, "trials": rows, "best": best_row(study, rows)}
+    write_atomic(out / RESULTS, json.dumps(result, indent=2, default=str))
+    plot(out / PLOT, rows, dims, spec["metric"])
+    return result
+
+
+def finish(
+    out: Path, spec: dict[str, Any], study: optuna.Study, dims: list[Dimension], baseline: Path, *, keep: str
+) -> dict[str, Any]:
+    """The final results: the best trial compared with the baseline (paired tests on the same eval rows), the other
+    trials' folders removed unless `keep` is "all", the table and the verdict printed."""
+    from fintrl.errors import RunFolderError
+    from fintrl.evaluation.compare import compare
+    from fintrl.metrics.paired import render
+
+    result = write_results(out, spec, study, dims)
+    best = result["best"]
+    if best is None:
+        raise RunFolderError(f"{out}: no trial finished (all pruned or failed); see {out / RESULTS}")
+    comparison = compare(str(baseline), best["run"])
+    result["baseline"] = str(baseline)
+    result["comparison"] = comparison
+    if keep == "best":
+        for row in result["trials"]:
+            if row["number"] != best["number"] and row["run"]:
+                remove_run(trial_dir(out, row["number"]))
+                row["run"] = None
+    write_atomic(out / RESULTS, json.dumps(result, indent=2, default=str))
+    print(table(result["trials"], dims, spec["metric"]))
+    print(f"\nbest: trial {best['number']} ({best['run']}), {spec['metric']} {best['value']:.4f}")
+    print(f"against the recipe's own settings ({baseline}):")
+    print(render(comparison))
+    print(f"\nfintrl: sweep results in {out / RESULTS}, plot {out / PLOT}")
+    return result
+
+
+def table(rows: list[dict[str, Any]], dims: list[Dimension], metric: str) -> str:
+    """The trials as a Markdown table: one column per field, the score with its interval, the state."""
+    fields = [d.field for d in dims]
+    lines = ["| trial | " + " | ".join(fields) + f" | {metric} | 95 % interval | state |"]
+    lines.append("|---:|" + "---|" * len(fields) + "---:|---|---|")
+    for r in rows:
+        values = [_fmt(r["params"].get(f)) for f in fields]
+        score = "" if r["value"] is None else f"{r['value']:.4f}"
+        interval = f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if r["interval"] else ""
+        lines.append(f"| {r['number']} | " + " | ".join(values) + f" | {score} | {interval} | {r['state']} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def plot(path: Path, rows: list[dict[str, Any]], dims: list[Dimension], metric: str) -> None:
+    """Score by trial (best so far as a line) and score against each field's value, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["value"] is not None]
+    fig, axes = plt.subplots(1, 1 + len(dims), figsize=(4 * (1 + len(dims)), 3.2), squeeze=False)
+    ax = axes[0][0]
+    ax.scatter([r["number"] for r in done], [r["value"] for r in done], color="tab:blue")
+    if done:
+        maximize = metric not in ("nll", "ece", "brier")
+        best, running = [], None
+        for r in done:
+            running = r["value"] if running is None else (max if maximize else min)(running, r["value"])
+            best.append(running)
+        ax.step([r["number"] for r in done], best, where="post", color="tab:orange", label="best so far")
+        ax.legend(loc="lower right")
+    ax.set(xlabel="trial", ylabel=metric, title="score by trial")
+    for ax, dim in zip(axes[0][1:], dims):
+        xs = [r["params"].get(dim.field) for r in done]
+        if dim.kind == "choice":
+            labels = [json.dumps(c) for c in dim.choices]
+            ax.scatter([labels.index(json.dumps(x)) for x in xs], [r["value"] for r in done], color="tab:blue")
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            ax.scatter(xs, [r["value"] for r in done], color="tab:blue")
+            if dim.kind.startswith("log"):
+                ax.set_xscale("log")
+        ax.set(xlabel=dim.field, title=f"{metric} by {dim.field}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,217 @@
+"""`fintrl sweep`: an Optuna study over a recipe's fields, each trial an ordinary run folder, the objective a metric
+of fintrl's exact scorer on the recipe's eval split (never the training loss).
+
+Optuna's TPE sampler picks each trial's values; its median pruner stops a trial whose learning-curve points (the
+scorer's accuracy or macro-F1 during training) fall below the median of earlier trials at the same step. The study
+lives in SQLite inside the sweep folder, so a sweep stopped by Ctrl-C resumes where it was when the same command is
+run again (the trial it interrupted is discarded). The recipe's own settings are trained once as the baseline (or
+`baseline=` names an existing run of it), and the best trial is compared with it by `fintrl compare`'s paired tests:
+a sweep says whether it found a real gain, not just a higher number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fintrl.errors import RecipeError, RunFolderError
+from fintrl.run_folder import RunFolder, write_atomic
+from fintrl.sweep.results import remove_run, trial_dir
+from fintrl.sweep.space import Dimension, check_space, load_space, override
+
+logger = logging.getLogger(__name__)
+
+METRICS = {
+    "f1_macro": "maximize",
+    "accuracy": "maximize",
+    "f1_weighted": "maximize",
+    "mcc": "maximize",
+    "precision_macro": "maximize",
+    "recall_macro": "maximize",
+    "nll": "minimize",
+    "ece": "minimize",
+    "brier": "minimize",
+}
+CURVE = {"accuracy", "f1_macro"}  # what the learning curve scores during training: the metrics pruning can follow
+SPEC = "sweep_spec.json"  # what the folder's study searches: a rerun resumes only the same sweep
+STUDY_DB = "optuna.db"
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How a sweep runs: `trials` in all (a resumed sweep runs only those missing), the `metric` to optimise, the
+    sampler's `seed`, median pruning on or off, which trial folders to `keep` ("best" or "all"), and an existing run
+    of the recipe to compare against (`baseline`; default: trained into the sweep folder)."""
+
+    trials: int = 20
+    metric: str = "f1_macro"
+    seed: int = 0
+    prune: bool = True
+    keep: str = "best"
+    baseline: str | None = None
+
+
+def sweep(
+    recipe_path: str,
+    space_path: str,
+    output_dir: str | Path,
+    *,
+    settings: SweepSettings = SweepSettings(),
+    overrides: list[str] = (),
+) -> dict[str, Any]:
+    """Run (or resume) the sweep; returns what `sweep.json` holds.
+
+    ```python
+    result = sweep("recipes/quickstart.yaml", "space.yaml", "runs/sweeps/quickstart", settings=SweepSettings(trials=8))
+    result["best"]["params"], result["comparison"]["verdict"]
+    ```
+    """
+    try:
+        import optuna
+        from optuna.trial import TrialState
+    except ImportError:
+        raise RecipeError("fintrl sweep needs Optuna, which is not installed: pip install 'fintrl[sweep]'") from None
+
+    from fintrl.sweep.results import finish, write_results
+
+    if settings.metric not in METRICS:
+        raise RecipeError(f"--metric {settings.metric}: expected one of {', '.join(METRICS)}")
+    if settings.keep not in ("best", "all"):
+        raise RecipeError(f"--keep {settings.keep}: expected best or all")
+    dims = load_space(space_path)
+    check_space(dims, recipe_path, list(overrides))
+    out = Path(output_dir)
+    spec = _spec(recipe_path, dims, settings, list(overrides))
+    _prepare(out, spec)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name="fintrl",
+        storage=f"sqlite:///{out / STUDY_DB}",
+        load_if_exists=True,
+        direction=METRICS[settings.metric],
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2) if settings.prune else optuna.pruners.NopPruner(),
+    )
+    _discard_unfinished(study, out)
+    baseline = _baseline(recipe_path, list(overrides), out, settings.baseline)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    remaining = max(0, settings.trials - len(finished))
+    if finished:
+        print(f"fintrl: resuming the sweep in {out}: {len(finished)} trials done, {remaining} to go")
+
+    def objective(trial: optuna.Trial) -> float:
+        return _trial(trial, dims, recipe_path, list(overrides), out, settings)
+
+    def record(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        write_results(out, spec, study, dims)
+
+    study.optimize(objective, n_trials=remaining, callbacks=[record])
+    return finish(out, spec, study, dims, baseline, keep=settings.keep)
+
+
+def _spec(recipe_path: str, dims: list[Dimension], settings: SweepSettings, overrides: list[str]) -> dict[str, Any]:
+    text = Path(recipe_path).read_bytes()
+    return {
+        "recipe": str(recipe_path),
+        "recipe_sha256": hashlib.sha256(text).hexdigest(),
+        "overrides": overrides,
+        "space": [dataclasses.asdict(d) | {"choices": list(d.choices)} for d in dims],
+        "metric": settings.metric,
+        "direction": METRICS[settings.metric],
+        "seed": settings.seed,
+        "prune": settings.prune,
+        "engine": "optuna",
+    }
+
+
+def _prepare(out: Path, spec: dict[str, Any]) -> None:
+    """A new folder, or one holding this very sweep (resumed); never another sweep or a folder fintrl did not make."""
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--output-dir {out} is a file; a sweep writes a folder")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            old = json.loads((out / SPEC).read_text())
+        except (OSError, ValueError):
+            raise RunFolderError(
+                f"--output-dir {out} exists and is not a fintrl sweep; choose another folder (fintrl never replaces "
+                "a folder it did not make)"
+            ) from None
+        differ = [key for key in spec if key != "recipe" and old.get(key) != spec[key]]
+        if differ:
+            raise RunFolderError(
+                f"--output-dir {out} holds another sweep ({', '.join(differ)} differ); choose another folder to "
+                "start a new one, or run the same command to resume it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / SPEC, json.dumps(spec, indent=2))
+
+
+def _discard_unfinished(study: Any, out: Path) -> None:
+    """Trials a stopped sweep left running are failed, their folders removed: the sampler starts them afresh."""
+    from optuna.trial import TrialState
+
+    for trial in study.trials:
+        if trial.state == TrialState.RUNNING:
+            study.tell(trial.number, state=TrialState.FAIL)
+        if trial.state in (TrialState.RUNNING, TrialState.FAIL):
+            remove_run(trial_dir(out, trial.number))
+
+
+def _baseline(recipe_path: str, overrides: list[str], out: Path, given: str | None) -> Path:
+    """The recipe's own run: `given` (finished), or trained once into OUT/baseline."""
+    from fintrl.recipe.schema import load_recipe
+    from fintrl.runner import run
+
+    if given is not None:
+        return RunFolder(Path(given)).require_finished("sweep --baseline").path
+    folder = out / "baseline"
+    if RunFolder(folder).is_finished:
+        return folder
+    print(f"fintrl: training the recipe's own settings as the baseline -> {folder}")
+    run(load_recipe(recipe_path, overrides=overrides, output_dir=str(folder)), overwrite=True)
+    return folder
+
+
+def _trial(
+    trial: Any, dims: list[Dimension], recipe_path: str, overrides: list[str], out: Path, settings: SweepSettings
+) -> float:
+    """One trial: the recipe with the trial's values, trained and scored as `fintrl run` does."""
+    import optuna
+
+    from fintrl.recipe.schema import load_recipe
+    from fintrl.runner import run
+
+    values = {dim.field: dim.suggest(trial) for dim in dims}
+    run_dir = trial_dir(out, trial.number)
+    sets = [*overrides, *(override(field, value) for field, value in values.items())]
+    recipe = load_recipe(recipe_path, overrides=sets, output_dir=str(run_dir))
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    print(f"fintrl: trial {trial.number}: {shown}")
+
+    def prune(step: int, metrics: dict[str, Any]) -> None:
+        if step == 0:  # before training: every trial scores the same there
+            return
+        trial.report(float(metrics[settings.metric]), step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"{settings.metric} {metrics[settings.metric]:.3f} at step {step}")
+
+    hook = prune if settings.prune and settings.metric in CURVE else None
+    start = time.perf_counter()
+    try:
+        report = run(recipe, overwrite=True, on_curve_point=hook)
+    except optuna.TrialPruned as err:
+        remove_run(run_dir)
+        print(f"fintrl: trial {trial.number} pruned: {err}")
+        raise
+    trial.set_user_attr("run", str(run_dir))
+    trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
+    interval = report.get("intervals", {}).get(settings.metric)
+    if interval:
+        trial.set_user_attr("interval", interval)
+    return float(report[settings.metric])

@@ -1,0 +1,139 @@
+"""`fintrl sweep`: the space is checked like a recipe before anything trains; trials are ordinary runs scored by the
+exact scorer; the best is compared with the recipe's own run; a stopped sweep resumes; median pruning stops trials
+whose learning curve falls behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fintrl.cli.main import main
+from fintrl.sweep import study as sweep_study
+from fintrl.sweep.study import SweepSettings, sweep
+from tests.helpers import tiny_recipe_dict
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> str:
+    raw = tiny_recipe_dict(tmp_path / "unused")
+    raw["train"] |= {"max_steps": 2}
+    raw["eval"] |= {"baselines": False, "calibration_samples": 0, "curve_points": 2}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def space(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty; give at least one recipe field and its values"),
+        ("train.learning_rate: {log_uniform: [0, 1.0e-3]}", "a log scale needs low above 0"),
+        ("train.learning_rate: {uniform: [1.0e-3, 1.0e-4]}", "low must be below high"),
+        ("train.learning_rate: {normal: [0, 1]}", "give a list of values or one range"),
+        ("train.num_train_epochs: {int: [1.5, 3]}", "give whole numbers"),
+        ("lora.r: []", "an empty list"),
+        ("lora.r: [8, 8]", "a value is listed twice"),
+        ("learning_rate: [1.0e-4]", "give a recipe field as section.key"),
+        ("train.learnig_rate: [1.0e-4]", "train.learnig_rate"),
+        ("lora.r: [0, 8]", "lora.r = 0"),
+    ],
+)
+def test_a_bad_space_is_one_line_before_anything_trains(
+    recipe: str, tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    assert main(["sweep", recipe, "--space", space(tmp_path, text), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fintrl: error: ") and "\n" not in err and message in err, err
+    assert not out.exists()
+
+
+def test_a_sweep_finds_its_best_trial_and_compares_it_with_the_recipes_own_run(
+    recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    text = "train.learning_rate: {log_uniform: [1.0e-3, 1.0e-2]}\nlora.r: [2, 4]\n"
+    argv = ["sweep", recipe, "--space", space(tmp_path, text), "--trials", "3", "--output-dir", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert [t["state"] for t in result["trials"]] == ["complete"] * 3
+    assert {tuple(t["params"]) for t in result["trials"]} == {("train.learning_rate", "lora.r")}
+    best = result["best"]
+    assert best["value"] == max(t["value"] for t in result["trials"]) and len(best["interval"]) == 2
+    report = json.loads((Path(best["run"]) / "metrics.json").read_text())
+    assert report["f1_macro"] == best["value"]
+    recipe_used = yaml.safe_load((Path(best["run"]) / "recipe.yaml").read_text())
+    assert recipe_used["lora"]["r"] == best["params"]["lora.r"]
+    kept = sorted(p.name for p in (out / "trials").iterdir())
+    assert kept == [f".{Path(best['run']).name}.lock", Path(best["run"]).name]  # --keep best
+    assert (out / "baseline" / "metrics.json").is_file() and (out / "sweep.png").is_file()
+    assert result["comparison"]["verdict"] and result["comparison"]["a"] == str(out / "baseline")
+    shown = capsys.readouterr().out
+    assert "| trial | train.learning_rate | lora.r | f1_macro |" in shown and "against the recipe's own" in shown
+
+    assert main(argv) == 0  # all trials done: a rerun trains nothing more
+    assert len(json.loads((out / "sweep.json").read_text())["trials"]) == 3
+    other = space(tmp_path, "lora.r: [2, 8]\n")
+    assert main(["sweep", recipe, "--space", other, "--trials", "3", "--output-dir", str(out)]) == 5
+    assert "holds another sweep (space differ)" in capsys.readouterr().err
+
+
+def test_a_stopped_sweep_resumes_without_its_interrupted_trial(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fintrl.runner
+
+    out, calls, real = tmp_path / "sweep", [], fintrl.runner.run
+
+    def interrupted(recipe, **kwargs):
+        calls.append(recipe.output_dir)
+        if len(calls) == 3:  # baseline, trial 0, then Ctrl-C in trial 1
+            raise KeyboardInterrupt
+        return real(recipe, **kwargs)
+
+    settings = SweepSettings(trials=3)
+    path = space(tmp_path, "lora.r: [2, 4]\n")
+    monkeypatch.setattr(fintrl.runner, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(recipe, path, out, settings=settings)
+    monkeypatch.setattr(fintrl.runner, "run", real)
+    result = sweep(recipe, path, out, settings=settings)
+    states = [t["state"] for t in result["trials"]]
+    assert states == ["complete", "fail", "complete", "complete"]  # the interrupted one discarded, 3 finished
+    assert not (out / "trials" / "trial-001").exists()
+
+
+def test_median_pruning_stops_a_trial_whose_curve_falls_behind(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials scripted by their learning rate (no training): the third falls below the first two at step 1."""
+    import fintrl.runner
+    from fintrl.sweep import results
+
+    def scripted(recipe, *, on_curve_point=None, **_kwargs):
+        score = {1e-3: 0.9, 2e-3: 0.8, 3e-3: 0.1}[recipe.train["learning_rate"]]
+        for step in (0, 1, 2):
+            on_curve_point(step, {"f1_macro": score, "accuracy": score})
+        return {"f1_macro": score, "intervals": {}}
+
+    monkeypatch.setattr(fintrl.runner, "run", scripted)
+    monkeypatch.setattr(sweep_study, "_baseline", lambda *args: tmp_path)
+    monkeypatch.setattr(results, "finish", lambda out, spec, study, dims, baseline, keep: study)
+    path = space(tmp_path, "train.learning_rate: [1.0e-3, 2.0e-3, 3.0e-3]\n")
+    study = sweep(recipe, path, tmp_path / "s", settings=SweepSettings(trials=8))
+    done, judged = 0, []
+    for t in study.trials:  # the median pruner judges a trial once two have finished
+        if done >= 2 and t.params["train.learning_rate"] == 3e-3:
+            judged.append(t.state.name)
+        done += t.state.name == "COMPLETE"
+    assert judged and set(judged) == {"PRUNED"}
+    assert all(t.state.name == "COMPLETE" for t in study.trials if t.params["train.learning_rate"] == 1e-3)
