@@ -60,10 +60,16 @@ def test_a_bad_space_is_one_line_before_anything_trains(
 def test_a_sweep_finds_its_best_trial_and_compares_it_with_the_recipes_own_run(
     recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from trackio.sqlite_storage import SQLiteStorage
+
     out = tmp_path / "sweep"
     text = "train.learning_rate: {log_uniform: [1.0e-3, 1.0e-2]}\nlora.r: [2, 4]\n"
     argv = ["sweep", recipe, "--space", space(tmp_path, text), "--trials", "3", "--output-dir", str(out)]
-    assert main(argv) == 0
+    tracked = ["--set", "train.report_to=trackio", "--set", "train.project=sweep-test"]
+    assert main([*argv, *tracked]) == 0
+    runs = SQLiteStorage.get_runs("sweep-test")  # each trial (and the baseline) a run of one trackio project
+    assert sorted(r.rsplit("-", 2)[0] for r in runs) == ["baseline", "trial-000", "trial-001", "trial-002"]
+    argv += tracked
     result = json.loads((out / "sweep.json").read_text())
     assert [t["state"] for t in result["trials"]] == ["complete"] * 3
     assert {tuple(t["params"]) for t in result["trials"]} == {("train.learning_rate", "lora.r")}
@@ -83,7 +89,7 @@ def test_a_sweep_finds_its_best_trial_and_compares_it_with_the_recipes_own_run(
     assert main(argv) == 0  # all trials done: a rerun trains nothing more
     assert len(json.loads((out / "sweep.json").read_text())["trials"]) == 3
     other = space(tmp_path, "lora.r: [2, 8]\n")
-    assert main(["sweep", recipe, "--space", other, "--trials", "3", "--output-dir", str(out)]) == 5
+    assert main(["sweep", recipe, "--space", other, "--trials", "3", "--output-dir", str(out), *tracked]) == 5
     assert "holds another sweep (space differ)" in capsys.readouterr().err
 
 
