@@ -98,6 +98,8 @@ def _data_problems(section: DataSection) -> list[str]:
     problems = []
     for where, entry in entries:
         problems += _source_problems(where, entry.preset, entry.path, entry.source)
+    if section.exclude and not Path(section.exclude).expanduser().is_file():
+        problems.append(f"data.exclude: no such file {section.exclude} (give the audit.csv `fintrl audit RUN` wrote)")
     return problems
 
 

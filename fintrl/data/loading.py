@@ -41,6 +41,7 @@ class LabeledData:
     checks: dict[str, int] = field(default_factory=dict)  # duplicate / overlap counts (`data_checks.text_checks`)
     config_name: str | None = None  # the Hub dataset's config (a Hub source only)
     files: dict[str, str] = field(default_factory=dict)  # local files read: name -> sha256 (`source/name` in a mixture)
+    excluded: dict[str, Any] | None = None  # what `data.exclude` left out of train (`fintrl.data.exclusion`)
 
     def eval_groups(self) -> dict[str, list[int]]:
         """Eval row indices per source (a mixture's eval carries a `source` column); empty for a single source."""
@@ -63,6 +64,7 @@ class LabeledData:
             "n_eval": len(self.eval),
             "label_counts": {s: {self.labels[i]: c[i] for i in range(len(self.labels))} for s, c in counts.items()},
             "dropped": self.dropped,
+            **({"excluded": {k: v for k, v in self.excluded.items() if k != "sha256"}} if self.excluded else {}),
             "checks": self.checks,
             "license": self.license,
         }
@@ -126,6 +128,12 @@ def load_labeled_data(section: DataSection) -> LabeledData:
     """Load, map labels to ids, drop (and count) empty texts, carve a validation split when missing; then balance the
     train classes if asked (after max_train_samples, never the eval rows)."""
     data = load_mixture(section) if section.mixture is not None else _load_source(section)
+    if section.exclude:  # before balancing: an excluded row is never copied
+        from fintrl.data.exclusion import exclude_flagged
+
+        data.train, data.excluded = exclude_flagged(data.train, data.labels, section.exclude, section.exclude_top)
+        data.files[f"{data.excluded['file']} (data.exclude)"] = data.excluded["sha256"]
+        logger.info("data.exclude: %d train rows left out (%s)", data.excluded["rows"], data.excluded["why"])
     if section.balance:
         data.train = balance_classes(data.train, section.balance, section.seed)
     return data

@@ -283,6 +283,7 @@ def render_card(
         data_source=data["source"],
         data_config=data.get("config_name"),
         mixture=data.get("mixture") or [],
+        excluded=data.get("excluded"),
         dataset_url=f"https://huggingface.co/datasets/{data['source']}" if is_hub_id(data["source"]) else None,
         data_license=data.get("license"),
         train_counts=", ".join(f"{k} {v}" for k, v in counts.items()),

@@ -51,8 +51,9 @@ def portable_recipe(recipe: Recipe, *, base_model: str, folder_name: str) -> dic
     except OSError:  # a template itself, too long to be a file name
         pass
     for section in (raw["data"], *(raw["data"].get("mixture") or [])):
-        for key in ("path", "source"):
-            section[key] = portable_name(section.get(key))
+        for key in ("path", "source", "exclude"):
+            if key in section:
+                section[key] = portable_name(section.get(key))
     raw["output_dir"] = folder_name
     return raw
 

@@ -148,6 +148,14 @@ class DataSection(_Section):
         "n_c + balance * (n_max - n_c) rows (0: as is, 1: all as large as the largest). Eval untouched.",
     )
     seed: int = 42
+    exclude: str | None = Field(
+        None,
+        description="An audit.csv from `fintrl audit RUN`: its flagged train rows (matched by text and gold label) "
+        "are left out of training; eval rows never.",
+    )
+    exclude_top: int | None = Field(
+        None, gt=0, description="With `exclude`: only the N most confidently disputed flagged rows (default: all)."
+    )
     mixture: list[MixtureSource] | None = Field(
         None,
         description="Several sources trained together (instead of preset/source/path): train rows weighted per "
@@ -164,6 +172,12 @@ class DataSection(_Section):
     @property
     def label_names(self) -> list[str] | None:
         return label_names(self.labels)
+
+    @model_validator(mode="after")
+    def _exclude_top_needs_exclude(self) -> DataSection:
+        if self.exclude_top is not None and self.exclude is None:
+            raise ValueError("data.exclude_top needs data.exclude (the audit.csv whose flagged rows to leave out)")
+        return self
 
     @model_validator(mode="after")
     def _has_source(self) -> DataSection:
