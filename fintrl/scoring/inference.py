@@ -21,7 +21,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +71,7 @@ class Inference:
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    form: InferenceForm = field(default_factory=lambda: InferenceForm(AS_LOADED, "", ""))
+    form: InferenceForm
 
 
 def load_inference(target: Target, *, exact_4bit: bool = False, labels: list[str] | None = None) -> Inference:
