@@ -19,7 +19,7 @@ from fintrl.errors import HubError, ModelError, RecipeError, RunFolderError
 from fintrl.hub.download import download_repo
 from fintrl.hub.ids import is_hub_id
 from fintrl.recipe.schema import Recipe, label_names, load_recipe
-from fintrl.run_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RECIPE, RunFolder
+from fintrl.run_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PREDICTIONS, RECIPE, RunFolder
 from fintrl.scoring.calibration import Calibration, load_calibration
 
 if TYPE_CHECKING:
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# What a Hub adapter repo needs for inference: config, weights, tokenizer, template, recipe and report.
-_INFERENCE_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.yaml", "*.txt"]
+# What a Hub adapter repo needs for inference: config, weights, tokenizer, template, recipe and report, and the eval
+# rows the dense form is checked on (`fintrl.scoring.inference`)
+_INFERENCE_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.yaml", "*.txt", PREDICTIONS]
 
 
 @dataclass(frozen=True)

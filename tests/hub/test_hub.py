@@ -225,6 +225,11 @@ def test_predict_a_published_repo_without_offline_names(
     assert f"loading base model {BASE_REPO}" in out.err
     assert published["label"] == local["label"] and published["label"] in LABELS
     assert published["probabilities"] == pytest.approx(local["probabilities"], abs=1e-5)
+    from fintrl.scoring.inference import check_texts
+    from fintrl.scoring.targets import resolve_target
+
+    texts, source = check_texts(resolve_target(REPO))  # the dense form is checked on the run's own eval rows
+    assert source.endswith(f"the run's {len(texts)} eval rows")
 
 
 def test_predict_pins_a_version(trained, local_hub, tmp_path, capsys, tiny_model_dir):
