@@ -17,7 +17,6 @@ adapter) and a model card; `fintrl publish OUT --merged --repo org/name` publish
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import sys
@@ -75,15 +74,6 @@ def check_output(out: Path, run_dir: Path, *, overwrite: bool) -> None:
             )
 
 
-def _free() -> None:
-    """Give back the memory of models just dropped (`del`), before the next one loads."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _stop_tokens(scorer: LabelScorer) -> list[int]:
     """The token(s) that end an answer: the last token of every label sequence, where the template ends the answer
     with a stop token (the scorer cuts each label there); else the model's own stop tokens."""
@@ -110,15 +100,14 @@ def agreement(adapter: ScoreResult, merged: ScoreResult, gold: list[int]) -> dic
     """How far the merged model's predictions are from the adapter's, on the same rows and scoring mode."""
     import numpy as np
 
-    same = np.asarray(adapter.predictions) == np.asarray(merged.predictions)
-    delta = np.abs(adapter.probabilities - merged.probabilities)
+    from fintrl.scoring.inference import agreement as measure
+
+    found = measure(adapter, merged)
     return {
         "n": len(gold),
         "scoring_mode": merged.mode,
-        "same_prediction": int(same.sum()),
-        "agreement": round(float(same.mean()), 6),
-        "max_abs_dprob": round(float(delta.max()), 6),
-        "mean_abs_dprob": round(float(delta.mean()), 6),
+        "same_prediction": found["same_prediction"],
+        **{key: round(found[key], 6) for key in ("agreement", "max_abs_dprob", "mean_abs_dprob")},
         "adapter_accuracy": round(float(np.mean(np.asarray(adapter.predictions) == np.asarray(gold))), 6),
         "merged_accuracy": round(float(np.mean(np.asarray(merged.predictions) == np.asarray(gold))), 6),
     }
@@ -181,6 +170,7 @@ def export_merged(
     ```
     """
     from fintrl.model.loading import torch_dtype
+    from fintrl.scoring.inference import free_memory
     from fintrl.scoring.scorer import LabelScorer
     from fintrl.scoring.targets import load_for_inference, resolve_target
 
@@ -233,7 +223,7 @@ def export_merged(
     model, tokenizer = load_for_inference(target)
     adapter_result = scorer(model, tokenizer).score(texts)
     del model
-    _free()
+    free_memory()
 
     logger.info("merging the adapter into the base (%s)", merged_dtype)
     try:
@@ -284,7 +274,7 @@ def export_merged(
         run_folder.write_atomic(folder.file(EXPORT_INFO), json.dumps(record, indent=2, ensure_ascii=False))
         run_folder.write_atomic(folder.file(CARD), render_merged_card(work))
     del merged
-    _free()
+    free_memory()
     shown = record["agreement"]
     logger.info(
         "exported %s: merged and adapter agree on %d of %d eval rows (%.1f %%), max |dp| %.2g; accuracy %.3f "

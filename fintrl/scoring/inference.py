@@ -85,7 +85,7 @@ def load_inference(target: Target, *, exact_4bit: bool = False, labels: list[str
     ```
     """
     from fintrl.recipe.schema import label_names
-    from fintrl.scoring.targets import announce, load_for_inference
+    from fintrl.scoring.targets import announce, load_for_inference, target_tokenizer
 
     labels = target.labels or labels or label_names(target.recipe.data.labels)
     keep = _keeps_its_form(target) or (None if labels else "no label set to check a dense form with")
@@ -107,7 +107,7 @@ def load_inference(target: Target, *, exact_4bit: bool = False, labels: list[str
             form = InferenceForm(QUANTIZED, _dtype_name(model), f"the dense form does not fit: {short}", verdict)
         else:
             announce(target)
-            model, tokenizer = merged_dense(target, verdict["dtype"]), _tokenizer(target)
+            model, tokenizer = merged_dense(target, verdict["dtype"]), target_tokenizer(target)
             form = InferenceForm(DENSE, verdict["dtype"], _agreed(verdict) + " (checked before)", verdict)
         print(form.line(), file=sys.stderr)
         return Inference(model, tokenizer, form)
@@ -180,7 +180,7 @@ def _check(target: Target, texts: list[str], source: str, labels: list[str]) -> 
         except (AttributeError, NotImplementedError, ValueError, RuntimeError) as err:
             record["candidates"].append({"dtype": dtype, "error": f"could not be merged ({first_line(err)})"})
             continue
-        measured = {"dtype": dtype, **_agreement(reference, _score(target, dense, tokenizer, texts, labels))}
+        measured = {"dtype": dtype, **_measured(reference, _score(target, dense, tokenizer, texts, labels))}
         record["candidates"].append(measured)
         if measured["passed"]:
             chosen = dense
@@ -188,7 +188,7 @@ def _check(target: Target, texts: list[str], source: str, labels: list[str]) -> 
             record["dense_bytes"] = need
             break
         del dense
-        _collect()
+        free_memory()
     record["seconds"] = round(time.perf_counter() - start, 2)
     record["checked_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if chosen is None:
@@ -197,7 +197,7 @@ def _check(target: Target, texts: list[str], source: str, labels: list[str]) -> 
         )
         return Inference(model, tokenizer, InferenceForm(QUANTIZED, _dtype_name(model), record["reason"], record))
     del model
-    _collect()
+    free_memory()
     record["reason"] = _agreed(record)
     return Inference(chosen, tokenizer, InferenceForm(DENSE, record["dtype"], record["reason"], record))
 
@@ -254,17 +254,30 @@ def _score(target: Target, model: Any, tokenizer: Any, texts: list[str], labels:
     return target.scorer(model, tokenizer, mode=mode, labels=labels).score(texts, progress=False)
 
 
-def _agreement(reference: ScoreResult, dense: ScoreResult) -> dict[str, Any]:
+def agreement(reference: ScoreResult, other: ScoreResult) -> dict[str, Any]:
+    """How far `other`'s answers are from `reference`'s on the same texts (unrounded): rows, rows with the same label,
+    their share, and the largest and mean |dp| over every row and label. The dense-form check and the merged export's
+    report both measure with it."""
     import numpy as np
 
-    same = np.asarray(reference.predictions) == np.asarray(dense.predictions)
-    delta = float(np.abs(reference.probabilities - dense.probabilities).max())
-    agreement = float(same.mean())
+    same = np.asarray(reference.predictions) == np.asarray(other.predictions)
+    delta = np.abs(reference.probabilities - other.probabilities)
     return {
-        "same_label": int(same.sum()),
-        "agreement": round(agreement, 6),
-        "max_abs_dprob": float(f"{delta:.3g}"),
-        "passed": agreement >= MIN_AGREEMENT and delta <= MAX_ABS_DPROB,
+        "n": int(same.size),
+        "same_prediction": int(same.sum()),
+        "agreement": float(same.mean()),
+        "max_abs_dprob": float(delta.max()),
+        "mean_abs_dprob": float(delta.mean()),
+    }
+
+
+def _measured(reference: ScoreResult, dense: ScoreResult) -> dict[str, Any]:
+    found = agreement(reference, dense)
+    return {
+        "same_prediction": found["same_prediction"],
+        "agreement": round(found["agreement"], 6),
+        "max_abs_dprob": float(f"{found['max_abs_dprob']:.3g}"),
+        "passed": found["agreement"] >= MIN_AGREEMENT and found["max_abs_dprob"] <= MAX_ABS_DPROB,
     }
 
 
@@ -280,17 +293,6 @@ def _shortfall(candidate: dict[str, Any]) -> str:
     if "error" in candidate:
         return f"{candidate['dtype']}: {candidate['error']}"
     return f"{candidate['dtype']} {candidate['agreement']:.1%} labels, max |dp| {candidate['max_abs_dprob']:.2g}"
-
-
-def _tokenizer(target: Target) -> PreTrainedTokenizerBase:
-    """The tokenizer `load_for_inference` gives the target, without loading its model."""
-    from fintrl.model.loading import load_tokenizer
-
-    section = target.recipe.model
-    if target.adapter is None:
-        return load_tokenizer(section, target.recipe.prompt.system)
-    plain = section.model_copy(update={"chat_template": None, "revision": None})
-    return load_tokenizer(plain, target.recipe.prompt.system, path=target.adapter)
 
 
 def _cache_file(target: Target, texts: list[str], labels: list[str]) -> Path:
@@ -351,8 +353,8 @@ def _dtype_name(model: Any) -> str:
     return str(getattr(model, "dtype", "")).removeprefix("torch.")
 
 
-def _collect() -> None:
-    """Give back a dropped model's memory now (the next candidate loads right after)."""
+def free_memory() -> None:
+    """Give back the memory of models just dropped (`del`), before the next one loads."""
     import torch
 
     gc.collect()

@@ -192,15 +192,26 @@ def announce(target: Target) -> None:
     )
 
 
+def target_tokenizer(target: Target) -> PreTrainedTokenizerBase:
+    """The tokenizer a target is scored with: the adapter's own (with its chat template), else the base model's."""
+    from fintrl.model.loading import load_tokenizer
+
+    section = target.recipe.model
+    if target.adapter is None:
+        return load_tokenizer(section, target.recipe.prompt.system)
+    plain = section.model_copy(update={"chat_template": None, "revision": None})
+    return load_tokenizer(plain, target.recipe.prompt.system, path=target.adapter)
+
+
 def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Base model (quantized as the recipe says) + the adapter, with the adapter's own tokenizer and chat template."""
-    from fintrl.model.loading import load_model, load_tokenizer
+    from fintrl.model.loading import load_model
 
     model_section = target.recipe.model
     announce(target)
     model = load_model(model_section, target.recipe.quantization)
     if target.adapter is None:
-        return model, load_tokenizer(model_section, target.recipe.prompt.system)
+        return model, target_tokenizer(target)
     from peft import PeftModel
 
     adapter = Path(target.adapter)
@@ -211,11 +222,7 @@ def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedToken
             + (f" (only {', '.join(pickles)}: pickles, which can run code as they load)" if pickles else "")
             + "; fintrl loads adapter weights from safetensors only"
         )
-    tokenizer = load_tokenizer(
-        model_section.model_copy(update={"chat_template": None, "revision": None}),
-        target.recipe.prompt.system,
-        path=target.adapter,
-    )
+    tokenizer = target_tokenizer(target)
     try:
         return PeftModel.from_pretrained(model, target.adapter), tokenizer
     except RuntimeError as err:
