@@ -144,12 +144,11 @@ def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model, recipe.prompt.system)
     builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
-    dataset = builder.sft_dataset(data.train)
     with stopwatch() as load:
         model = load_model(recipe.model, recipe.quantization)
 
     with tempfile.TemporaryDirectory(prefix="fintrl-bench-") as tmp:
-        trainer = build_bench_trainer(spec["kind"], recipe, model, tokenizer, dataset, tmp)
+        trainer = build_bench_trainer(spec["kind"], recipe, model, tokenizer, builder, data.train, tmp)
         if trl_loss:
             from trl import SFTTrainer
 

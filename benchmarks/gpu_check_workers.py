@@ -116,12 +116,11 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.manual_seed(0)
     recipe, tokenizer, data, builder = load_setup(spec)
-    dataset = builder.sft_dataset(data.train)
     model, model_info = build_model(recipe, spec["tiny"])
 
     with tempfile.TemporaryDirectory(prefix="fintrl-gpu-check-") as tmp:
         with stopwatch() as setup:
-            trainer = build_bench_trainer(spec["part"], recipe, model, tokenizer, dataset, tmp)
+            trainer = build_bench_trainer(spec["part"], recipe, model, tokenizer, builder, data.train, tmp)
         measured = measure_training(trainer, warmup_steps=spec["warmup_steps"])
 
     return training_result(spec, model_info, measured, setup.seconds, len(dataset))
@@ -356,11 +355,10 @@ def fsdp_train(spec: dict[str, Any]) -> dict[str, Any]:
     problems = launch_problems(recipe, launch_from_env())  # fintrl's FSDP-QLoRA rules, against the launch's variables
     if problems:
         raise SystemExit("; ".join(problems))
-    dataset = builder.sft_dataset(data.train)
     model, model_info = build_model(recipe, spec["tiny"])
     with tempfile.TemporaryDirectory(prefix="fintrl-gpu-check-") as tmp:
         with stopwatch() as setup:
-            trainer = build_bench_trainer("fintrl", recipe, model, tokenizer, dataset, tmp)
+            trainer = build_bench_trainer("fintrl", recipe, model, tokenizer, builder, data.train, tmp)
         fsdp = trainer.is_fsdp_enabled
         measured = measure_training(trainer, warmup_steps=spec["warmup_steps"])
         with stopwatch() as saving:

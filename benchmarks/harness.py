@@ -304,13 +304,15 @@ def trl_default_trainer(recipe: Any, model: Any, tokenizer: Any, dataset: Any, o
     )
 
 
-def build_bench_trainer(kind: str, recipe: Any, model: Any, tokenizer: Any, dataset: Any, output_dir: str) -> Any:
+def build_bench_trainer(
+    kind: str, recipe: Any, model: Any, tokenizer: Any, builder: Any, rows: Any, output_dir: str
+) -> Any:
     """`kind` "trl_default": `trl_default_trainer`; anything else: fintrl's own `build_trainer` with the recipe."""
     from fintrl.train import build_trainer
 
     if kind == "trl_default":
-        return trl_default_trainer(recipe, model, tokenizer, dataset, output_dir)
-    return build_trainer(recipe, model, tokenizer, dataset, Path(output_dir))
+        return trl_default_trainer(recipe, model, tokenizer, builder.sft_dataset(rows), output_dir)
+    return build_trainer(recipe, model, tokenizer, builder, rows, Path(output_dir))
 
 
 def instrument(trainer: Any) -> tuple[list[dict[str, int]], list[float]]:

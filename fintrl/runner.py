@@ -130,7 +130,7 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool, on_curve_point: CurveHo
         curve = LearningCurve(tokenizer, builder, recipe.eval, sample["text"], sample["label"], on_curve_point)
     with timer.stage("train"):
         trainer = build_trainer(
-            recipe, model, tokenizer, builder.sft_dataset(data.train), run_dir, callbacks=[curve] if curve else None
+            recipe, model, tokenizer, builder, data.train, run_dir, callbacks=[curve] if curve else None
         )
         train_metrics = train(trainer, run_dir, resume)
     scoring_model = trainer.model if sharded is None else _reload_for_scoring(trainer, recipe, run_dir)

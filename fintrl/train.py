@@ -1,5 +1,5 @@
-"""Training: the recipe's `train:` section becomes TRL's `SFTConfig`; TRL's `SFTTrainer` (with a leaner loss for
-classification batches, `FintrlSFTTrainer`) does the rest."""
+"""Training: the recipe's `train:` section becomes TRL's `SFTConfig` (plus fintrl's `objective`); TRL's `SFTTrainer`
+(with a leaner loss for classification batches, `FintrlSFTTrainer`) does the rest."""
 
 from __future__ import annotations
 
@@ -7,16 +7,18 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from transformers import TrainerCallback
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 
 from fintrl import distributed, tracking
 from fintrl.errors import RecipeError
 from fintrl.metrics.classification import classification_metrics
 from fintrl.metrics.plots import plot_training_curve
+from fintrl.model.label_tokens import LabelTokens, label_softmax_loss
 from fintrl.model.loading import has_cuda, trainable_4bit
 from fintrl.model.peft_methods import peft_config, virtual_cache
 from fintrl.model.prefix import expand_cache, run_prefix
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
     import torch
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-    from trl import SFTConfig
 
     from fintrl.model.prompts import PromptBuilder
     from fintrl.recipe.schema import EvalSection
@@ -59,10 +60,27 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def sft_config(recipe: Recipe, run_dir: Path) -> SFTConfig:
-    """SFTConfig with fintrl's defaults below the recipe's values, and CPU-safe precision on machines without CUDA."""
-    from trl import SFTConfig
+OBJECTIVES = ("token_ce", "label_softmax")
 
+
+@dataclass
+class FintrlSFTConfig(SFTConfig):
+    """TRL's SFTConfig and the one field fintrl's trainer adds: what the loss is."""
+
+    objective: Literal["token_ce", "label_softmax"] = field(
+        default="token_ce",
+        metadata={
+            "help": "token_ce: cross-entropy of the answer's tokens (TRL's completion-only loss). label_softmax: "
+            "cross-entropy of the gold label against the other labels, from the probabilities the scorer reads "
+            "(each branching step of the label trie renormalised over its children), so training optimises what is "
+            "evaluated.",
+            "choices": list(OBJECTIVES),
+        },
+    )
+
+
+def sft_config(recipe: Recipe, run_dir: Path) -> FintrlSFTConfig:
+    """SFTConfig with fintrl's defaults below the recipe's values, and CPU-safe precision on machines without CUDA."""
     fields = {**TRAIN_DEFAULTS, **tracking.run_defaults(recipe, time.strftime("%Y%m%d-%H%M%S")), **recipe.train}
     if "gradient_checkpointing" in recipe.train:  # transformers 5's old name, ignored by it once the new one is set
         fields["activation_checkpointing"] = fields.pop("gradient_checkpointing")
@@ -81,7 +99,7 @@ def sft_config(recipe: Recipe, run_dir: Path) -> SFTConfig:
         # step (it warns so); a recipe that leaves some unused sets train.ddp_find_unused_parameters: true
         fields.setdefault("ddp_find_unused_parameters", False)
     try:
-        return SFTConfig(output_dir=str(run_dir / CHECKPOINTS), seed=recipe.seed, **fields)
+        return FintrlSFTConfig(output_dir=str(run_dir / CHECKPOINTS), seed=recipe.seed, **fields)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"train: {err}") from None
 
@@ -105,20 +123,63 @@ class FintrlSFTTrainer(SFTTrainer):
       PEFT's forward gives them (`fintrl.model.peft_methods.virtual_cache`).
     The loss and its gradient are those of TRL's completion-only loss (tests check both); other setups
     (gradient checkpointing, padding-free batches, logits requested, several processes) use TRL's path unchanged.
+    With `objective: label_softmax` the loss is `label_softmax_loss` on the same logits, on either path.
     """
+
+    def __init__(self, *args: Any, label_tokens: LabelTokens, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_tokens = label_tokens
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         import torch
 
+        by_label = self.args.objective == "label_softmax"
+        if return_outputs or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if (
-            return_outputs
-            or self.args.gradient_checkpointing
+            self.args.gradient_checkpointing
             # DDP/FSDP/DeepSpeed sync gradients in their wrapper's forward, which the fast path would bypass
             or self.accelerator.num_processes > 1
             or "attention_mask" not in inputs
-            or "labels" not in inputs
         ):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not by_label:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            targets = inputs["labels"][:, 1:]
+            logits = model(**forward, use_cache=False).logits[:, :-1][targets != -100].float()
+        else:
+            logits, targets = self._answer_logits(model, inputs)
+        scored = targets != -100
+        mode = "train" if model.training else "eval"
+        if by_label:
+            loss, rows, correct = label_softmax_loss(logits, targets[scored], scored.nonzero()[:, 0], self.label_tokens)
+            loss = loss / max(rows, 1)
+            # a mean over this micro-batch's rows: divided by the accumulation steps here where the trainer (which
+            # expects a loss normalised by num_items_in_batch, the token count of all steps) leaves that to the loss
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            if scaled or self.compute_loss_func:
+                loss = loss / self.current_gradient_accumulation_steps
+            self._metrics[mode]["label_accuracy"].append(correct / max(rows, 1))
+        else:
+            per_token = torch.nn.functional.cross_entropy(logits, targets[scored], reduction="none")
+            items = scored.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+            loss = per_token.sum() / items
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            accuracy = (logits.argmax(-1) == targets[scored]).float().mean().item()
+            self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+        if mode == "train" and "attention_mask" in inputs:
+            self._total_train_tokens += int(inputs["attention_mask"].sum().item())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return loss
+
+    def _answer_logits(self, model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        """The fast path: the logits at the scored answer tokens (row-major) and the targets, from one pass over the
+        batch after its shared prefix."""
+        import torch
+
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         backbone = getattr(causal_lm, causal_lm.base_model_prefix)
@@ -141,18 +202,7 @@ class FintrlSFTTrainer(SFTTrainer):
             use_cache=cache is not None,
         ).last_hidden_state
         targets = labels[:, prefix + 1 :]  # hidden state t predicts token t + 1
-        scored = targets != -100
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][scored]).float()
-        per_token = torch.nn.functional.cross_entropy(logits, targets[scored], reduction="none")
-        loss = per_token.sum() / (scored.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
-        mode = "train" if model.training else "eval"
-        self._metrics[mode]["mean_token_accuracy"].append((logits.argmax(-1) == targets[scored]).float().mean().item())
-        if mode == "train":
-            self._total_train_tokens += int(mask.sum().item())
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-        return loss
+        return causal_lm.get_output_embeddings()(hidden[:, :-1][targets != -100]).float(), targets
 
 
 class LearningCurve(TrainerCallback):
@@ -220,19 +270,22 @@ def build_trainer(
     recipe: Recipe,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    train_dataset: Dataset,
+    builder: PromptBuilder,
+    rows: Dataset,
     run_dir: Path,
     callbacks: list[TrainerCallback] | None = None,
 ) -> SFTTrainer:
+    """The trainer of `rows` (text, label) as the prompt's conversations; the loss on the answers only."""
     import torch
 
     trainer = FintrlSFTTrainer(
         model=model,
         args=sft_config(recipe, run_dir),
-        train_dataset=train_dataset,
+        train_dataset=builder.sft_dataset(rows),
         processing_class=tokenizer,
         peft_config=peft_config(recipe),
         callbacks=callbacks,
+        label_tokens=LabelTokens.build(model, tokenizer, builder),
     )
     if not has_cuda():
         # TRL casts QLoRA adapters to bf16 (the paper's GPU recipe); on CPU fp32 adapters are faster and

@@ -24,7 +24,8 @@ def test_loss_falls_on_the_answer_only(tmp_path: Path, tiny_model_dir: str) -> N
         recipe,
         load_model(recipe.model, recipe.quantization),
         tokenizer,
-        builder.sft_dataset(data.train.select(range(4))),
+        builder,
+        data.train.select(range(4)),
         tmp_path / "run",
     )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
@@ -160,9 +161,7 @@ def test_prefix_sharing_loss_and_gradients_match_trl(tmp_path: Path, tiny_model_
     data = load_labeled_data(recipe.data)
     tokenizer = load_tokenizer(recipe.model)
     builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
-    trainer = build_trainer(
-        recipe, load_model(recipe.model, None), tokenizer, builder.sft_dataset(data.train), tmp_path / "run"
-    )
+    trainer = build_trainer(recipe, load_model(recipe.model, None), tokenizer, builder, data.train, tmp_path / "run")
     trainer.model.eval()  # no LoRA dropout: both paths must be deterministic
     for layer in trainer.model.modules():  # make the adapters non-trivial so gradients reach every layer
         if hasattr(layer, "lora_B"):
@@ -189,3 +188,15 @@ def test_prefix_sharing_loss_and_gradients_match_trl(tmp_path: Path, tiny_model_
         total = sum(trainer.compute_loss(trainer.model, s, num_items_in_batch=1).item() for s in singles)
         batched = trainer.compute_loss(trainer.model, batch, num_items_in_batch=1).item()
     assert batched == pytest.approx(total, rel=1e-5) and sum(counts) > 0
+
+
+def test_label_softmax_objective_trains_a_run(tmp_path: Path) -> None:
+    """`train.objective: label_softmax` end to end: the run trains on the label loss, logs the label accuracy the
+    scorer would get, and says so in its report."""
+    raw = tiny_recipe_dict(tmp_path / "run")
+    raw["train"] |= {"objective": "label_softmax", "max_steps": 2}
+    metrics = run(recipe_from_dict(raw))
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert any("label_accuracy" in entry for entry in log) and not any("mean_token_accuracy" in e for e in log)
+    assert metrics["train_args"]["objective"] == "label_softmax"
+    assert "objective" in (tmp_path / "run" / "README.md").read_text()

@@ -124,9 +124,8 @@ def cross_fit(recipe: Recipe, data: LabeledData, folds: int, seed: int) -> Split
                 len(held_rows),
             )
             model = load_model(recipe.model, recipe.quantization)
-            trainer = build_trainer(
-                fold_recipe, model, tokenizer, builder.sft_dataset(data.train.select(fit_rows)), Path(tmp) / f"fold{k}"
-            )
+            fit = data.train.select(fit_rows)
+            trainer = build_trainer(fold_recipe, model, tokenizer, builder, fit, Path(tmp) / f"fold{k}")
             with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its log lines: stdout is the report's
                 train(trainer, Path(tmp) / f"fold{k}", resume=False)
             scorer = LabelScorer.from_eval(trainer.model, tokenizer, builder, recipe.eval)

@@ -90,11 +90,10 @@ def library_problems(recipe: Recipe) -> list[str]:
     with _quiet():  # bitsandbytes logs a warning on import (no `kernels` package for its CPU kernel)
         from peft import LoraConfig
         from transformers import BitsAndBytesConfig
-        from trl import SFTConfig
 
         from fintrl.model.loading import bnb_config, lora_config, torch_dtype
         from fintrl.model.peft_methods import method_problems, peft_config
-        from fintrl.train import TRAIN_DEFAULTS, sft_config
+        from fintrl.train import TRAIN_DEFAULTS, FintrlSFTConfig, sft_config
 
     bnb_fields = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
     sections: list[tuple[str, dict[str, Any] | None, type, dict[str, Any], dict[str, Any], Callable[[], object]]] = [
@@ -110,8 +109,8 @@ def library_problems(recipe: Recipe) -> list[str]:
         (
             "train",
             recipe.train,
-            SFTConfig,
-            *_dataclass_types(SFTConfig),
+            FintrlSFTConfig,
+            *_dataclass_types(FintrlSFTConfig),
             lambda: sft_config(recipe, Path(recipe.output_dir)),
         ),
     ]

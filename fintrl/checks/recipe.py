@@ -42,6 +42,7 @@ def check_recipe(recipe: Recipe, *, launch: Launch | None = None) -> None:
         *launch_problems(recipe, launch or launch_from_env()),
         *_data_problems(recipe.data),
         *_prompt_problems(recipe),
+        *_objective_problems(recipe),
         *_publish_problems(recipe.publish),
     ]
     if problems:
@@ -145,6 +146,22 @@ def _prompt_problems(recipe: Recipe) -> list[str]:
             problems.append(f"prompt.verbalizers: {unknown} are not labels; use labels from {labels}")
         elif len(set(answers)) != len(answers) or not all(a.strip() for a in answers):
             problems.append(f"prompt.verbalizers: answers must be distinct and non-empty, got {answers}; change them")
+    return problems
+
+
+def _objective_problems(recipe: Recipe) -> list[str]:
+    """`train.objective: label_softmax` trains the probabilities the `first_token`/`trie` scorer reads, one example
+    per row (`fintrl.model.label_tokens.label_softmax_loss`)."""
+    if recipe.train.get("objective") != "label_softmax":
+        return []
+    problems = []
+    if recipe.eval.mode == "loglik":
+        problems.append(
+            "train.objective: label_softmax trains the probabilities trie scoring reads, not eval.mode loglik's; "
+            "use eval.mode auto (or trie), or train.objective token_ce"
+        )
+    if recipe.train.get("padding_free"):
+        problems.append("train.objective: label_softmax needs one example per row; remove train.padding_free")
     return problems
 
 

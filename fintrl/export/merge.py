@@ -77,7 +77,7 @@ def check_output(out: Path, run_dir: Path, *, overwrite: bool) -> None:
 def _stop_tokens(scorer: LabelScorer) -> list[int]:
     """The token(s) that end an answer: the last token of every label sequence, where the template ends the answer
     with a stop token (the scorer cuts each label there); else the model's own stop tokens."""
-    stops = set(scorer._stop_ids())  # noqa: SLF001 - the scorer's own definition of a stop token
+    stops = set(scorer.label_tokens.stop_ids)
     ends = {ids[-1] for ids in scorer.label_ids}
     return sorted(ends) if ends <= stops else sorted(stops - {None})
 

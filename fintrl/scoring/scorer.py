@@ -24,6 +24,7 @@ import numpy as np
 from fintrl import distributed
 from fintrl.errors import ScoringError
 from fintrl.metrics.classification import INVALID
+from fintrl.model.label_tokens import LabelTokens, encode_prompt
 from fintrl.model.peft_methods import virtual_cache, virtual_tokens
 from fintrl.model.prefix import expand_cache, run_prefix
 from fintrl.model.prompts import PromptBuilder
@@ -111,59 +112,18 @@ class LabelScorer:
         self.batch_size, self.max_length = batch_size, max_length
         self.keep_prefix = keep_prefix
         self._kept: tuple[list[int], DynamicCache | None] | None = None  # (template prefix ids, its cache), once run
-        self.label_ids = self._label_token_ids()
-        distinct_first = len({ids[0] for ids in self.label_ids}) == len(self.label_ids)
+        self.label_tokens = LabelTokens.build(model, tokenizer, builder)
+        self.label_ids = self.label_tokens.sequences
+        distinct_first = self.label_tokens.distinct_first
         if mode == "first_token" and not distinct_first:
             raise ScoringError("first_token scoring needs labels that start with distinct tokens; use trie or loglik")
         self.mode = ("first_token" if distinct_first else "trie") if mode == "auto" else mode
-        self._children = self._trie_children()
-        # Only nodes where the trie branches need the model's opinion; below the root they cost one extra row each.
-        self._branches = [node for node, kids in self._children.items() if node and len(kids) > 1]
+        self._children = self.label_tokens.children
+        self._branches = self.label_tokens.branches  # below the root: one extra row each
 
     # -- tokenisation -------------------------------------------------------------------------------------
     def _encode_prompt(self, text: str) -> list[int]:
-        return list(
-            self.tokenizer.apply_chat_template(
-                self.builder.messages(text), add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        )
-
-    def _label_token_ids(self) -> list[list[int]]:
-        """Each answer's tokens exactly as they follow the prompt in training, up to the end-of-turn token."""
-        stop = set(self._stop_ids())
-        messages = self.builder.messages("x")
-        prompt = self._encode_prompt("x")
-        sequences = []
-        for answer in self.builder.answers:
-            full = list(
-                self.tokenizer.apply_chat_template(
-                    messages + [{"role": "assistant", "content": answer}], tokenize=True, return_dict=False
-                )
-            )
-            if full[: len(prompt)] != prompt:
-                raise ScoringError(
-                    "the chat template renders the prompt differently with and without an answer; "
-                    "fintrl cannot align the label tokens (set model.chat_template)"
-                )
-            cont = full[len(prompt) :]
-            end = next((i for i, t in enumerate(cont) if t in stop), None)
-            sequences.append(cont[: end + 1] if end is not None else cont)
-        if len({tuple(s) for s in sequences}) != len(sequences):
-            raise ScoringError(f"labels {self.builder.answers} tokenise to identical sequences")
-        return sequences
-
-    def _stop_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id if self.model is not None else None
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        return ids + [self.tokenizer.eos_token_id]
-
-    def _trie_children(self) -> dict[tuple[int, ...], list[int]]:
-        """Trie of the label token sequences: node (a token prefix) -> its distinct next tokens."""
-        children: dict[tuple[int, ...], set[int]] = {}
-        for seq in self.label_ids:
-            for j in range(len(seq)):
-                children.setdefault(tuple(seq[:j]), set()).add(seq[j])
-        return {node: sorted(kids) for node, kids in children.items()}
+        return encode_prompt(self.tokenizer, self.builder, text)
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Prompt ids per text; over-long texts are cut (tokens of the text, template kept) and counted."""
@@ -366,7 +326,7 @@ class LabelScorer:
                     logprob[:, label] += (
                         node_logp[node][:, token] - torch.logsumexp(node_logp[node][:, kids], -1)
                     ).cpu()
-        index = {tuple(seq): i for i, seq in enumerate(self.label_ids)}
+        index = self.label_tokens.index()
         preds = []
         for b in range(batch):
             node: tuple[int, ...] = ()

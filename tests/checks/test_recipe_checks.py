@@ -135,6 +135,19 @@ def validate(tmp_path: Path, capsys: pytest.CaptureFixture[str], recipe: dict | 
             "prompt.template: Single '}' encountered in format string",
         ),
         ({"prompt": {"verbalizers": {"bullish": "up"}}}, "prompt.verbalizers: ['bullish'] are not labels"),
+        # the training objective
+        (
+            {"train": {"objective": "label_sofmax"}},
+            "train.objective: unknown value 'label_sofmax' (did you mean 'label_softmax'?)",
+        ),
+        (
+            {"train": {"objective": "label_softmax"}, "eval": {"mode": "loglik"}},
+            "train.objective: label_softmax trains the probabilities trie scoring reads, not eval.mode loglik's",
+        ),
+        (
+            {"train": {"objective": "label_softmax", "padding_free": True}},
+            "train.objective: label_softmax needs one example per row; remove train.padding_free",
+        ),
         # publish
         ({"publish": {"repo_id": "not a repo"}}, "publish.repo_id: 'not a repo' is not a Hub repo id"),
         (
@@ -172,6 +185,7 @@ def test_validate_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str], pa
         },
         {"prompt": {"instruction": "Which {task}? {{braces}} {labels}", "template": "{text}"}},
         {"publish": {"repo_id": "your-org/fin-sentiment", "version": "v1.2.0"}},
+        {"train": {"objective": "label_softmax"}, "eval": {"mode": "trie"}},
     ],
 )
 def test_validate_accepts(tmp_path: Path, capsys: pytest.CaptureFixture[str], patch: dict) -> None:

@@ -166,9 +166,7 @@ def test_fast_loss_and_gradients_match_trl(tmp_path: Path, method: str) -> None:
     data = load_labeled_data(recipe.data)
     builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
     model = load_model(recipe.model, None)
-    trainer = build_trainer(
-        recipe, model, load_tokenizer(recipe.model), builder.sft_dataset(data.train), tmp_path / "run"
-    )
+    trainer = build_trainer(recipe, model, load_tokenizer(recipe.model), builder, data.train, tmp_path / "run")
     trainer.model.eval()  # no dropout: both paths deterministic
     torch.manual_seed(0)
     with torch.no_grad():
