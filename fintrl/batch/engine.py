@@ -16,8 +16,6 @@ same input always gives the same shards, and OUTPUT/_fintrl_bulk.json records th
 from __future__ import annotations
 
 import logging
-import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -25,14 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fintrl.batch.shards import Inputs, ShardWriter, check_columns, list_inputs, output_schema
-from fintrl.errors import DataError, FintrlError, RecipeError, RunFolderError, first_line
+from fintrl.errors import DataError, RecipeError, RunFolderError, first_line
+from fintrl.ray_cluster import require_ray, start_ray, unwrap
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install -e ".[ray]"'
 DEFAULT_SHARD_ROWS = 4096
 MAX_BATCH_ROWS = 128  # rows per block and actor call (the scorer's shared prompt prefix: once per call)
 
@@ -47,13 +45,6 @@ class RaySettings:
     text_column: str = "text"
     shard_rows: int = DEFAULT_SHARD_ROWS
     output_format: str = "parquet"
-
-
-def require_ray() -> None:
-    try:
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise RecipeError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
 
 
 # -- the actor: one model per actor ---------------------------------------------------------------------------------
@@ -198,19 +189,6 @@ def _actor_cpus(workers: int, gpus: float, address: str | None) -> float:
     return max(1, min(int(ray.cluster_resources().get("CPU", 1)) // workers, int(max(nodes, default=1))))
 
 
-def _unwrap(err: Exception) -> Exception:
-    """The FintrlError an actor raised (a base that will not load, ...) as the user's one-line error: Ray hands it
-    back wrapped (ActorDiedError, RayTaskError) with the remote traceback's last line as `fintrl.errors.Kind: text`."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, FintrlError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    kinds = {kind.__name__: kind for kind in FintrlError.__subclasses__()}
-    match = re.search(r"fintrl\.errors\.(\w+): ([^\n]+)\s*$", str(err))
-    return kinds[match.group(1)](match.group(2).strip()) if match and match.group(1) in kinds else err
-
-
 def score_shards(
     refs: list, expected: dict[int, int], job: dict[str, Any], settings: RaySettings, writer: ShardWriter
 ) -> int:
@@ -250,48 +228,6 @@ def score_shards(
     return total
 
 
-RAY_CONNECT_TIMEOUT_S = 5.0
-
-
-def _reachable(address: str) -> None:
-    """A `host:port` --address answers a TCP connection within seconds (Ray itself would wait with no end)."""
-    import socket
-
-    if address in ("auto", "local") or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise RecipeError(f"--address {address}: give host:port (the Ray head's GCS, e.g. 10.0.0.5:6379) or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise RecipeError(
-            f"--address {address}: no Ray cluster answers there ({err.strerror or err}); start one with "
-            "`ray start --head`, or leave --address out for a local one"
-        ) from None
-
-
-def _start_ray(address: str | None, verbose: bool) -> bool:
-    """Connect to `address`, or start a local cluster on loopback; False when Ray was already up (tests).
-
-    The actors' own output (library chatter, and a failing actor's traceback, which we report as one line) stays in
-    Ray's session logs unless -v."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    env = {k: os.environ[k] for k in ("FINTRL_HOME", "HF_HOME", "HF_HUB_OFFLINE") if k in os.environ}
-    options: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": {"env_vars": env}}
-    options["log_to_driver"] = verbose
-    if address:
-        _reachable(address)
-        ray.init(address=address, **options)
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        ray.init(address="local", num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", **options)
-    return True
-
-
 def score_files(
     target: str,
     inputs_path: str,
@@ -315,7 +251,7 @@ def score_files(
     score_files("runs/quickstart", "texts.csv", "runs/scored", settings=RaySettings(num_workers=2))
     ```
     """
-    require_ray()
+    require_ray("data")
     from fintrl.scoring.targets import resolve_target
 
     column = settings.text_column
@@ -357,7 +293,7 @@ def score_files(
         f"{resolved.recipe.model.name_or_path}" + (f" with adapter {resolved.name}" if resolved.adapter else ""),
         file=sys.stderr,
     )
-    started = _start_ray(settings.address, verbose)
+    started = start_ray(settings.address, verbose)
     from ray.data import DataContext
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines; our bars show progress
@@ -376,7 +312,7 @@ def score_files(
         writer.finish()  # an --overwrite's new shards replace the old ones only now
         seconds = time.perf_counter() - start
     except Exception as err:  # noqa: BLE001 - Ray wraps what actors raise; give the user's error back as one line
-        mapped = _unwrap(err)
+        mapped = unwrap(err)
         if mapped is err:
             raise
         raise mapped from err

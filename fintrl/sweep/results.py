@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fintrl.run_folder import write_atomic
+from fintrl.run_folder import RunFolder, write_atomic
 
 if TYPE_CHECKING:
     import optuna
@@ -36,21 +36,26 @@ def remove_run(run_dir: Path) -> None:
     lock_path(run_dir).unlink(missing_ok=True)
 
 
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial, in order: number, state, values, score, interval, run folder, seconds."""
-    return [
-        {
-            "number": t.number,
-            "state": t.state.name.lower(),
-            "params": t.params,
-            "value": t.value,
-            "interval": t.user_attrs.get("interval"),
-            "run": t.user_attrs.get("run"),
-            "seconds": t.user_attrs.get("seconds"),
-            "pruned_at_step": t.last_step if t.state.name == "PRUNED" else None,
-        }
-        for t in study.trials
-    ]
+def trial_rows(study: optuna.Study, out: Path, metric: str) -> list[dict[str, Any]]:
+    """One row per trial, in order: number, state, values, score, its interval (from the trial's report), run
+    folder (while it is kept), seconds."""
+    rows = []
+    for t in study.trials:
+        folder = RunFolder(trial_dir(out, t.number))
+        report = folder.metrics() if t.state.name == "COMPLETE" and folder.is_finished else None
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "params": t.params,
+                "value": t.value,
+                "interval": (report or {}).get("intervals", {}).get(metric),
+                "run": str(folder.path) if report else None,
+                "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+                "pruned_at_step": t.last_step if t.state.name == "PRUNED" else None,
+            }
+        )
+    return rows
 
 
 def best_row(study: optuna.Study, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -61,7 +66,7 @@ def best_row(study: optuna.Study, rows: list[dict[str, Any]]) -> dict[str, Any] 
 
 
 def write_results(out: Path, spec: dict[str, Any], study: optuna.Study, dims: list[Dimension]) -> dict[str, Any]:
-    rows = trial_rows(study)
+    rows = trial_rows(study, out, spec["metric"])
     result = {**spec, "trials": rows, "best": best_row(study, rows)}
     write_atomic(out / RESULTS, json.dumps(result, indent=2, default=str))
     plot(out / PLOT, rows, dims, spec["metric"])
@@ -104,14 +109,14 @@ def table(rows: list[dict[str, Any]], dims: list[Dimension], metric: str) -> str
     lines = ["| trial | " + " | ".join(fields) + f" | {metric} | 95 % interval | state |"]
     lines.append("|---:|" + "---|" * len(fields) + "---:|---|---|")
     for r in rows:
-        values = [_fmt(r["params"].get(f)) for f in fields]
+        values = [fmt_value(r["params"].get(f)) for f in fields]
         score = "" if r["value"] is None else f"{r['value']:.4f}"
         interval = f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if r["interval"] else ""
         lines.append(f"| {r['number']} | " + " | ".join(values) + f" | {score} | {interval} | {r['state']} |")
     return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

@@ -4,9 +4,10 @@ of fintrl's exact scorer on the recipe's eval split (never the training loss).
 Optuna's TPE sampler picks each trial's values; its median pruner stops a trial whose learning-curve points (the
 scorer's accuracy or macro-F1 during training) fall below the median of earlier trials at the same step. The study
 lives in SQLite inside the sweep folder, so a sweep stopped by Ctrl-C resumes where it was when the same command is
-run again (the trial it interrupted is discarded). The recipe's own settings are trained once as the baseline (or
-`baseline=` names an existing run of it), and the best trial is compared with it by `fintrl compare`'s paired tests:
-a sweep says whether it found a real gain, not just a higher number.
+run again (the trial it interrupted is discarded). `engine="ray"` runs the same study's trials on Ray Tune, several
+at a time across a cluster's CPUs and GPUs (`fintrl.sweep.ray_tune`). The recipe's own settings are trained once as
+the baseline (or `baseline=` names an existing run of it), and the best trial is compared with it by `fintrl
+compare`'s paired tests: a sweep says whether it found a real gain, not just a higher number.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from typing import Any
 from fintrl.errors import RecipeError, RunFolderError
 from fintrl.run_folder import RunFolder, write_atomic
 from fintrl.sweep.results import remove_run, trial_dir
-from fintrl.sweep.space import Dimension, check_space, load_space, override
+from fintrl.sweep.space import Dimension, check_space, load_space
+from fintrl.sweep.trial import CURVE, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ METRICS = {
     "ece": "minimize",
     "brier": "minimize",
 }
-CURVE = {"accuracy", "f1_macro"}  # what the learning curve scores during training: the metrics pruning can follow
+ENGINES = ("optuna", "ray")
 SPEC = "sweep_spec.json"  # what the folder's study searches: a rerun resumes only the same sweep
 STUDY_DB = "optuna.db"
 
@@ -55,6 +56,9 @@ class SweepSettings:
     prune: bool = True
     keep: str = "best"
     baseline: str | None = None
+    engine: str = "optuna"  # or "ray": Ray Tune runs the trials, `workers` at a time, on the cluster at `address`
+    workers: int = 1
+    address: str | None = None
 
 
 def sweep(
@@ -84,15 +88,22 @@ def sweep(
         raise RecipeError(f"--metric {settings.metric}: expected one of {', '.join(METRICS)}")
     if settings.keep not in ("best", "all"):
         raise RecipeError(f"--keep {settings.keep}: expected best or all")
+    if settings.engine not in ENGINES:
+        raise RecipeError(f"--engine {settings.engine}: expected one of {', '.join(ENGINES)}")
+    if settings.engine == "ray":
+        from fintrl.ray_cluster import require_ray
+
+        require_ray("tune")
     dims = load_space(space_path)
     check_space(dims, recipe_path, list(overrides))
     out = Path(output_dir)
     spec = _spec(recipe_path, dims, settings, list(overrides))
     _prepare(out, spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(out / STUDY_DB).resolve()}"
     study = optuna.create_study(
         study_name="fintrl",
-        storage=f"sqlite:///{out / STUDY_DB}",
+        storage=storage,
         load_if_exists=True,
         direction=METRICS[settings.metric],
         sampler=optuna.samplers.TPESampler(seed=settings.seed),
@@ -105,13 +116,19 @@ def sweep(
     if finished:
         print(f"fintrl: resuming the sweep in {out}: {len(finished)} trials done, {remaining} to go")
 
-    def objective(trial: optuna.Trial) -> float:
-        return _trial(trial, dims, recipe_path, list(overrides), out, settings)
+    if settings.engine == "ray":
+        from fintrl.sweep.ray_tune import run_on_ray
 
-    def record(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
-        write_results(out, spec, study, dims)
+        run_on_ray(study, storage, dims, recipe_path, list(overrides), out, settings, remaining, spec)
+    else:
 
-    study.optimize(objective, n_trials=remaining, callbacks=[record])
+        def objective(trial: optuna.Trial) -> float:
+            return _trial(trial, dims, recipe_path, list(overrides), out, settings)
+
+        def record(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+            write_results(out, spec, study, dims)
+
+        study.optimize(objective, n_trials=remaining, callbacks=[record])
     return finish(out, spec, study, dims, baseline, keep=settings.keep)
 
 
@@ -126,7 +143,7 @@ def _spec(recipe_path: str, dims: list[Dimension], settings: SweepSettings, over
         "direction": METRICS[settings.metric],
         "seed": settings.seed,
         "prune": settings.prune,
-        "engine": "optuna",
+        "engine": settings.engine,
     }
 
 
@@ -181,18 +198,8 @@ def _baseline(recipe_path: str, overrides: list[str], out: Path, given: str | No
 def _trial(
     trial: Any, dims: list[Dimension], recipe_path: str, overrides: list[str], out: Path, settings: SweepSettings
 ) -> float:
-    """One trial: the recipe with the trial's values, trained and scored as `fintrl run` does."""
+    """One trial on Optuna's own loop, its curve points reported to the median pruner."""
     import optuna
-
-    from fintrl.recipe.schema import load_recipe
-    from fintrl.runner import run
-
-    values = {dim.field: dim.suggest(trial) for dim in dims}
-    run_dir = trial_dir(out, trial.number)
-    sets = [*overrides, *(override(field, value) for field, value in values.items())]
-    recipe = load_recipe(recipe_path, overrides=sets, output_dir=str(run_dir))
-    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-    print(f"fintrl: trial {trial.number}: {shown}")
 
     def prune(step: int, metrics: dict[str, Any]) -> None:
         if step == 0:  # before training: every trial scores the same there
@@ -201,17 +208,12 @@ def _trial(
         if trial.should_prune():
             raise optuna.TrialPruned(f"{settings.metric} {metrics[settings.metric]:.3f} at step {step}")
 
+    values = {dim.field: dim.suggest(trial) for dim in dims}
     hook = prune if settings.prune and settings.metric in CURVE else None
-    start = time.perf_counter()
     try:
-        report = run(recipe, overwrite=True, on_curve_point=hook)
+        report = run_trial(trial.number, values, recipe_path, overrides, out, hook)
     except optuna.TrialPruned as err:
-        remove_run(run_dir)
+        remove_run(trial_dir(out, trial.number))
         print(f"fintrl: trial {trial.number} pruned: {err}")
         raise
-    trial.set_user_attr("run", str(run_dir))
-    trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
-    interval = report.get("intervals", {}).get(settings.metric)
-    if interval:
-        trial.set_user_attr("interval", interval)
     return float(report[settings.metric])

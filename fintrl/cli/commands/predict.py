@@ -91,9 +91,10 @@ def _read_texts(given: list[str], source: str | None, column: str | None) -> lis
 
 
 def _run_ray(args: argparse.Namespace) -> int:
-    from fintrl.batch.engine import RaySettings, require_ray, score_files
+    from fintrl.batch.engine import RaySettings, score_files
+    from fintrl.ray_cluster import require_ray
 
-    require_ray()
+    require_ray("data")
     if args.text or not args.input or args.input == "-" or not args.output:
         raise RecipeError(
             "--engine ray scores files: give --input FILE|FOLDER (CSV, JSONL or Parquet) and --output FOLDER"
