@@ -125,6 +125,7 @@ def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict
     from fintrl.metrics.classification import baselines
     from fintrl.model.prompts import PromptBuilder
     from fintrl.runner import run
+    from fintrl.scoring.scorer import LabelScorer
     from fintrl.scoring.targets import Target, load_for_inference
 
     data = load_labeled_data(recipe.data)
@@ -138,15 +139,9 @@ def bench_dataset(name: str, recipe: Any, args: argparse.Namespace) -> list[dict
         model, tokenizer = load_for_inference(Target(recipe, None, None, recipe.model.name_or_path))
         builder = PromptBuilder.resolve(recipe.prompt, data.labels, data.task)
         out_dir = Path(args.runs_dir) / "zero_shot" / name
-        metrics = evaluate(
-            model,
-            tokenizer,
-            builder,
-            data,
-            recipe.eval.model_copy(update={"baselines": False}),
-            out_dir,
-            recipe.model.name_or_path,
-        )
+        section = recipe.eval.model_copy(update={"baselines": False})
+        scorer = LabelScorer.from_eval(model, tokenizer, builder, section)
+        metrics = evaluate(scorer, data, section, out_dir, recipe.model.name_or_path)
         rows.append(
             row(
                 name,

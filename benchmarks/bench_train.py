@@ -163,7 +163,7 @@ def train_variant(spec: dict[str, Any]) -> dict[str, Any]:
         "steady": steady,
         "load_model_s": load.seconds,
         "peak_vram_mb": peak_vram / 2**20 if peak_vram is not None else None,
-        "n_train_rows": len(dataset),
+        "n_train_rows": len(data.train),
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -123,7 +123,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             trainer = build_bench_trainer(spec["part"], recipe, model, tokenizer, builder, data.train, tmp)
         measured = measure_training(trainer, warmup_steps=spec["warmup_steps"])
 
-    return training_result(spec, model_info, measured, setup.seconds, len(dataset))
+    return training_result(spec, model_info, measured, setup.seconds, len(data.train))
 
 
 def training_result(
@@ -366,7 +366,7 @@ def fsdp_train(spec: dict[str, Any]) -> dict[str, Any]:
         adapter = sorted(p.name for p in Path(tmp).iterdir() if p.is_file() and p.name.startswith("adapter_"))
         saved = (Path(tmp) / ADAPTER_CONFIG).is_file()
     return {
-        **training_result(spec, model_info, measured, setup.seconds, len(dataset)),
+        **training_result(spec, model_info, measured, setup.seconds, len(data.train)),
         "fsdp": {
             "enabled": fsdp,
             "launch_env": {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))},

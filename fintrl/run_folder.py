@@ -82,6 +82,8 @@ class Report(TypedDict, total=False):
     train_args: dict[str, Any]  # the SFTConfig values the card lists
     timings: dict[str, float]  # seconds per stage
     provenance: dict[str, Any]  # data fingerprints, recipe hash, code, seed, hardware, base (`fintrl.provenance`)
+    inference: dict[str, Any]  # `fintrl eval`: the form the target ran in (`fintrl.scoring.inference`)
+    ensemble: dict[str, Any]  # `fintrl eval A B ...`: members, calibrated, per_member accuracy / f1_macro / nll / ece
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool, on_curve_point: CurveHo
     from fintrl.hub.card import write_card
     from fintrl.model.loading import load_model, load_tokenizer
     from fintrl.scoring.calibration import fit_on_rows, hold_out, save_calibration
+    from fintrl.scoring.scorer import LabelScorer
     from fintrl.train import TRAIN_DEFAULTS, LearningCurve, build_trainer, train
 
     timer = Timer()
@@ -141,9 +142,8 @@ def _run_in(run_dir: Path, recipe: Recipe, resume: bool, on_curve_point: CurveHo
             if distributed.is_main():
                 save_calibration(calibration, run_dir)
     with timer.stage("eval"):
-        metrics = evaluate(
-            scoring_model, tokenizer, builder, data, recipe.eval, run_dir, recipe.model.name_or_path, calibration
-        )
+        scorer = LabelScorer.from_eval(scoring_model, tokenizer, builder, recipe.eval)
+        metrics = evaluate(scorer, data, recipe.eval, run_dir, recipe.model.name_or_path, calibration)
     if not distributed.is_main():
         return metrics
     metrics["train"] = train_metrics

@@ -29,12 +29,14 @@ def add_trust_remote_code(
     p.add_argument("--trust-remote-code", action="store_true", help=help)
 
 
-def add_target(p: argparse.ArgumentParser) -> None:
-    """TARGET and how to score it: what `eval` and `predict` (and their kin) share."""
+def add_target(p: argparse.ArgumentParser, *, ensemble: bool = False) -> None:
+    """TARGET and how to score it: what `eval` and `predict` (and their kin) share. `ensemble`: several TARGETs,
+    adapters of one base whose probabilities are averaged."""
     p.add_argument(
         "target",
+        nargs="+" if ensemble else None,
         help="run folder, adapter folder, Hub repo id (org/name or org/name@v1.0.0), or a base "
-        "model (zero-shot, needs --recipe)",
+        "model (zero-shot, needs --recipe)" + ("; several adapters of one base: their ensemble" if ensemble else ""),
     )
     p.add_argument("--recipe", help="recipe giving data, labels and prompt (default: the run folder's / repo's)")
     add_overrides(p)

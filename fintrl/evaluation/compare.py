@@ -93,6 +93,7 @@ def score(side: Side, rows: Rows | None, labels: list[str] | None, trust_remote_
     """Score `side` on `rows` (or, given none, on its own recipe's eval split) exactly as `fintrl eval` would."""
     from fintrl.data.loading import load_labeled_data
     from fintrl.evaluation.report import evaluate
+    from fintrl.scoring.scorer import LabelScorer
     from fintrl.scoring.targets import load_for_inference, resolve_target
 
     if not side.scorable:
@@ -111,7 +112,8 @@ def score(side: Side, rows: Rows | None, labels: list[str] | None, trust_remote_
     builder = target.prompt_builder(data.labels)
     section = target.recipe.eval.model_copy(update={"baselines": False})
     with tempfile.TemporaryDirectory(prefix="fintrl-compare-") as tmp:
-        evaluate(model, tokenizer, builder, data, section, Path(tmp), target.name, target.calibration)
+        scorer = LabelScorer.from_eval(model, tokenizer, builder, section)
+        evaluate(scorer, data, section, Path(tmp), target.name, target.calibration)
         scored = read_predictions(Path(tmp) / PREDICTIONS) or []
     side.labels = side.labels or data.labels
     return scored

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from fintrl import distributed
 from fintrl.data.loading import LabeledData
 from fintrl.hub.staging import portable_name
-from fintrl.model.prompts import PromptBuilder
 from fintrl.recipe.schema import EvalSection
 from fintrl.run_folder import (
     CONFUSION_MATRIX_PNG,
@@ -29,8 +28,6 @@ from fintrl.run_folder import (
 )
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
     from fintrl.scoring.calibration import Calibration
     from fintrl.scoring.scorer import ScoreResult
 
@@ -83,10 +80,15 @@ def score_report(
     return report
 
 
+class Scorer(Protocol):
+    """What `evaluate` scores with: a `LabelScorer` (`LabelScorer.from_eval`), or an ensemble's
+    (`fintrl.scoring.ensemble.EnsembleScorer`)."""
+
+    def score_sharded(self, texts: list[str], progress: bool = True) -> ScoreResult: ...
+
+
 def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    builder: PromptBuilder,
+    scorer: Scorer,
     data: LabeledData,
     section: EvalSection,
     out_dir: Path,
@@ -101,9 +103,7 @@ def evaluate(
     from fintrl.metrics.classification import baselines, classification_metrics
     from fintrl.metrics.plots import plot_confusion_matrix, plot_coverage, plot_reliability
     from fintrl.scoring.calibration import calibration_report
-    from fintrl.scoring.scorer import LabelScorer
 
-    scorer = LabelScorer.from_eval(model, tokenizer, builder, section)
     texts, gold = data.eval["text"], data.eval["label"]
     start = time.perf_counter()
     result = scorer.score_sharded(texts)

@@ -214,6 +214,16 @@ def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedToken
         return model, target_tokenizer(target)
     from peft import PeftModel
 
+    require_safetensors(target)
+    tokenizer = target_tokenizer(target)
+    try:
+        return PeftModel.from_pretrained(model, target.adapter), tokenizer
+    except RuntimeError as err:
+        raise misfit_error(err, target) from None
+
+
+def require_safetensors(target: Target) -> None:
+    """Adapter weights load from safetensors only: a pickle can run code as it loads."""
     adapter = Path(target.adapter)
     if not (adapter / ADAPTER_WEIGHTS).is_file():
         pickles = sorted(p.name for p in adapter.glob("*.bin")) + sorted(p.name for p in adapter.glob("*.pt"))
@@ -222,13 +232,13 @@ def load_for_inference(target: Target) -> tuple[PreTrainedModel, PreTrainedToken
             + (f" (only {', '.join(pickles)}: pickles, which can run code as they load)" if pickles else "")
             + "; fintrl loads adapter weights from safetensors only"
         )
-    tokenizer = target_tokenizer(target)
-    try:
-        return PeftModel.from_pretrained(model, target.adapter), tokenizer
-    except RuntimeError as err:
-        if "size mismatch" not in str(err) and "state_dict" not in str(err):
-            raise
-        raise ModelError(
-            f"adapter {target.name} does not fit base model {model_section.name_or_path} (its weight shapes "
-            "differ): it was trained on another base"
-        ) from None
+
+
+def misfit_error(err: RuntimeError, target: Target) -> Exception:
+    """PEFT's shape error as the user's: the adapter was trained on another base."""
+    if "size mismatch" not in str(err) and "state_dict" not in str(err):
+        return err
+    return ModelError(
+        f"adapter {target.name} does not fit base model {target.recipe.model.name_or_path} (its weight shapes "
+        "differ): it was trained on another base"
+    )

@@ -1,0 +1,141 @@
+"""Ensembles of adapters: several adapters of one base, each scored with its own prompt and calibration, their label
+probabilities averaged (the predicted label is the average's most probable).
+
+The base is loaded once; PEFT holds the adapters side by side in one `PeftModel` and `set_adapter` switches the
+active one between passes, so an ensemble of k adapters costs k scoring passes but one base in memory. Members must
+share the base (name, revision, quantization) and the label set, and each runs in its trained 4-bit form.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fintrl.errors import RecipeError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+    from fintrl.scoring.scorer import LabelScorer, ScoreResult
+    from fintrl.scoring.targets import Target
+
+FORM = "4-bit + adapters (ensemble)"
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    members: tuple[Target, ...]
+
+    @property
+    def name(self) -> str:
+        return " + ".join(member.name for member in self.members)
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.members[0].labels
+
+    def record(self) -> dict[str, Any]:
+        """What a report says of it: its members, and whether each has a calibration it applies."""
+        return {
+            "members": [m.name for m in self.members],
+            "calibrated": [m.calibration is not None and m.calibration.temperature != 1.0 for m in self.members],
+            "combine": "mean of the members' (calibrated) label probabilities",
+        }
+
+
+def resolve_ensemble(targets: list[str], **options: Any) -> Ensemble:
+    """Resolve each target (`resolve_target`'s `options`) and check they can be averaged: adapters of one base on
+    one label set."""
+    from fintrl.scoring.targets import resolve_target
+
+    if len(set(targets)) != len(targets):
+        raise RecipeError(f"an ensemble lists {targets}: each adapter once")
+    members = tuple(resolve_target(t, **options) for t in targets)
+    first = members[0]
+    for member in members:
+        if member.adapter is None:
+            raise RecipeError(f"{member.name} is not an adapter: an ensemble averages adapters of one base model")
+        base, quantization = member.recipe.model, member.recipe.quantization
+        if (base.name_or_path, base.revision) != (first.recipe.model.name_or_path, first.recipe.model.revision):
+            raise RecipeError(
+                f"{member.name} was trained on {base.name_or_path}, {first.name} on "
+                f"{first.recipe.model.name_or_path}: an ensemble's adapters share one base model"
+            )
+        if quantization != first.recipe.quantization:
+            raise RecipeError(f"{member.name} and {first.name} load their base with other quantization settings")
+        if member.labels != first.labels:
+            raise RecipeError(f"label sets differ: {first.name} has {first.labels}, {member.name} has {member.labels}")
+    return Ensemble(members)
+
+
+def load_ensemble(ensemble: Ensemble) -> tuple[PeftModel, list[PreTrainedTokenizerBase]]:
+    """The base, loaded once, with every member's adapter (named member0, member1, ...), and each member's tokenizer
+    (its own chat template)."""
+    from peft import PeftModel
+
+    from fintrl.model.loading import load_model
+    from fintrl.scoring.targets import misfit_error, require_safetensors, target_tokenizer
+
+    first = ensemble.members[0]
+    print(
+        f"fintrl: loading base model {first.recipe.model.name_or_path} once with {len(ensemble.members)} adapters: "
+        f"{ensemble.name}",
+        file=sys.stderr,
+    )
+    model = load_model(first.recipe.model, first.recipe.quantization)
+    for i, member in enumerate(ensemble.members):
+        require_safetensors(member)
+        try:
+            if i == 0:
+                model = PeftModel.from_pretrained(model, member.adapter, adapter_name="member0")
+            else:
+                model.load_adapter(member.adapter, adapter_name=f"member{i}")
+        except RuntimeError as err:
+            raise misfit_error(err, member) from None
+    return model, [target_tokenizer(member) for member in ensemble.members]
+
+
+class EnsembleScorer:
+    """Scores texts with each member in turn (its adapter active, its prompt, its calibration unless `calibrated` is
+    False) and averages the label probabilities. `member_results` keeps the last call's per-member results."""
+
+    def __init__(
+        self,
+        model: PeftModel,
+        tokenizers: list[PreTrainedTokenizerBase],
+        ensemble: Ensemble,
+        *,
+        labels: list[str],
+        mode: str | None = None,
+        calibrated: bool = True,
+    ) -> None:
+        self.model, self.ensemble, self.calibrated = model, ensemble, calibrated
+        self.scorers: list[LabelScorer] = []
+        for member, tokenizer in zip(ensemble.members, tokenizers):
+            self.scorers.append(member.scorer(model, tokenizer, mode=mode, labels=labels))
+        self.member_results: list[ScoreResult] = []
+
+    def score_sharded(self, texts: list[str], progress: bool = True) -> ScoreResult:
+        from fintrl.scoring.scorer import ScoreResult
+
+        results, probabilities = [], []
+        for i, (member, scorer) in enumerate(zip(self.ensemble.members, self.scorers)):
+            self.model.set_adapter(f"member{i}")
+            result = scorer.score_sharded(texts, progress=progress)
+            results.append(result)
+            raw = result.probabilities
+            probabilities.append(member.calibrate(raw, result.mode) if self.calibrated else raw)
+        self.member_results = results
+        mean = np.mean(probabilities, axis=0)
+        modes = sorted({r.mode for r in results})
+        return ScoreResult(
+            predictions=mean.argmax(-1).tolist(),
+            probabilities=mean,
+            mode=modes[0] if len(modes) == 1 else "+".join(modes),
+            n_truncated=results[0].n_truncated,
+            truncated=results[0].truncated,
+        )
