@@ -126,8 +126,8 @@ class FintrlSFTTrainer(SFTTrainer):
     With `objective: label_softmax` the loss is `label_softmax_loss` on the same logits, on either path.
     """
 
-    def __init__(self, *args: Any, label_tokens: LabelTokens, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *trainer_args: Any, label_tokens: LabelTokens, **trainer_kwargs: Any) -> None:
+        super().__init__(*trainer_args, **trainer_kwargs)
         self.label_tokens = label_tokens
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201

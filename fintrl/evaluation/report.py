@@ -80,6 +80,14 @@ def score_report(
     return report
 
 
+def headline(gold: list[int], result: ScoreResult, labels: list[str], probabilities: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1, NLL and ECE of scored rows: what a report lists of each part (an ensemble's members)."""
+    from fintrl.metrics.classification import classification_metrics
+
+    scored = classification_metrics(gold, result.predictions, labels, probabilities)
+    return {key: scored[key] for key in ("accuracy", "f1_macro", "nll", "ece")}
+
+
 class Scorer(Protocol):
     """What `evaluate` scores with: a `LabelScorer` (`LabelScorer.from_eval`), or an ensemble's
     (`fintrl.scoring.ensemble.EnsembleScorer`)."""

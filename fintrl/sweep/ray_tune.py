@@ -23,8 +23,8 @@ from fintrl.sweep.results import fmt_value, remove_run, trial_dir, write_results
 from fintrl.sweep.trial import CURVE, run_trial
 
 if TYPE_CHECKING:
+    from fintrl.sweep.settings import SweepSettings
     from fintrl.sweep.space import Dimension
-    from fintrl.sweep.study import SweepSettings
 
 NUMBER = "fintrl_trial"  # the config key that carries the study's trial number to the worker
 FINAL = "fintrl_final"  # marks a trial's last report (its eval metric): a trial stopped before it is pruned
@@ -89,6 +89,9 @@ def run_on_ray(
 
     if remaining == 0:
         return
+    # fintrl prints its own lines and writes its own results: not Ray's status box, nor its CSV/JSON/TensorBoard logs
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     mode = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
     metric = settings.metric
 

@@ -16,49 +16,20 @@ import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fintrl.errors import RecipeError, RunFolderError
 from fintrl.run_folder import RunFolder, write_atomic
 from fintrl.sweep.results import remove_run, trial_dir
+from fintrl.sweep.settings import ENGINES, METRICS, SweepSettings
 from fintrl.sweep.space import Dimension, check_space, load_space
 from fintrl.sweep.trial import CURVE, run_trial
 
 logger = logging.getLogger(__name__)
 
-METRICS = {
-    "f1_macro": "maximize",
-    "accuracy": "maximize",
-    "f1_weighted": "maximize",
-    "mcc": "maximize",
-    "precision_macro": "maximize",
-    "recall_macro": "maximize",
-    "nll": "minimize",
-    "ece": "minimize",
-    "brier": "minimize",
-}
-ENGINES = ("optuna", "ray")
 SPEC = "sweep_spec.json"  # what the folder's study searches: a rerun resumes only the same sweep
 STUDY_DB = "optuna.db"
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    """How a sweep runs: `trials` in all (a resumed sweep runs only those missing), the `metric` to optimise, the
-    sampler's `seed`, median pruning on or off, which trial folders to `keep` ("best" or "all"), and an existing run
-    of the recipe to compare against (`baseline`; default: trained into the sweep folder)."""
-
-    trials: int = 20
-    metric: str = "f1_macro"
-    seed: int = 0
-    prune: bool = True
-    keep: str = "best"
-    baseline: str | None = None
-    engine: str = "optuna"  # or "ray": Ray Tune runs the trials, `workers` at a time, on the cluster at `address`
-    workers: int = 1
-    address: str | None = None
 
 
 def sweep(
@@ -66,7 +37,7 @@ def sweep(
     space_path: str,
     output_dir: str | Path,
     *,
-    settings: SweepSettings = SweepSettings(),
+    settings: SweepSettings | None = None,
     overrides: list[str] = (),
 ) -> dict[str, Any]:
     """Run (or resume) the sweep; returns what `sweep.json` holds.
@@ -76,6 +47,7 @@ def sweep(
     result["best"]["params"], result["comparison"]["verdict"]
     ```
     """
+    settings = settings or SweepSettings()
     try:
         import optuna
         from optuna.trial import TrialState

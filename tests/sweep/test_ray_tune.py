@@ -11,7 +11,8 @@ import pytest
 
 from fintrl.cli.main import main
 from fintrl.sweep.ray_tune import FINAL, Search
-from fintrl.sweep.study import SweepSettings, sweep
+from fintrl.sweep.settings import SweepSettings
+from fintrl.sweep.study import sweep
 from tests.sweep.test_sweep import recipe, space  # noqa: F401 - the fixture
 
 SPACE = "train.learning_rate: {log_uniform: [1.0e-3, 1.0e-2]}\nlora.r: [2, 4]\n"

@@ -12,7 +12,8 @@ import yaml
 
 from fintrl.cli.main import main
 from fintrl.sweep import study as sweep_study
-from fintrl.sweep.study import SweepSettings, sweep
+from fintrl.sweep.settings import SweepSettings
+from fintrl.sweep.study import sweep
 from tests.helpers import tiny_recipe_dict
 
 

@@ -76,8 +76,7 @@ def _single(targets: list[str], options: dict[str, Any], args: argparse.Namespac
 def _ensemble(targets: list[str], options: dict[str, Any], args: argparse.Namespace, work: Path) -> Report:
     """The first member's recipe says which data and eval settings; each member scores with its own prompt and
     calibration; the report adds each member's own accuracy and macro-F1 on the same rows."""
-    from fintrl.evaluation.report import evaluate
-    from fintrl.metrics.classification import classification_metrics
+    from fintrl.evaluation.report import evaluate, headline
     from fintrl.scoring.ensemble import FORM, EnsembleScorer, load_ensemble, resolve_ensemble
 
     ensemble = resolve_ensemble(targets, **options)
@@ -94,8 +93,7 @@ def _ensemble(targets: list[str], options: dict[str, Any], args: argparse.Namesp
         probabilities = (
             result.probabilities if args.uncalibrated else member.calibrate(result.probabilities, result.mode)
         )
-        scored = classification_metrics(gold, result.predictions, data.labels, probabilities)
-        members.append({"name": member.name, **{k: scored[k] for k in ("accuracy", "f1_macro", "nll", "ece")}})
+        members.append({"name": member.name, **headline(gold, result, data.labels, probabilities)})
     metrics["ensemble"] = ensemble.record() | {"per_member": members}
     metrics["inference"] = {"form": FORM, "reason": "an ensemble's members run as trained, on one base"}
     return metrics

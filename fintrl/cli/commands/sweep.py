@@ -9,7 +9,7 @@ from fintrl.cli.options import add_overrides, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fintrl.sweep.study import ENGINES, METRICS
+    from fintrl.sweep.settings import ENGINES, METRICS
 
     p = sub.add_parser("sweep", help="search recipe fields (an Optuna study of runs, or Ray Tune) for the best metric")
     p.add_argument("recipe")
@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fintrl.sweep.study import SweepSettings, sweep
+    from fintrl.sweep.settings import SweepSettings
+    from fintrl.sweep.study import sweep
 
     settings = SweepSettings(
         trials=args.trials,
