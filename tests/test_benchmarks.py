@@ -185,3 +185,22 @@ def test_bench_inference_quick_compares_the_forms(tiny_run: Path, tmp_path: Path
     assert report["agreement"]["n"] == 6 and report["agreement"]["max_abs_dprob"] <= 1e-3
     assert set(report["ratios"]) == {"4bit", "4bit-before"}
     assert "dense vs 4bit: labels the same on 6/6 texts" in done.stdout
+
+
+@pytest.mark.data
+def test_bench_change_quick_compares_a_change_and_an_ensemble(tmp_path: Path) -> None:
+    """Smoke: the recipe and the changed recipe (tiny model, 2 steps) trained, compared; then both seeds averaged."""
+    from benchmarks import bench_change
+    from tests.helpers import shared_data
+
+    shared_data("fpb_50agree")
+    common = ["--quick", "--datasets", "fpb_50agree", "--runs-dir", str(tmp_path / "runs")]
+    out = tmp_path / "change.json"
+    argv = [*common, "--seeds", "42", "--change", "train.objective=label_softmax", "--out", str(out)]
+    assert bench_change.main(argv) == 0
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["change"] == ["train.objective=label_softmax"] and row["compare"]["verdict"]
+    assert (tmp_path / "runs" / "fpb_50agree-seed42-train.objective=label_softmax" / "metrics.json").is_file()
+    assert bench_change.main([*common, "--seeds", "42", "7", "--ensemble", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["seed"] for r in rows] == [42, 7] and rows[0]["changed"] == rows[1]["changed"]

@@ -1,0 +1,190 @@
+"""What one change to a recipe does, proven by `fintrl compare`: each dataset's committed recipe trained as it is and
+with the change (`--change train.objective=label_softmax`, repeatable), per seed, on validation; or the ensemble of
+the recipe's seeds against each seed alone (`--ensemble`).
+
+Printed per dataset and seed: both sides' accuracy and macro-F1, the paired verdict (the change against the recipe:
+bootstrap interval of the accuracy difference and McNemar's test) and the training seconds of each side.
+
+    python -m benchmarks.bench_change --datasets fpb_50agree --seeds 42 --change train.objective=label_softmax
+    python -m benchmarks.bench_change --datasets fpb_50agree --seeds 42 7 --ensemble   # the seeds' runs averaged
+    python -m benchmarks.bench_change --quick --datasets fpb_50agree --change train.objective=label_softmax  # smoke
+    python -m benchmarks.bench_change --report runs/bench/change.json
+
+The recipe's own runs are trained into RUNS/<dataset>-seed<seed>-recipe, unless `--recipe-runs PATTERN` names
+finished ones (`{dataset}` and `{seed}` filled in, e.g. bench_calibration's `runs/bench/calibration/{dataset}-seed
+{seed}-cal256`: the same overrides, so the same runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_calibration import QUICK
+from benchmarks.harness import REPO, SHARED_DATA, environment, loadavg, write_report
+
+RECIPES = {name: f"{name}_smollm2" for name in ("fpb_50agree", "tfns", "fiqa", "tfn_topic")}  # issue 26's four
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_change", description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[42, 7])
+    what = p.add_mutually_exclusive_group(required=False)
+    what.add_argument("--change", action="append", default=[], metavar="KEY=VALUE", help="the recipe change")
+    what.add_argument("--ensemble", action="store_true", help="the seeds' recipe runs averaged, against each alone")
+    p.add_argument("--recipe-runs", metavar="PATTERN", help="finished runs of the recipe ({dataset}, {seed})")
+    p.add_argument("--quick", action="store_true", help="tiny random model, 64 rows, 2 steps (numbers mean nothing)")
+    p.add_argument("--runs-dir", default="runs/bench/change")
+    p.add_argument("--out", default="runs/bench/change.json")
+    p.add_argument("--report", metavar="RESULTS.json", help="run nothing: print an earlier results JSON")
+    args = p.parse_args(argv)
+    if not args.report and not args.change and not args.ensemble:
+        p.error("give --change KEY=VALUE (repeatable) or --ensemble")
+    return args
+
+
+def slug(changes: list[str]) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", "+".join(changes))[:80]
+
+
+def train(dataset: str, seed: int, changes: list[str], out: Path, quick: bool) -> None:
+    """Train the recipe (with `changes`) into `out` unless it holds a finished run."""
+    from fintrl.recipe.schema import load_recipe
+    from fintrl.run_folder import RunFolder
+    from fintrl.runner import run
+
+    if not RunFolder(out).is_finished:
+        overrides = [
+            f"data.path={SHARED_DATA / dataset}",
+            f"seed={seed}",
+            f"data.seed={seed}",
+            "eval.baselines=false",
+            *(QUICK if quick else []),
+            *changes,
+        ]
+        recipe = load_recipe(REPO / "recipes" / f"{RECIPES[dataset]}.yaml", overrides=overrides, output_dir=str(out))
+        with contextlib.redirect_stdout(sys.stderr):
+            run(recipe, overwrite=out.exists())
+
+
+def recipe_run(dataset: str, seed: int, args: argparse.Namespace) -> Path:
+    if args.recipe_runs:
+        return Path(args.recipe_runs.format(dataset=dataset, seed=seed))
+    out = Path(args.runs_dir) / f"{dataset}-seed{seed}-recipe"
+    train(dataset, seed, [], out, args.quick)
+    return out
+
+
+def side(folder: Path) -> dict[str, Any]:
+    from fintrl.run_folder import RunFolder
+
+    report = RunFolder(folder).metrics()
+    return {
+        "run": str(folder),
+        "accuracy": report["accuracy"],
+        "f1_macro": report["f1_macro"],
+        "train_seconds": report.get("timings", {}).get("train"),
+    }
+
+
+def verdict(a: Path, b: Path) -> dict[str, Any]:
+    from fintrl.evaluation.compare import compare
+
+    result = compare(str(a), str(b))
+    accuracy = result["metrics"]["accuracy"]
+    return {
+        "difference": accuracy["difference"],
+        "interval": accuracy["interval"],
+        "mcnemar_p": result["mcnemar"]["p_value"],
+        "verdict": result["verdict"],
+    }
+
+
+def change_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            base = recipe_run(dataset, seed, args)
+            changed = Path(args.runs_dir) / f"{dataset}-seed{seed}-{slug(args.change)}"
+            train(dataset, seed, args.change, changed, args.quick)
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "seed": seed,
+                    "change": args.change,
+                    "recipe": side(base),
+                    "changed": side(changed),
+                    "compare": verdict(base, changed),
+                }
+            )
+    return rows
+
+
+def ensemble_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per dataset: `fintrl eval` of the seeds' recipe runs together, compared with each seed's run alone."""
+    from fintrl.cli.main import main as fintrl
+
+    rows = []
+    for dataset in args.datasets:
+        members = [recipe_run(dataset, seed, args) for seed in args.seeds]
+        out = Path(args.runs_dir) / (f"{dataset}-ensemble-" + "-".join(map(str, args.seeds)))
+        if not (out / "metrics.json").is_file():
+            with contextlib.redirect_stdout(sys.stderr):
+                code = fintrl(["eval", *map(str, members), "--output-dir", str(out), "--overwrite"])
+            if code:
+                raise SystemExit(f"bench_change: fintrl eval of the ensemble failed (exit {code})")
+        for seed, member in zip(args.seeds, members):
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "seed": seed,
+                    "change": [f"ensemble of seeds {args.seeds}"],
+                    "recipe": side(member),
+                    "changed": side(out) | {"train_seconds": None},
+                    "compare": verdict(member, out),
+                }
+            )
+    return rows
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        "| dataset | seed | change | acc recipe -> changed | macro-F1 recipe -> changed | accuracy difference, 95 % CI "
+        "| McNemar p | train s recipe / changed |",
+        "|---|---:|---|---|---|---|---:|---|",
+    ]
+    for r in report["rows"]:
+        a, b, c = r["recipe"], r["changed"], r["compare"]
+        seconds = " / ".join("-" if s is None else f"{s:.0f}" for s in (a["train_seconds"], b["train_seconds"]))
+        lines.append(
+            f"| {r['dataset']} | {r['seed']} | {', '.join(r['change'])} | {a['accuracy']:.3f} -> {b['accuracy']:.3f} "
+            f"| {a['f1_macro']:.3f} -> {b['f1_macro']:.3f} | {c['difference']:+.3f} [{c['interval'][0]:+.3f}, "
+            f"{c['interval'][1]:+.3f}] | {c['mcnemar_p']:.3f} | {seconds} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report:
+        print(render(json.loads(Path(args.report).read_text())))
+        return 0
+    missing = [d for d in args.datasets if not (SHARED_DATA / d / "train.csv").is_file()]
+    if missing:
+        print(f"bench_change: no data for {missing} under {SHARED_DATA}", file=sys.stderr)
+        return 2
+    rows = ensemble_rows(args) if args.ensemble else change_rows(args)
+    report = {"meta": {"environment": environment(), "load_end": loadavg(), "quick": args.quick}, "rows": rows}
+    write_report(args.out, report)
+    print(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
