@@ -330,6 +330,9 @@ def test_cli_serve_takes_the_key_from_the_environment_and_stops_cleanly_on_ctrl_
         env=env,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal sends it: a suite started in the background (`cmd &` without job control) hands its
+        # children SIGINT ignored, and a process that starts so never turns Ctrl-C into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         first = proc.stderr.readline()
