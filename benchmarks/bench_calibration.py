@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import REPO, SHARED_DATA, environment, loadavg, stopwatch, write_report
+from benchmarks.harness import REPO, SHARED_DATA, dataset_bench, stopwatch
 
 RECIPES = {"fpb_50agree": "fpb_50agree_smollm2", "fiqa": "fiqa_smollm2", "tfns": "tfns_smollm2"}
 QUICK = ["model.name_or_path=tiny-mistral", "data.max_train_samples=64", "train.max_steps=2", "eval.curve_points=0"]
@@ -107,18 +107,9 @@ def render(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.report:
-        print(render(json.loads(Path(args.report).read_text())))
-        return 0
-    missing = [d for d in args.datasets if not (SHARED_DATA / d / "train.csv").is_file()]
-    if missing:
-        print(f"bench_calibration: no data for {missing} under {SHARED_DATA}", file=sys.stderr)
-        return 2
-    rows = [row(d, s, args) for d in args.datasets for s in args.seeds]
-    report = {"meta": {"environment": environment(), "load_end": loadavg(), "quick": args.quick}, "rows": rows}
-    write_report(args.out, report)
-    print(render(report))
-    return 0
+    return dataset_bench(
+        "bench_calibration", args, lambda: [row(d, s, args) for d in args.datasets for s in args.seeds], render
+    )
 
 
 if __name__ == "__main__":

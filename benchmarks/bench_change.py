@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_calibration import QUICK
-from benchmarks.harness import REPO, SHARED_DATA, environment, loadavg, write_report
+from benchmarks.harness import REPO, SHARED_DATA, dataset_bench
 
 RECIPES = {name: f"{name}_smollm2" for name in ("fpb_50agree", "tfns", "fiqa", "tfn_topic")}  # issue 26's four
 
@@ -172,18 +171,9 @@ def render(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.report:
-        print(render(json.loads(Path(args.report).read_text())))
-        return 0
-    missing = [d for d in args.datasets if not (SHARED_DATA / d / "train.csv").is_file()]
-    if missing:
-        print(f"bench_change: no data for {missing} under {SHARED_DATA}", file=sys.stderr)
-        return 2
-    rows = ensemble_rows(args) if args.ensemble else change_rows(args)
-    report = {"meta": {"environment": environment(), "load_end": loadavg(), "quick": args.quick}, "rows": rows}
-    write_report(args.out, report)
-    print(render(report))
-    return 0
+    return dataset_bench(
+        "bench_change", args, lambda: ensemble_rows(args) if args.ensemble else change_rows(args), render
+    )
 
 
 if __name__ == "__main__":

@@ -118,6 +118,25 @@ def write_report(path: str | Path, report: dict[str, Any]) -> Path:
 
 
 # -- workers: one function, one fresh process -----------------------------------------------------------------------
+def dataset_bench(
+    name: str, args: Any, rows: Callable[[], list[dict[str, Any]]], render: Callable[[dict[str, Any]], str]
+) -> int:
+    """A real-data benchmark's main: `--report` prints an earlier results JSON; else every `args.datasets` must be in
+    ../shared/data, `rows()` measures, and the report (rows + environment) is written to `args.out` and printed."""
+    if args.report:
+        print(render(json.loads(Path(args.report).read_text())))
+        return 0
+    missing = [d for d in args.datasets if not (SHARED_DATA / d / "train.csv").is_file()]
+    if missing:
+        print(f"{name}: no data for {missing} under {SHARED_DATA}", file=sys.stderr)
+        return 2
+    measured = rows()
+    report = {"meta": {"environment": environment(), "load_end": loadavg(), "quick": args.quick}, "rows": measured}
+    write_report(args.out, report)
+    print(render(report))
+    return 0
+
+
 def run_worker(
     target: str,
     spec: dict[str, Any],
