@@ -99,7 +99,10 @@ def final_metrics(report: Report) -> dict[str, float]:
         check = calibration.get("check") or {}
         if isinstance(check.get("fitted_temperature"), (int, float)):
             out["calibration/fitted_temperature"] = float(check["fitted_temperature"])
-            out["calibration/kept"] = float(bool(check.get("kept")))
+        if "kept" in check:
+            out["calibration/kept"] = float(bool(check["kept"]))
+        if isinstance(calibration.get("labels_changed"), int):
+            out["calibration/labels_changed"] = float(calibration["labels_changed"])
     return out
 
 

@@ -163,6 +163,6 @@ def in_sample(run: RunFolder, data: LabeledData) -> SplitScores:
     _, held = hold_out(data, recipe.eval, recipe.data.seed)  # the rows the run did not train on
     held_texts = set(held["text"]) if held is not None else set()
     scored = [HELD_OUT if t in held_texts else IN_SAMPLE for t in texts]
-    probabilities = target.calibrate(result.probabilities, result.mode)
+    result = target.calibrate(result)
     gold = np.asarray(data.train["label"])
-    return SplitScores("train", texts, gold, probabilities, result.predictions, scored, [None] * len(texts))
+    return SplitScores("train", texts, gold, result.probabilities, result.predictions, scored, [None] * len(texts))

@@ -87,10 +87,9 @@ class ScorerActor:
 
         texts = batch.column("text").to_pylist()
         result = self.scorer.score(texts, progress=False)
-        probs = result.probabilities
         if self.job["calibrated"]:
-            probs = self.target.calibrate(probs, result.mode)
-        rows = predict_rows(texts, self.labels, result.predictions, probs, self.job["min_confidence"])
+            result = self.target.calibrate(result)
+        rows = predict_rows(texts, self.labels, result.predictions, result.probabilities, self.job["min_confidence"])
         ids = batch.select(["row", "source", "source_row"]).to_pylist()
         table = pa.Table.from_pylist([i | r for i, r in zip(ids, rows)], schema=self.schema)
         return table.append_column("shard", batch.column("shard"))

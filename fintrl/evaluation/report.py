@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from fintrl import distributed
 from fintrl.data.loading import LabeledData
 from fintrl.hub.staging import portable_name
@@ -55,19 +53,18 @@ def score_report(
     gold: list[int],
     result: ScoreResult,
     labels: list[str],
-    probabilities: np.ndarray,
     *,
     max_length: int,
     seconds: float | None = None,
 ) -> Report:
-    """The headline metrics of scored rows with their bootstrap intervals, the risk-coverage table, how they were
-    scored, and the environment: what every report has."""
+    """The headline metrics of scored (and calibrated) rows with their bootstrap intervals, the risk-coverage table,
+    how they were scored, and the environment: what every report has."""
     from fintrl.metrics.classification import classification_metrics
     from fintrl.metrics.stats import bootstrap_intervals, risk_coverage
 
-    report = classification_metrics(gold, result.predictions, labels, probabilities)
+    report = classification_metrics(gold, result.predictions, labels, result.probabilities)
     report["intervals"] = bootstrap_intervals(gold, result.predictions, len(labels))
-    report["coverage"] = risk_coverage(probabilities, result.predictions, gold)
+    report["coverage"] = risk_coverage(result.probabilities, result.predictions, gold)
     report["scoring"] = {
         "mode": result.mode,
         "n_truncated": result.n_truncated,
@@ -80,11 +77,11 @@ def score_report(
     return report
 
 
-def headline(gold: list[int], result: ScoreResult, labels: list[str], probabilities: np.ndarray) -> dict[str, float]:
+def headline(gold: list[int], result: ScoreResult, labels: list[str]) -> dict[str, float]:
     """Accuracy, macro-F1, NLL and ECE of scored rows: what a report lists of each part (an ensemble's members)."""
     from fintrl.metrics.classification import classification_metrics
 
-    scored = classification_metrics(gold, result.predictions, labels, probabilities)
+    scored = classification_metrics(gold, result.predictions, labels, result.probabilities)
     return {key: scored[key] for key in ("accuracy", "f1_macro", "nll", "ece")}
 
 
@@ -118,12 +115,13 @@ def evaluate(
     seconds = time.perf_counter() - start
     if not distributed.is_main():
         return Report()
-    raw = result.probabilities
+    raw = result
     calibrated = calibration is not None and calibration.applies_to(result.mode)
-    probabilities = calibration.apply(raw) if calibrated else raw
-    metrics = score_report(gold, result, data.labels, probabilities, max_length=section.max_length, seconds=seconds)
+    result = calibration.apply_result(raw) if calibrated else raw
+    probabilities = result.probabilities
+    metrics = score_report(gold, result, data.labels, max_length=section.max_length, seconds=seconds)
     if calibration is not None:
-        metrics["calibration"] = calibration_report(calibration, raw, probabilities, gold, result.mode)
+        metrics["calibration"] = calibration_report(calibration, raw, result, gold)
     metrics["model"] = portable_name(model_id)  # an offline name's Hub id, a Hub id, or a folder's name: never a path
     metrics["data"] = data.describe()
     if section.baselines:
@@ -142,6 +140,6 @@ def evaluate(
     rows = prediction_rows(texts, gold, data.labels, result.predictions, probabilities, result.raw_outputs)
     write_predictions(out_dir / PREDICTIONS, rows)
     plot_confusion_matrix(metrics, out_dir / CONFUSION_MATRIX_PNG)
-    plot_reliability(probabilities, gold, out_dir / RELIABILITY_PNG, before=raw if calibrated else None)
+    plot_reliability(probabilities, gold, out_dir / RELIABILITY_PNG, before=raw.probabilities if calibrated else None)
     plot_coverage(metrics["coverage"], out_dir / COVERAGE_PNG)
     return metrics

@@ -131,7 +131,7 @@ def _merged_report(
     from fintrl.hub.staging import portable_report
 
     source = portable_report(run.metrics())
-    report = score_report(gold, result, labels, result.probabilities, max_length=recipe.eval.max_length)
+    report = score_report(gold, result, labels, max_length=recipe.eval.max_length)
     report["model"] = source.get("model")
     report["data"] = source["data"]
     report["train"] = source.get("train", {})

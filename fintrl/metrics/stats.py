@@ -207,8 +207,13 @@ def summary(metrics: dict[str, Any], output_dir: str) -> dict[str, Any]:
     if calibration.get("applied"):
         before, after = calibration["before"], calibration["after"]
         check = calibration.get("check") or {}
+        scaling = (
+            {"method": calibration["method"], "labels_changed": calibration.get("labels_changed", 0)}
+            if "weights" in calibration
+            else {"temperature": round(calibration["temperature"], 3)}
+        )
         out["calibration"] = (
-            {"temperature": round(calibration["temperature"], 3)}
+            scaling
             | ({"kept": check["kept"], "why": check["reason"]} if check else {})
             | {k: f"{before[k]:.3f} -> {after[k]:.3f}" for k in ("ece", "nll", "brier")}
         )

@@ -234,7 +234,13 @@ class EvalSection(_Section):
         256,
         ge=0,
         description="Train rows held out of training (a seeded stratified sample, at most 10 % of train) and scored "
-        "once after it to fit the temperature that calibrates the probabilities (calibration.json); 0: no calibration.",
+        "once after it to fit the map that calibrates the probabilities (calibration.json); 0: no calibration.",
+    )
+    calibration_method: Literal["temperature", "vector"] = Field(
+        "temperature",
+        description="temperature: one T, the predicted labels never change; vector: a weight and a bias per label "
+        "(can undo a bias toward one label; predictions follow the calibrated probabilities). Either is kept only "
+        "where it lowers NLL on held-out rows it was not fitted on (docs/evaluation.md#calibration).",
     )
 
 

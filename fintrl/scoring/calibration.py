@@ -1,17 +1,17 @@
 """Calibrated probabilities, and abstaining when they are low.
 
-Temperature scaling (one parameter, Guo et al. 2017): the scorer's per-label log-probabilities are divided by T and
-renormalised, p_k^(1/T) / sum_j p_j^(1/T). T > 1 softens an over-confident model, T < 1 sharpens an under-confident
-one; the order of the labels, hence the predicted label, never changes. T minimises the negative log-likelihood
-(`scipy.optimize.minimize_scalar` over log T, bounded to [0.05, 20]; T = 1 unless that lowers it) on calibration rows:
-a seeded stratified sample of the train split, held out of training (the eval split is the one reported, so it is
-never used), scored once after training with the run's exact scorer. The run writes it to `calibration.json`;
-`eval` and `predict` apply it (`--uncalibrated`: not), and so can any server: `Target.calibrate`.
+A calibration map (`fintrl.scoring.scaling`: temperature scaling by default, per-label vector scaling with
+`eval.calibration_method: vector`) is fitted by NLL on calibration rows: a seeded stratified sample of the train split,
+held out of training (the eval split is the one reported, so it is never used), scored once after training with the
+run's exact scorer. The run writes it to `calibration.json`; `eval`, `predict`, `serve`, Ray scoring and `audit`
+apply it (`--uncalibrated`: not) through `Target.calibrate`, which also moves each prediction to the calibrated argmax
+where the map can reorder the labels (vector scaling).
 
-A temperature is kept only when it is seen to help on rows it was not fitted on (`check_temperature`): the
-calibration rows are cross-fitted (each fold's T fitted on the other folds, its NLL measured on the fold), and T is kept
-when the out-of-fold NLL gain has a 95 % bootstrap interval above zero; otherwise T = 1 (probabilities as scored),
-and the report, the card and the summary say why. A model that is already calibrated is left alone.
+A map is kept only when it is seen to help on rows it was not fitted on (`check_calibration`): the calibration rows
+are cross-fitted (each fold's map fitted on the other folds, its NLL measured on the fold), and the map is kept when
+the out-of-fold NLL gain has a 95 % bootstrap interval above zero (and, for a map that can change labels, it fixes at
+least as many of those rows' labels as it breaks); otherwise the probabilities stay as scored, and the report, the
+card and the summary say why. A model that is already calibrated is left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from fintrl.errors import RunFolderError
 from fintrl.metrics.stats import brier, confidence, nll
 from fintrl.run_folder import CALIBRATION, write_atomic
+from fintrl.scoring.scaling import BIAS_BOUND, BOUNDS, Method, Scaling, at_bound, fit
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -37,11 +38,11 @@ if TYPE_CHECKING:
     from fintrl.data.loading import LabeledData
     from fintrl.model.prompts import PromptBuilder
     from fintrl.recipe.schema import EvalSection
+    from fintrl.scoring.scorer import ScoreResult
 
 logger = logging.getLogger(__name__)
 
-METHOD = "temperature scaling"
-BOUNDS = (0.05, 20.0)
+NAMES = {"temperature": "temperature scaling", "vector": "vector scaling"}  # calibration.json's `method`
 CHECK_FOLDS = 2  # cross-fitting folds over the calibration rows
 CHECK_RESAMPLES = 2000  # bootstrap resamples of the out-of-fold NLL gain
 MODES = ("first_token", "trie", "loglik")  # the scoring modes with probabilities
@@ -51,9 +52,9 @@ ABSTAIN = "abstain"
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fitted temperature and what it was fitted on (calibration.json)."""
+    """A fitted calibration map and what it was fitted on (calibration.json)."""
 
-    temperature: float
+    temperature: float  # temperature scaling's T (1 for vector scaling, or when the fitted T was not kept)
     mode: str  # the scoring mode whose probabilities it was fitted on (first_token, trie, loglik)
     n: int
     split: str
@@ -61,83 +62,76 @@ class Calibration:
     nll_before: float | None = None  # on the calibration rows
     nll_after: float | None = None
     fitted: float | None = None  # the T the fit found, kept (= temperature) or not (temperature = 1)
-    check: dict[str, Any] | None = None  # `check_temperature`: out-of-fold NLL gain, its interval, kept, reason
+    check: dict[str, Any] | None = None  # `check_calibration`: out-of-fold NLL gain, its interval, kept, reason
+    method: Method = "temperature"
+    weights: tuple[float, ...] | None = None  # vector scaling, when kept: w and b per label
+    biases: tuple[float, ...] | None = None
+
+    @property
+    def scaling(self) -> Scaling:
+        return Scaling(self.method, self.temperature, self.weights, self.biases)
 
     def applies_to(self, mode: str | None) -> bool:
-        """Probabilities of another scoring mode are another distribution: the temperature is not theirs."""
+        """Probabilities of another scoring mode are another distribution: the map is not theirs."""
         return mode is None or mode == self.mode
 
     def apply(self, probabilities: np.ndarray, mode: str | None = None) -> np.ndarray:
-        """Temperature-scaled probabilities; unchanged (with a warning) for another scoring mode's."""
+        """Calibrated probabilities; unchanged (with a warning) for another scoring mode's."""
         if not self.applies_to(mode):
             logger.warning("calibration not applied: fitted on %s probabilities, these are %s ones", self.mode, mode)
             return np.asarray(probabilities, dtype=float)
-        return apply_temperature(probabilities, self.temperature)
+        return self.scaling.apply(probabilities)
+
+    def apply_result(self, result: ScoreResult) -> ScoreResult:
+        """The scorer's result, calibrated: its probabilities, and its predictions where the map can reorder labels
+        (vector scaling: the calibrated argmax). What every command that calibrates calls."""
+        if not self.applies_to(result.mode):
+            self.apply(result.probabilities, result.mode)  # the warning
+            return result
+        probabilities = self.scaling.apply(result.probabilities)
+        predictions = probabilities.argmax(-1).tolist() if self.scaling.reorders else result.predictions
+        return dataclasses.replace(result, probabilities=probabilities, predictions=predictions)
 
     def record(self) -> dict[str, Any]:
-        return {"method": METHOD, **dataclasses.asdict(self)}
-
-
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T), row by row; a zero probability stays zero (a one-hot row stays one-hot)."""
-    p = np.asarray(probabilities, dtype=float)
-    with np.errstate(divide="ignore"):
-        logits = np.log(p) / temperature
-    scaled = np.exp(logits - logits.max(-1, keepdims=True))
-    return scaled / scaled.sum(-1, keepdims=True)
-
-
-def optimal_temperature(probabilities: np.ndarray, gold: Any) -> float:
-    """The T in BOUNDS that minimises the mean NLL of the gold labels (it may sit at a bound)."""
-    from scipy.optimize import minimize_scalar
-
-    def loss(log_t: float) -> float:
-        return nll(apply_temperature(probabilities, math.exp(log_t)), gold)
-
-    best = minimize_scalar(loss, bounds=tuple(map(math.log, BOUNDS)), method="bounded", options={"xatol": 1e-4})
-    return float(math.exp(best.x)) if best.fun < loss(0.0) else 1.0
-
-
-def at_bound(temperature: float) -> bool:
-    return not BOUNDS[0] * 1.05 < temperature < BOUNDS[1] / 1.05
-
-
-def fit_temperature(probabilities: np.ndarray, gold: Any) -> float:
-    """`optimal_temperature`, or 1.0 when the optimum sits at a bound: the rows cannot tell (every row right, say: a
-    sharper T always lowers their NLL and would make the rows it is applied to over-confident)."""
-    temperature = optimal_temperature(probabilities, gold)
-    return 1.0 if at_bound(temperature) else temperature
+        record = dataclasses.asdict(self) | {"method": NAMES[self.method]}
+        return {k: v for k, v in record.items() if v is not None or k not in ("weights", "biases")}
 
 
 def _row_nll(probabilities: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(probabilities[np.arange(len(gold)), gold], 1e-12, None))
 
 
-def check_temperature(probabilities: np.ndarray, gold: Any, seed: int = 0) -> dict[str, Any]:
-    """Is a temperature worth keeping on these rows? Cross-fitted: each fold's T is fitted on the other folds and
-    judged on the fold, so the gain is measured on rows T never saw; kept when its 95 % bootstrap interval over rows
-    is above zero and the T fitted on all rows is not at a bound. Returns the record metrics.json and the card show."""
+def check_calibration(
+    probabilities: np.ndarray, gold: Any, method: str = "temperature", seed: int = 0
+) -> dict[str, Any]:
+    """Is a calibration map worth keeping on these rows? Cross-fitted: each fold's map is fitted on the other folds
+    and judged on the fold, so the gain is measured on rows it never saw; kept when its 95 % bootstrap interval over
+    rows is above zero, the map fitted on all rows is not at a search bound, and (vector scaling) it fixes at least
+    as many out-of-fold labels as it breaks. Returns the record metrics.json and the card show."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     probabilities, gold = np.asarray(probabilities, dtype=float), np.asarray(gold)
-    fitted = optimal_temperature(probabilities, gold)
+    fitted = fit(method, probabilities, gold)
     counts = np.bincount(gold, minlength=probabilities.shape[1])
     stratified = counts[counts > 0].min() >= CHECK_FOLDS
     splitter = (StratifiedKFold if stratified else KFold)(n_splits=CHECK_FOLDS, shuffle=True, random_state=seed)
-    raw, scaled, fold_temperatures = _row_nll(probabilities, gold), np.zeros(len(gold)), []
+    raw, scaled, labels, folds = _row_nll(probabilities, gold), np.zeros(len(gold)), np.zeros(len(gold), int), []
     for fit_rows, held_rows in splitter.split(np.zeros(len(gold)), gold if stratified else None):
-        t = optimal_temperature(probabilities[fit_rows], gold[fit_rows])
-        fold_temperatures.append(round(t, 4))
-        scaled[held_rows] = _row_nll(apply_temperature(probabilities[held_rows], t), gold[held_rows])
-    gain = raw - scaled  # > 0: the temperature lowered that row's NLL
+        fold = fit(method, probabilities[fit_rows], gold[fit_rows])
+        folds.append(fold.record())
+        calibrated = fold.apply(probabilities[held_rows])
+        scaled[held_rows] = _row_nll(calibrated, gold[held_rows])
+        labels[held_rows] = calibrated.argmax(-1)
+    gain = raw - scaled  # > 0: the map lowered that row's NLL
     rng = np.random.default_rng(seed)
     means = np.array([gain[rng.integers(0, len(gain), len(gain))].mean() for _ in range(CHECK_RESAMPLES)])
     low, high = (float(v) for v in np.quantile(means, [0.025, 0.975]))
-    if at_bound(fitted):
-        kept, reason = False, f"the fitted T ({fitted:.3g}) sits at its search bound: these rows cannot tell"
-    elif low > 0:
-        kept, reason = True, f"it lowers NLL on rows it was not fitted on by {gain.mean():.4f} [{low:.4f}, {high:.4f}]"
-    else:
+    right_before, right_after = probabilities.argmax(-1) == gold, labels == gold
+    fixed, broken = int((right_after & ~right_before).sum()), int((right_before & ~right_after).sum())
+    bound = at_bound(fitted.temperature) if method == "temperature" else any(map(at_bound, fitted.weights or ()))
+    if bound:
+        kept, reason = False, f"the fitted {_fitted_text(fitted)} sits at its search bound: these rows cannot tell"
+    elif low <= 0:
         kept, reason = (
             False,
             (
@@ -145,10 +139,19 @@ def check_temperature(probabilities: np.ndarray, gold: Any, seed: int = 0) -> di
                 "includes no gain): not beyond noise, so the probabilities stay as scored"
             ),
         )
-    return {
+    elif broken > fixed:
+        kept, reason = False, f"on rows it was not fitted on it breaks {broken} labels and fixes {fixed}"
+    else:
+        kept, reason = True, f"it lowers NLL on rows it was not fitted on by {gain.mean():.4f} [{low:.4f}, {high:.4f}]"
+    record: dict[str, Any] = {
         "method": f"{CHECK_FOLDS}-fold cross-fit, 95 % bootstrap over rows ({CHECK_RESAMPLES} resamples)",
-        "fitted_temperature": round(fitted, 6),
-        "fold_temperatures": fold_temperatures,
+        "scaling": NAMES[method],
+    }
+    if method == "temperature":
+        record |= {"fitted_temperature": fitted.temperature, "fold_temperatures": [f["temperature"] for f in folds]}
+    else:
+        record |= {"fitted": fitted.record(), "folds": folds, "labels_fixed": fixed, "labels_broken": broken}
+    return record | {
         "nll_raw": float(raw.mean()),
         "nll_scaled": float(scaled.mean()),
         "gain": float(gain.mean()),
@@ -156,6 +159,12 @@ def check_temperature(probabilities: np.ndarray, gold: Any, seed: int = 0) -> di
         "kept": kept,
         "reason": reason,
     }
+
+
+def _fitted_text(scaling: Scaling) -> str:
+    if scaling.method == "vector":
+        return "w = [" + ", ".join(f"{w:.3g}" for w in scaling.weights or ()) + "]"
+    return f"T ({scaling.temperature:.3g})"
 
 
 def probability_scores(probabilities: np.ndarray, gold: Any) -> dict[str, float]:
@@ -168,8 +177,9 @@ def probability_scores(probabilities: np.ndarray, gold: Any) -> dict[str, float]
     }
 
 
-def load_calibration(folder: Path | str) -> Calibration | None:
-    """The folder's calibration.json, or None when it has none (a run without calibration, a base model)."""
+def load_calibration(folder: Path | str, n_labels: int | None = None) -> Calibration | None:
+    """The folder's calibration.json, or None when it has none (a run without calibration, a base model); every
+    parameter checked (a number, in its bounds, one per label) before it scales anything."""
     path = Path(folder) / CALIBRATION
     if not path.is_file():
         return None
@@ -177,17 +187,34 @@ def load_calibration(folder: Path | str) -> Calibration | None:
 
     record = read_json(path)
     fields = {f.name for f in dataclasses.fields(Calibration)}
-    if not isinstance(record, dict) or not {"temperature", "mode", "n", "split"} <= set(record) <= fields | {"method"}:
+    if not isinstance(record, dict) or not {"temperature", "mode", "n", "split"} <= set(record) <= fields:
         raise RunFolderError(f"{path}: not a fintrl calibration (fields {sorted(fields)}); rerun the run")
-    temperature = record["temperature"]
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
-        raise RunFolderError(f"{path}: temperature {temperature!r} is not a number; rerun the run")
-    if not BOUNDS[0] <= temperature <= BOUNDS[1]:
-        raise RunFolderError(f"{path}: temperature {temperature} is outside [{BOUNDS[0]}, {BOUNDS[1]}]; rerun the run")
+    methods = {name: method for method, name in NAMES.items()}
+    if record.get("method", NAMES["temperature"]) not in methods:
+        raise RunFolderError(f"{path}: method {record['method']!r} is not one of {', '.join(methods)}; rerun the run")
+    record["method"] = methods[record.get("method", NAMES["temperature"])]
+    _check_numbers(path, "temperature", [record["temperature"]], BOUNDS)
+    if record["method"] == "vector" and (record.get("weights") is not None or record.get("biases") is not None):
+        weights, biases = record.get("weights"), record.get("biases")
+        lengths = {len(v) if isinstance(v, list) else None for v in (weights, biases)} | (
+            {n_labels} if n_labels else set()
+        )
+        if len(lengths) != 1 or None in lengths:
+            raise RunFolderError(f"{path}: weights and biases need one number per label; rerun the run")
+        _check_numbers(path, "weights", weights, BOUNDS)
+        _check_numbers(path, "biases", biases, (-BIAS_BOUND, BIAS_BOUND))
+        record |= {"weights": tuple(weights), "biases": tuple(biases)}
     if record["mode"] not in MODES:
         raise RunFolderError(f"{path}: mode {record['mode']!r} is not one of {', '.join(MODES)}; rerun the run")
-    record.pop("method", None)
     return Calibration(**record)
+
+
+def _check_numbers(path: Path, name: str, values: list[Any], bounds: tuple[float, float]) -> None:
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RunFolderError(f"{path}: {name} {value!r} is not a number; rerun the run")
+        if not bounds[0] <= value <= bounds[1]:
+            raise RunFolderError(f"{path}: {name} {value} is outside [{bounds[0]}, {bounds[1]}]; rerun the run")
 
 
 def save_calibration(calibration: Calibration, folder: Path) -> None:
@@ -237,55 +264,76 @@ def fit_on_rows(
     section: EvalSection,
     seed: int | None = None,
 ) -> Calibration:
-    """Score the held-out rows once with the exact scorer, as `evaluate` will score the eval split, and fit T."""
+    """Score the held-out rows once with the exact scorer, as `evaluate` will score the eval split, and fit the map."""
     from fintrl.scoring.scorer import LabelScorer
 
     scorer = LabelScorer.from_eval(model, tokenizer, builder, section)
     result = scorer.score_sharded(rows["text"], progress=False)  # a shard per process, gathered
     gold = np.asarray(rows["label"])
-    return calibrate_rows(result.probabilities, gold, result.mode, seed)
+    return calibrate_rows(result.probabilities, gold, result.mode, seed, section.calibration_method)
 
 
-def calibrate_rows(probabilities: np.ndarray, gold: Any, mode: str, seed: int | None = None) -> Calibration:
-    """The calibration of scored held-out rows: the fitted T where `check_temperature` keeps it, else T = 1."""
+def calibrate_rows(
+    probabilities: np.ndarray, gold: Any, mode: str, seed: int | None = None, method: Method = "temperature"
+) -> Calibration:
+    """The calibration of scored held-out rows: the fitted map where `check_calibration` keeps it, else none
+    (T = 1: the probabilities as scored)."""
     gold = np.asarray(gold)
-    check = check_temperature(probabilities, gold, seed or 0)
-    temperature = check["fitted_temperature"] if check["kept"] else 1.0
+    check = check_calibration(probabilities, gold, method, seed or 0)
+    fitted = check.get("fitted") or {}
+    kept = check["kept"]
     calibration = Calibration(
-        temperature=round(temperature, 6),
+        temperature=check["fitted_temperature"] if kept and method == "temperature" else 1.0,
         mode=mode,
         n=len(gold),
         split="train (held out of training)",
         seed=seed,
-        nll_before=nll(probabilities, gold),
-        nll_after=nll(apply_temperature(probabilities, temperature), gold),
-        fitted=check["fitted_temperature"],
+        fitted=check.get("fitted_temperature"),
         check=check,
+        method=method,
+        weights=tuple(fitted["weights"]) if kept and fitted else None,
+        biases=tuple(fitted["biases"]) if kept and fitted else None,
+    )
+    calibration = dataclasses.replace(
+        calibration, nll_before=nll(probabilities, gold), nll_after=nll(calibration.apply(probabilities), gold)
     )
     logger.info(
-        "calibration: fitted T = %.3f on %d held-out rows, %s: %s",
-        check["fitted_temperature"],
+        "calibration: %s fitted on %d held-out rows (%s), %s: %s",
+        NAMES[method],
         len(gold),
-        "kept" if check["kept"] else "not kept (T = 1)",
+        _fitted_text(Scaling(method, check.get("fitted_temperature") or 1.0, *_vector(fitted))),
+        "kept" if kept else "not kept (probabilities as scored)",
         check["reason"],
     )
     return calibration
 
 
+def _vector(fitted: dict[str, Any]) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    return (tuple(fitted["weights"]), tuple(fitted["biases"])) if fitted else (None, None)
+
+
 def calibration_report(
-    calibration: Calibration, raw: np.ndarray, calibrated: np.ndarray, gold: Any, mode: str
+    calibration: Calibration, raw: ScoreResult, calibrated: ScoreResult, gold: Any
 ) -> dict[str, Any]:
-    """metrics.json `calibration`: the temperature, what it was fitted on, and NLL / Brier / ECE before and after on
-    the reported rows (`applied: false` when the scoring mode is not the one it was fitted on)."""
-    applied = calibration.applies_to(mode)
+    """metrics.json `calibration`: the map, what it was fitted on, the check, and NLL / Brier / ECE before and after
+    on the reported rows, with how many predicted labels it changed (`applied: false` when the scoring mode is not
+    the one it was fitted on)."""
+    applied = calibration.applies_to(raw.mode)
+    after = calibrated if applied else raw
     return {
-        "method": METHOD,
+        "method": NAMES[calibration.method],
         "temperature": calibration.temperature,
+        **(
+            {"weights": list(calibration.weights or ()), "biases": list(calibration.biases or ())}
+            if calibration.method == "vector"
+            else {}
+        ),
         "fitted_on": {"split": calibration.split, "n": calibration.n, "mode": calibration.mode},
         "check": calibration.check,  # kept or not, and why (None: a calibration made before runs checked it)
         "applied": applied,
-        "before": probability_scores(raw, gold),
-        "after": probability_scores(calibrated if applied else raw, gold),
+        "labels_changed": sum(a != b for a, b in zip(raw.predictions, after.predictions)),
+        "before": probability_scores(raw.probabilities, gold),
+        "after": probability_scores(after.probabilities, gold),
     }
 
 

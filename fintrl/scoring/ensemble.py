@@ -42,7 +42,7 @@ class Ensemble:
         """What a report says of it: its members, and whether each has a calibration it applies."""
         return {
             "members": [m.name for m in self.members],
-            "calibrated": [m.calibration is not None and m.calibration.temperature != 1.0 for m in self.members],
+            "calibrated": [m.calibration is not None and not m.calibration.scaling.identity for m in self.members],
             "combine": "mean of the members' (calibrated) label probabilities",
         }
 
@@ -127,8 +127,7 @@ class EnsembleScorer:
             self.model.set_adapter(f"member{i}")
             result = scorer.score_sharded(texts, progress=progress)
             results.append(result)
-            raw = result.probabilities
-            probabilities.append(member.calibrate(raw, result.mode) if self.calibrated else raw)
+            probabilities.append((member.calibrate(result) if self.calibrated else result).probabilities)
         self.member_results = results
         mean = np.mean(probabilities, axis=0)
         modes = sorted({r.mode for r in results})

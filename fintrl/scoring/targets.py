@@ -23,11 +23,10 @@ from fintrl.run_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PREDICTIONS, RECI
 from fintrl.scoring.calibration import Calibration, load_calibration
 
 if TYPE_CHECKING:
-    import numpy as np
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from fintrl.model.prompts import PromptBuilder
-    from fintrl.scoring.scorer import LabelScorer
+    from fintrl.scoring.scorer import LabelScorer, ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +46,11 @@ class Target:
     calibration: Calibration | None = None  # the run's calibration.json, when it has one
     prompt: PromptBuilder | None = None  # the run's prompt.json: the prompt its adapter was trained with
 
-    def calibrate(self, probabilities: np.ndarray, mode: str | None = None) -> np.ndarray:
-        """The scorer's probabilities [n, labels], temperature-scaled as `eval` and `predict` do by default: the
-        predicted label never changes. Unchanged without a calibration, or when `mode` (the scorer's `result.mode`)
-        is not the one it was fitted on."""
-        return probabilities if self.calibration is None else self.calibration.apply(probabilities, mode)
+    def calibrate(self, result: ScoreResult) -> ScoreResult:
+        """The scorer's result, calibrated as `eval`, `predict` and `serve` do by default (`Calibration.apply_result`:
+        probabilities, and predictions where the map can reorder labels). Unchanged without a calibration, or when
+        the result's scoring mode is not the one it was fitted on."""
+        return result if self.calibration is None else self.calibration.apply_result(result)
 
     def label_set(self, command: str) -> list[str]:
         """The labels to score with: the adapter's, else the recipe's `data.labels` (a base model scored zero-shot)."""
@@ -146,7 +145,9 @@ def _resolve(
         if trust_remote_code:
             recipe = _with_model(recipe, trust_remote_code=True)
         if folder is not None and (folder / ADAPTER_CONFIG).is_file():
-            return Target(recipe, str(folder), RunFolder(folder).labels(), target, load_calibration(folder))
+            labels = RunFolder(folder).labels()
+            calibration = load_calibration(folder, len(labels) if labels else None)
+            return Target(recipe, str(folder), labels, target, calibration)
         if folder is not None and not (folder / "config.json").is_file():
             raise RecipeError(f"{target} holds neither an adapter ({ADAPTER_CONFIG}) nor a model (config.json)")
         return Target(_with_model(recipe, name_or_path=str(folder or name), revision=revision), None, None, target)
@@ -162,11 +163,12 @@ def _resolve(
     labels, prompt = run.labels(), run.prompt()
     if prompt is not None and labels is not None and prompt.labels != labels:
         raise RunFolderError(f"{folder}: its prompt's labels {prompt.labels} differ from its report's {labels}")
+    calibration = load_calibration(folder, len(labels) if labels else None)
     if (folder / ADAPTER_CONFIG).is_file():
-        return Target(recipe, str(folder), labels, target, load_calibration(folder), prompt)
+        return Target(recipe, str(folder), labels, target, calibration, prompt)
     if (folder / "config.json").is_file():  # a fully fine-tuned run: the folder is the model
         full = _with_model(recipe, name_or_path=str(folder), revision=None)
-        return Target(full, None, labels, target, load_calibration(folder), prompt)
+        return Target(full, None, labels, target, calibration, prompt)
     raise RecipeError(f"{target} holds no adapter or model weights; finish the run with `fintrl run --resume`")
 
 

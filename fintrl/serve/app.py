@@ -183,8 +183,8 @@ def create_app(
     allowed_hosts: set[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `target`. `loader(target) -> (LabelScorer, InferenceForm)` (default: `load_scorer`,
-    in the dense merged form unless `exact_4bit`) runs in a thread once the app starts; `calibrate(probabilities,
-    mode)` (default: the run's calibration, when it has one) maps every batch's probabilities. `allowed_hosts`: serve
+    in the dense merged form unless `exact_4bit`) runs in a thread once the app starts; `calibrate(result)`
+    (default: the run's calibration, when it has one) maps every batch's scores. `allowed_hosts`: serve
     only requests whose Host (and Origin) name one of them (`LoopbackGuard`). With an `api_key`, nothing about the
     model is shown without it: the API docs name neither the model, its labels nor its version."""
     service = Service(

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fintrl.errors import first_line
@@ -23,11 +22,11 @@ from fintrl.serve.batcher import MicroBatcher
 
 if TYPE_CHECKING:
     from fintrl.scoring.inference import InferenceForm
-    from fintrl.scoring.scorer import LabelScorer
+    from fintrl.scoring.scorer import LabelScorer, ScoreResult
 
 logger = logging.getLogger("fintrl.serve.app")
 
-Calibrate = Callable[[np.ndarray, str], np.ndarray]  # (probabilities [n, n_labels], scoring mode) -> calibrated
+Calibrate = Callable[["ScoreResult"], "ScoreResult"]  # the scorer's result -> calibrated (`Target.calibrate`)
 Loader = Callable[[Target], "tuple[LabelScorer, InferenceForm | None]"]  # the scorer, and the form its model runs in
 
 
@@ -101,8 +100,8 @@ def load_scorer(target: Target, batch_size: int, *, exact_4bit: bool = False) ->
 
 
 def calibration(target: Target) -> Calibrate | None:
-    """The run's calibration when it has one (temperature scaling: `Target.calibration`, applied by
-    `Target.calibrate(probabilities, mode)` as `predict` applies it), else None: answers are then uncalibrated."""
+    """The run's calibration when it has one (`Target.calibration`, applied by `Target.calibrate(result)` as
+    `predict` applies it), else None: answers are then uncalibrated."""
     if getattr(target, "calibration", None) is None or not callable(getattr(target, "calibrate", None)):
         return None
     return target.calibrate
@@ -154,8 +153,8 @@ class Service:
 
     def _score(self, texts: list[str]) -> list[Prediction]:  # in the batcher's worker thread
         result = self.scorer.score(texts, progress=False)
-        calibrated = self.calibrated
-        probabilities = self.calibrate(result.probabilities, result.mode) if calibrated else result.probabilities
+        if self.calibrated:
+            result = self.calibrate(result)
         truncated = result.truncated or [False] * len(texts)
         return [
             Prediction(
@@ -163,7 +162,7 @@ class Service:
                 probabilities={name: float(p) for name, p in zip(self.labels, probs)},
                 truncated=bool(cut),
             )
-            for pred, probs, cut in zip(result.predictions, probabilities, truncated)
+            for pred, probs, cut in zip(result.predictions, result.probabilities, truncated)
         ]
 
     async def load(self, on_error: Callable[[BaseException], None] | None) -> None:

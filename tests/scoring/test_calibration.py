@@ -10,46 +10,13 @@ import numpy as np
 import pytest
 
 from fintrl.cli.main import main
-from fintrl.metrics.stats import expected_calibration_error, nll
+from fintrl.metrics.stats import nll
 from fintrl.scoring import calibration as cal
+from fintrl.scoring import scaling
+from fintrl.scoring.scorer import ScoreResult
+from tests.scoring.test_scaling import biased, overconfident
 
 LABELS = ["negative", "neutral", "positive"]
-
-
-def overconfident(n: int = 3000, sharpen: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A toy model whose labels are drawn from softmax(z) but which reports softmax(3 z): over-confident."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(scale=1.5, size=(n, 3))
-    true_p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-    gold = np.array([rng.choice(3, p=p) for p in true_p])
-    reported = np.exp(sharpen * z) / np.exp(sharpen * z).sum(-1, keepdims=True)
-    return reported, gold, true_p
-
-
-def test_temperature_makes_an_overconfident_model_better_calibrated() -> None:
-    probs, gold, _ = overconfident()
-    fit, held = slice(0, 1000), slice(1000, None)  # fitted on some rows, judged on others
-    temperature = cal.fit_temperature(probs[fit], gold[fit])
-    assert temperature == pytest.approx(3.0, rel=0.15)  # it undoes the sharpening
-    after = cal.apply_temperature(probs[held], temperature)
-    assert nll(after, gold[held]) < nll(probs[held], gold[held])
-    assert expected_calibration_error(after, gold[held]) < expected_calibration_error(probs[held], gold[held]) / 2
-    assert (after.argmax(-1) == probs[held].argmax(-1)).all()  # calibration never changes the predicted label
-    np.testing.assert_allclose(after.sum(-1), 1)
-
-
-def test_temperature_of_a_calibrated_model_is_about_one_and_underconfidence_sharpens() -> None:
-    probs, gold, true_p = overconfident(sharpen=1.0)
-    assert cal.fit_temperature(true_p, gold) == pytest.approx(1.0, abs=0.1)
-    soft, gold, _ = overconfident(sharpen=0.5)
-    assert cal.fit_temperature(soft, gold) == pytest.approx(0.5, rel=0.15)
-
-
-def test_rows_that_are_all_right_fit_no_temperature() -> None:
-    """Separable calibration rows pull T to its lower bound (every sharper T lowers their NLL) and would make the
-    reported rows over-confident: measured on the quickstart, eval NLL 0.21 -> 1.33. T stays 1 instead."""
-    probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6]] * 8)
-    assert cal.fit_temperature(probabilities, np.array([0, 1, 2] * 8)) == 1.0
 
 
 def test_a_temperature_that_would_worsen_new_rows_is_not_kept() -> None:
@@ -57,9 +24,9 @@ def test_a_temperature_that_would_worsen_new_rows_is_not_kept() -> None:
     fresh rows of the same model worse; the cross-fitted check sees no gain beyond noise and keeps T = 1."""
     _, gold, true_p = overconfident(n=3060, sharpen=1.0, seed=9)
     rows, fresh = slice(0, 60), slice(60, None)
-    fitted = cal.fit_temperature(true_p[rows], gold[rows])
+    fitted = scaling.fit_temperature(true_p[rows], gold[rows])
     assert abs(fitted - 1) > 0.2  # an in-sample fit would have changed the probabilities...
-    assert nll(cal.apply_temperature(true_p[fresh], fitted), gold[fresh]) > nll(
+    assert nll(scaling.apply_temperature(true_p[fresh], fitted), gold[fresh]) > nll(
         true_p[fresh], gold[fresh]
     )  # ...for worse
     calibration = cal.calibrate_rows(true_p[rows], gold[rows], "trie", seed=0)
@@ -74,7 +41,8 @@ def test_a_temperature_that_helps_on_unseen_rows_is_kept_and_recorded() -> None:
     assert calibration.check["kept"] and calibration.check["interval"][0] > 0
     assert calibration.temperature == pytest.approx(3.0, rel=0.2) == calibration.fitted
     assert len(calibration.check["fold_temperatures"]) == cal.CHECK_FOLDS
-    report = cal.calibration_report(calibration, probs, cal.apply_temperature(probs, 3.0), gold, "trie")
+    raw = ScoreResult(probs.argmax(-1).tolist(), probs, "trie")
+    report = cal.calibration_report(calibration, raw, calibration.apply_result(raw), gold)
     assert report["check"] == calibration.check  # metrics.json says which happened and why
     from fintrl.metrics.stats import summary
 
@@ -84,8 +52,119 @@ def test_a_temperature_that_helps_on_unseen_rows_is_kept_and_recorded() -> None:
 
 def test_all_right_rows_are_a_case_of_the_check() -> None:
     probabilities = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6]] * 8)
-    check = cal.check_temperature(probabilities, np.array([0, 1, 2] * 8))
+    check = cal.check_calibration(probabilities, np.array([0, 1, 2] * 8))
     assert check["kept"] is False and "search bound" in check["reason"]
+
+
+def test_vector_scaling_that_helps_is_kept_and_moves_predictions_to_the_calibrated_argmax(tmp_path: Path) -> None:
+    probs, gold, _ = biased(n=256)
+    calibration = cal.calibrate_rows(probs, gold, "trie", seed=0, method="vector")
+    check = calibration.check
+    assert check["kept"] and check["interval"][0] > 0 and check["labels_fixed"] >= check["labels_broken"]
+    assert calibration.method == "vector" and calibration.temperature == 1.0 and calibration.fitted is None
+    assert calibration.weights == tuple(check["fitted"]["weights"]) and len(check["folds"]) == cal.CHECK_FOLDS
+    assert calibration.nll_after < calibration.nll_before
+    raw = ScoreResult(probs.argmax(-1).tolist(), probs, "trie")
+    scored = calibration.apply_result(raw)
+    assert scored.predictions == scored.probabilities.argmax(-1).tolist() != raw.predictions  # labels follow it
+    report = cal.calibration_report(calibration, raw, scored, gold)
+    assert report["method"] == "vector scaling" and report["labels_changed"] > 0
+    assert report["weights"] == list(calibration.weights)
+    from fintrl.metrics.stats import summary
+
+    shown = summary({"accuracy": 1, "f1_macro": 1, "f1_weighted": 1, "calibration": report}, "out")["calibration"]
+    assert shown["method"] == "vector scaling" and shown["labels_changed"] == report["labels_changed"]
+    cal.save_calibration(calibration, tmp_path)  # calibration.json round-trips
+    assert cal.load_calibration(tmp_path, n_labels=3) == calibration
+
+
+def test_vector_scaling_of_a_calibrated_model_is_not_kept() -> None:
+    _, gold, true_p = overconfident(n=256, sharpen=1.0, seed=4)
+    calibration = cal.calibrate_rows(true_p, gold, "trie", seed=0, method="vector")
+    assert calibration.check["kept"] is False and calibration.scaling.identity
+    raw = ScoreResult(true_p.argmax(-1).tolist(), true_p, "trie")
+    assert calibration.apply_result(raw).predictions == raw.predictions
+
+
+def test_a_map_that_breaks_more_labels_than_it_fixes_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Softening an over-confident model lowers NLL a lot; a bias toward one label on top of it breaks labels the
+    model had right: the check refuses the map although its NLL gain is beyond noise."""
+    probs, gold, _ = overconfident(n=256)
+    harmful = scaling.Scaling("vector", weights=(0.33, 0.33, 0.33), biases=(0.0, 0.6, 0.0))
+    monkeypatch.setattr(cal, "fit", lambda method, p, g: harmful)
+    check = cal.check_calibration(probs, gold, "vector")
+    assert check["interval"][0] > 0 and check["labels_broken"] > check["labels_fixed"]
+    assert check["kept"] is False and check["reason"].startswith("on rows it was not fitted on it breaks")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"weights": [1.0, 1.0]}, "one number per label"),
+        ({"weights": [1.0, 0.0, 1.0]}, "weights 0.0 is outside"),
+        ({"biases": [0.0, "x", 0.0]}, "biases 'x' is not a number"),
+        ({"method": "platt scaling"}, "method 'platt scaling' is not one of"),
+    ],
+)
+def test_a_vector_calibration_file_is_checked(tmp_path: Path, change: dict, message: str) -> None:
+    from fintrl.errors import RunFolderError
+
+    calibration = cal.Calibration(1.0, "trie", 10, "train", method="vector", weights=(1, 1, 1), biases=(0, 1, 0))
+    (tmp_path / "calibration.json").write_text(json.dumps(calibration.record() | change))
+    with pytest.raises(RunFolderError, match=message):
+        cal.load_calibration(tmp_path, n_labels=3)
+
+
+def test_a_run_fits_the_method_its_recipe_names(trained) -> None:
+    from fintrl.recipe.schema import EvalSection
+    from fintrl.scoring.targets import load_for_inference, resolve_target
+
+    target = resolve_target(str(trained["dir"]))
+    model, tokenizer = load_for_inference(target)
+    rows = six_rows()
+    section = EvalSection(calibration_method="vector")
+    fitted = cal.fit_on_rows(model, tokenizer, target.prompt_builder(LABELS), rows, section, seed=0)
+    assert fitted.method == "vector" and fitted.check["scaling"] == "vector scaling" and "folds" in fitted.check
+
+
+def six_rows():
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    texts = ["Profit doubled.", "Plant closes.", "Sales were flat.", "Dividend raised.", "Costs rose.", "Flat year."]
+    features = Features({"text": Value("string"), "label": ClassLabel(names=LABELS)})
+    return Dataset.from_dict({"text": texts, "label": [2, 0, 1, 2, 0, 1]}, features=features)
+
+
+def test_eval_and_predict_follow_a_vector_calibration(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A hand-written calibration that favours `neutral`: eval's and predict's labels are its argmax."""
+    from tests.helpers import copy_run
+
+    run_dir = copy_run(trained["dir"], tmp_path / "run")
+    mode = json.loads((run_dir / "calibration.json").read_text())["mode"]
+    vector = cal.Calibration(1.0, mode, 3, "train", method="vector", weights=(0.05,) * 3, biases=(0.0, 20.0, 0.0))
+    cal.save_calibration(vector, run_dir)
+    assert main(["eval", str(run_dir), "--output-dir", str(tmp_path / "cal")]) == 0
+    assert main(["eval", str(run_dir), "--uncalibrated", "--output-dir", str(tmp_path / "raw")]) == 0
+    capsys.readouterr()
+    calibrated, raw = (
+        [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+        for name in ("cal", "raw")
+    )
+    for c in calibrated:
+        assert c["prediction"] == max(c["probabilities"], key=c["probabilities"].get)
+    changed = sum(c["prediction"] != r["prediction"] for c, r in zip(calibrated, raw))
+    assert changed > 0 and all(c["prediction"] == "neutral" for c in calibrated)
+    metrics = json.loads((tmp_path / "cal" / "metrics.json").read_text())
+    assert metrics["calibration"]["labels_changed"] == changed and metrics["calibration"]["method"] == "vector scaling"
+    from fintrl.hub.card import render_card
+
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))  # the run's card, had it been calibrated so
+    card = render_card(run_dir)
+    assert "calibrated by vector scaling" in card and f"which changed\n{changed} of the" in card
+    assert "| calibrated (vector scaling) |" in card
+    assert main(["predict", str(run_dir), "--text", "Profit doubled.", "--text", "Plant closes."]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"text"')]
+    assert [r["label"] for r in rows] == ["neutral", "neutral"]
 
 
 @pytest.mark.parametrize(
@@ -107,24 +186,15 @@ def test_a_calibration_file_is_checked_before_it_scales_anything(tmp_path: Path,
         cal.load_calibration(tmp_path)
 
 
-@pytest.mark.parametrize("temperature", [0.05, 0.3, 1.0, 2.5, 20.0])
-def test_temperature_never_changes_the_argmax(temperature: float) -> None:
-    rng = np.random.default_rng(1)
-    probs = rng.dirichlet([0.3, 0.3, 0.3, 0.3], size=500)
-    probs[:5] = np.eye(4)[[0, 1, 2, 3, 0]]  # one-hot rows (generate mode) stay one-hot
-    scaled = cal.apply_temperature(probs, temperature)
-    assert (scaled.argmax(-1) == probs.argmax(-1)).all()
-    np.testing.assert_array_equal(scaled[:5], probs[:5])
-    np.testing.assert_allclose(scaled.sum(-1), 1)
-
-
 def test_calibration_applies_to_its_own_scoring_mode_only() -> None:
     calibration = cal.Calibration(temperature=2.0, mode="first_token", n=10, split="train")
     probs = np.array([[0.9, 0.1]])
     assert calibration.apply(probs, "first_token")[0, 0] == pytest.approx(0.75)  # 3 : 1 after the square root
     np.testing.assert_array_equal(calibration.apply(probs, "loglik"), probs)
-    report = cal.calibration_report(calibration, probs, probs, [0], "loglik")
-    assert report["applied"] is False and report["before"] == report["after"]
+    raw = ScoreResult([0], probs, "loglik")
+    assert calibration.apply_result(raw) is raw
+    report = cal.calibration_report(calibration, raw, raw, [0])
+    assert report["applied"] is False and report["before"] == report["after"] and report["labels_changed"] == 0
 
 
 def test_hold_out_is_stratified_seeded_and_leaves_training() -> None:
@@ -168,7 +238,7 @@ def test_prediction_rows_abstain_below_the_threshold() -> None:
 def test_every_run_has_a_calibration_coverage_and_intervals(trained) -> None:
     run_dir = trained["dir"]
     record = json.loads((run_dir / "calibration.json").read_text())
-    assert record["method"] == "temperature scaling" and cal.BOUNDS[0] <= record["temperature"] <= cal.BOUNDS[1]
+    assert record["method"] == "temperature scaling" and scaling.BOUNDS[0] <= record["temperature"] <= scaling.BOUNDS[1]
     assert record["n"] == 3 and record["split"] == "train (held out of training)"
     assert record["mode"] in ("first_token", "trie")
     assert record["nll_after"] <= record["nll_before"]
@@ -212,7 +282,7 @@ def test_eval_applies_the_calibration_by_default(trained, tmp_path: Path, capsys
     calibrated, raw = predictions("cal"), predictions("raw")
     assert [r["prediction"] for r in calibrated] == [r["prediction"] for r in raw]  # the same labels
     for c, r in zip(calibrated, raw):
-        expected = cal.apply_temperature(np.array([list(r["probabilities"].values())]), temperature)[0]
+        expected = scaling.apply_temperature(np.array([list(r["probabilities"].values())]), temperature)[0]
         assert list(c["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
         assert max(c["probabilities"], key=c["probabilities"].get) == max(
             r["probabilities"], key=r["probabilities"].get
@@ -241,7 +311,8 @@ def test_predict_calibrates_and_abstains(trained, capsys: pytest.CaptureFixture)
     assert target.calibration is not None and target.calibration.temperature > 0
     for c, r in zip(calibrated, raw):
         assert c["label"] == r["label"]
-        scaled = target.calibrate(np.array([list(r["probabilities"].values())]), target.calibration.mode)[0]
+        probabilities = np.array([list(r["probabilities"].values())])
+        scaled = target.calibrate(ScoreResult([0], probabilities, target.calibration.mode)).probabilities[0]
         assert list(c["probabilities"].values()) == pytest.approx(scaled.tolist(), abs=1e-5)
     abstained = predict("--min-confidence", "0.99")
     assert sum(r["label"] == "abstain" for r in abstained) >= 4  # a tiny model is never 99 % sure

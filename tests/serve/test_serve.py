@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 
@@ -298,9 +300,10 @@ def test_a_calibration_maps_every_answer(tiny_run: Path, served) -> None:
     _, service = served
     modes: list[str] = []
 
-    def flatten(probabilities, mode: str):
-        modes.append(mode)
-        return probabilities * 0 + 1 / len(LABELS)
+    def flatten(result):  # a map that also moves every label, as vector scaling may
+        modes.append(result.mode)
+        n = len(result.predictions)
+        return dataclasses.replace(result, probabilities=np.full((n, 3), 1 / 3), predictions=[1] * n)
 
     app = create_app(resolve_target(str(tiny_run)), calibrate=flatten, loader=lambda _t: (service.scorer, service.form))
     with running(app) as url:
@@ -308,6 +311,7 @@ def test_a_calibration_maps_every_answer(tiny_run: Path, served) -> None:
         answer = classify(url, {"texts": TEXTS[:2]}).json()
         assert answer["calibrated"] is True and httpx.get(url + "/info").json()["calibrated"] is True
         assert all(p == pytest.approx(1 / 3) for r in answer["results"] for p in r["probabilities"].values())
+        assert [r["label"] for r in answer["results"]] == [LABELS[1]] * 2
     assert modes == [service.scorer.mode]
 
 

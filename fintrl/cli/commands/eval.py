@@ -90,10 +90,8 @@ def _ensemble(targets: list[str], options: dict[str, Any], args: argparse.Namesp
     gold = data.eval["label"]
     members = []
     for member, result in zip(ensemble.members, scorer.member_results):
-        probabilities = (
-            result.probabilities if args.uncalibrated else member.calibrate(result.probabilities, result.mode)
-        )
-        members.append({"name": member.name, **headline(gold, result, data.labels, probabilities)})
+        scored = result if args.uncalibrated else member.calibrate(result)
+        members.append({"name": member.name, **headline(gold, scored, data.labels)})
     metrics["ensemble"] = ensemble.record() | {"per_member": members}
     metrics["inference"] = {"form": FORM, "reason": "an ensemble's members run as trained, on one base"}
     return metrics

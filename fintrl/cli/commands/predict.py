@@ -66,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_inference(target, exact_4bit=args.exact_4bit)
     scorer = target.scorer(loaded.model, loaded.tokenizer, mode=args.mode)
     result = scorer.score(texts)
-    probabilities = result.probabilities if args.uncalibrated else target.calibrate(result.probabilities, result.mode)
-    rows = predict_rows(texts, labels, result.predictions, probabilities, args.min_confidence)  # abstain below it
+    if not args.uncalibrated:
+        result = target.calibrate(result)
+    rows = predict_rows(
+        texts, labels, result.predictions, result.probabilities, args.min_confidence
+    )  # abstain below it
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     if args.output:
         write_atomic(Path(args.output), "".join(line + "\n" for line in lines))
