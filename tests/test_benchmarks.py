@@ -204,3 +204,16 @@ def test_bench_change_quick_compares_a_change_and_an_ensemble(tmp_path: Path) ->
     assert bench_change.main([*common, "--seeds", "42", "7", "--ensemble", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["seed"] for r in rows] == [42, 7] and rows[0]["changed"] == rows[1]["changed"]
+
+
+def test_bench_scaling_refits_both_maps_on_a_finished_run(trained, tmp_path: Path, capsys) -> None:
+    """Smoke: the tiny run's calibration rows rebuilt and scored, both maps fitted and checked, validation compared."""
+    from benchmarks import bench_scaling
+
+    out = tmp_path / "scaling.json"
+    assert bench_scaling.main(["--runs", str(trained["dir"]), "--out", str(out)]) == 0
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["n_calibration"] == 3 and row["raw"]["accuracy"] == pytest.approx(row["run_accuracy"])
+    assert row["temperature"]["labels_changed"] == 0 and row["vector"]["kept"] in (True, False)
+    assert row["vector_vs_raw"]["verdict"] and "| run |" in capsys.readouterr().out
+    assert bench_scaling.main([]) == 2
