@@ -113,19 +113,28 @@ class EnsembleScorer:
         mode: str | None = None,
         calibrated: bool = True,
     ) -> None:
-        self.model, self.ensemble, self.calibrated = model, ensemble, calibrated
+        self.model, self.ensemble, self.labels, self.calibrated = model, ensemble, labels, calibrated
         self.scorers: list[LabelScorer] = []
         for member, tokenizer in zip(ensemble.members, tokenizers):
             self.scorers.append(member.scorer(model, tokenizer, mode=mode, labels=labels))
         self.member_results: list[ScoreResult] = []
 
+    def score(self, texts: list[str], progress: bool = True) -> ScoreResult:
+        """The ensemble's result for these texts, in this process (`predict`, `serve`)."""
+        return self._combine(texts, progress, sharded=False)
+
     def score_sharded(self, texts: list[str], progress: bool = True) -> ScoreResult:
+        """The same, a shard per process under a launcher (`evaluate`)."""
+        return self._combine(texts, progress, sharded=True)
+
+    def _combine(self, texts: list[str], progress: bool, sharded: bool) -> ScoreResult:
         from fintrl.scoring.scorer import ScoreResult
 
         results, probabilities = [], []
         for i, (member, scorer) in enumerate(zip(self.ensemble.members, self.scorers)):
             self.model.set_adapter(f"member{i}")
-            result = scorer.score_sharded(texts, progress=progress)
+            score = scorer.score_sharded if sharded else scorer.score
+            result = score(texts, progress=progress)
             results.append(result)
             probabilities.append((member.calibrate(result) if self.calibrated else result).probabilities)
         self.member_results = results
@@ -138,3 +147,17 @@ class EnsembleScorer:
             n_truncated=results[0].n_truncated,
             truncated=results[0].truncated,
         )
+
+
+def ensemble_scorer(
+    ensemble: Ensemble, *, labels: list[str] | None = None, mode: str | None = None, calibrated: bool = True
+) -> EnsembleScorer:
+    """The scorer of an ensemble, as `eval` and `predict` build it: the base loaded once with every adapter
+    (`load_ensemble`); `labels` default to the members' own. Example:
+
+        scorer = ensemble_scorer(resolve_ensemble(["runs/fpb-seed42", "runs/fpb-seed7"]))
+        result = scorer.score(["Operating profit rose 12 %."])  # mean of the members' calibrated probabilities
+    """
+    model, tokenizers = load_ensemble(ensemble)
+    labels = labels or ensemble.members[0].label_set("an ensemble")
+    return EnsembleScorer(model, tokenizers, ensemble, labels=labels, mode=mode, calibrated=calibrated)

@@ -56,6 +56,26 @@ def test_an_ensemble_averages_its_members_calibrated_probabilities(
     assert report["ensemble"]["members"] == [str(tiny_run), str(second_run)]
 
 
+def test_predict_scores_with_an_ensemble_as_eval_does(
+    tiny_run: Path, second_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = ["Profit doubled.", "Plant closes.", "Sales were flat."]
+    flags = [a for t in texts for a in ("--text", t)]
+
+    def predict(*targets: Path) -> list[dict]:
+        assert main(["predict", *map(str, targets), *flags, "--exact-4bit"]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"text"')]
+
+    members = [predict(run) for run in (tiny_run, second_run)]
+    both = predict(tiny_run, second_run)
+    for i, row in enumerate(both):
+        expected = np.mean([list(m[i]["probabilities"].values()) for m in members], axis=0)
+        assert list(row["probabilities"].values()) == pytest.approx(expected.tolist(), abs=2e-6)
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+    assert main(["predict", str(tiny_run), str(second_run), "--text", "x", "--engine", "ray"]) == 2
+    assert "score an ensemble with --engine local" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

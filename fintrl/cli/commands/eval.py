@@ -77,15 +77,12 @@ def _ensemble(targets: list[str], options: dict[str, Any], args: argparse.Namesp
     """The first member's recipe says which data and eval settings; each member scores with its own prompt and
     calibration; the report adds each member's own accuracy and macro-F1 on the same rows."""
     from fintrl.evaluation.report import evaluate, headline
-    from fintrl.scoring.ensemble import FORM, EnsembleScorer, load_ensemble, resolve_ensemble
+    from fintrl.scoring.ensemble import FORM, ensemble_scorer, resolve_ensemble
 
     ensemble = resolve_ensemble(targets, **options)
     recipe = ensemble.members[0].recipe
     data = _data(recipe, ensemble.labels)
-    model, tokenizers = load_ensemble(ensemble)
-    scorer = EnsembleScorer(
-        model, tokenizers, ensemble, labels=data.labels, mode=args.mode, calibrated=not args.uncalibrated
-    )
+    scorer = ensemble_scorer(ensemble, labels=data.labels, mode=args.mode, calibrated=not args.uncalibrated)
     metrics = evaluate(scorer, data, recipe.eval, work, ensemble.name)
     gold = data.eval["label"]
     members = []

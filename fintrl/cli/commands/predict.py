@@ -22,7 +22,7 @@ RAY_ONLY = ("num_workers", "num_gpus_per_worker", "address", "shard_rows", "outp
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify texts (JSONL out, with per-label probabilities)")
-    add_target(p)
+    add_target(p, ensemble=True)
     p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
     p.add_argument(
         "--input",
@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
+        if len(args.target) > 1:
+            raise RecipeError("--engine ray scores with one target; score an ensemble with --engine local")
         return _run_ray(args)
     given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if getattr(args, name) is not None]
     given = [flag for flag in given if flag != "--text-column"]  # a CSV/JSONL/Parquet --input reads it too
@@ -56,18 +58,22 @@ def run(args: argparse.Namespace) -> int:
     texts = _read_texts(args.text, args.input, args.text_column)
     from fintrl.run_folder import write_atomic
     from fintrl.scoring.calibration import predict_rows
+    from fintrl.scoring.ensemble import ensemble_scorer, resolve_ensemble
     from fintrl.scoring.inference import load_inference
     from fintrl.scoring.targets import resolve_target
 
-    target = resolve_target(
-        args.target, recipe_path=args.recipe, overrides=args.overrides, trust_remote_code=args.trust_remote_code
-    )
-    labels = target.label_set("predict")
-    loaded = load_inference(target, exact_4bit=args.exact_4bit)
-    scorer = target.scorer(loaded.model, loaded.tokenizer, mode=args.mode)
-    result = scorer.score(texts)
-    if not args.uncalibrated:
-        result = target.calibrate(result)
+    options = {"recipe_path": args.recipe, "overrides": args.overrides, "trust_remote_code": args.trust_remote_code}
+    if len(args.target) > 1:  # each member calibrated (unless --uncalibrated), their probabilities averaged
+        members = resolve_ensemble(args.target, **options)
+        ensemble = ensemble_scorer(members, mode=args.mode, calibrated=not args.uncalibrated)
+        labels, result = ensemble.labels, ensemble.score(texts)
+    else:
+        target = resolve_target(args.target[0], **options)
+        labels = target.label_set("predict")
+        loaded = load_inference(target, exact_4bit=args.exact_4bit)
+        result = target.scorer(loaded.model, loaded.tokenizer, mode=args.mode).score(texts)
+        if not args.uncalibrated:
+            result = target.calibrate(result)
     rows = predict_rows(
         texts, labels, result.predictions, result.probabilities, args.min_confidence
     )  # abstain below it
@@ -111,7 +117,7 @@ def _run_ray(args: argparse.Namespace) -> int:
         output_format=args.output_format or "parquet",
     )
     score_files(
-        args.target,
+        args.target[0],
         args.input,
         args.output,
         settings=settings,
