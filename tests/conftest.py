@@ -64,6 +64,21 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> Pat
     return out
 
 
+@pytest.fixture(scope="session")
+def second_run(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> Path:
+    """A tiny run like `tiny_run`, with another seed and a higher learning rate: an adapter that answers otherwise."""
+    from fintrl.recipe.schema import recipe_from_dict
+    from fintrl.runner import run
+
+    out = tmp_path_factory.mktemp("second_run") / "run"
+    raw = tiny_recipe_dict(out)
+    raw["train"] |= {"max_steps": 2, "learning_rate": 5e-3}
+    raw["eval"]["baselines"] = False
+    raw["seed"] = 7
+    run(recipe_from_dict(raw))
+    return out
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> dict:
     """One tiny run, trained hard enough (lr 1e-2, 12 steps; unquantized is faster on CPU) that greedy generation

@@ -20,10 +20,12 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
 
+    from fintrl.scoring.inference import InferenceForm
     from fintrl.scoring.scorer import LabelScorer, ScoreResult
     from fintrl.scoring.targets import Target
 
 FORM = "4-bit + adapters (ensemble)"
+REASON = "an ensemble's members run as trained, on one base"
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,23 @@ class EnsembleScorer:
         labels: list[str],
         mode: str | None = None,
         calibrated: bool = True,
+        batch_size: int | None = None,
     ) -> None:
         self.model, self.ensemble, self.labels, self.calibrated = model, ensemble, labels, calibrated
         self.scorers: list[LabelScorer] = []
         for member, tokenizer in zip(ensemble.members, tokenizers):
-            self.scorers.append(member.scorer(model, tokenizer, mode=mode, labels=labels))
+            self.scorers.append(member.scorer(model, tokenizer, mode=mode, labels=labels, batch_size=batch_size))
         self.member_results: list[ScoreResult] = []
+
+    @property
+    def mode(self) -> str:
+        """The members' scoring mode (joined with + where they differ)."""
+        modes = sorted({scorer.mode for scorer in self.scorers})
+        return modes[0] if len(modes) == 1 else "+".join(modes)
+
+    @property
+    def max_length(self) -> int:
+        return min(scorer.max_length for scorer in self.scorers)
 
     def score(self, texts: list[str], progress: bool = True) -> ScoreResult:
         """The ensemble's result for these texts, in this process (`predict`, `serve`)."""
@@ -139,20 +152,24 @@ class EnsembleScorer:
             probabilities.append((member.calibrate(result) if self.calibrated else result).probabilities)
         self.member_results = results
         mean = np.mean(probabilities, axis=0)
-        modes = sorted({r.mode for r in results})
         return ScoreResult(
             predictions=mean.argmax(-1).tolist(),
             probabilities=mean,
-            mode=modes[0] if len(modes) == 1 else "+".join(modes),
+            mode=self.mode,
             n_truncated=results[0].n_truncated,
             truncated=results[0].truncated,
         )
 
 
 def ensemble_scorer(
-    ensemble: Ensemble, *, labels: list[str] | None = None, mode: str | None = None, calibrated: bool = True
+    ensemble: Ensemble,
+    *,
+    labels: list[str] | None = None,
+    mode: str | None = None,
+    calibrated: bool = True,
+    batch_size: int | None = None,
 ) -> EnsembleScorer:
-    """The scorer of an ensemble, as `eval` and `predict` build it: the base loaded once with every adapter
+    """The scorer of an ensemble, as `eval`, `predict` and `serve` build it: the base loaded once with every adapter
     (`load_ensemble`); `labels` default to the members' own. Example:
 
         scorer = ensemble_scorer(resolve_ensemble(["runs/fpb-seed42", "runs/fpb-seed7"]))
@@ -160,4 +177,13 @@ def ensemble_scorer(
     """
     model, tokenizers = load_ensemble(ensemble)
     labels = labels or ensemble.members[0].label_set("an ensemble")
-    return EnsembleScorer(model, tokenizers, ensemble, labels=labels, mode=mode, calibrated=calibrated)
+    return EnsembleScorer(
+        model, tokenizers, ensemble, labels=labels, mode=mode, calibrated=calibrated, batch_size=batch_size
+    )
+
+
+def inference_form() -> InferenceForm:
+    """What an ensemble runs in, for eval's report (`inference`) and serve's /info."""
+    from fintrl.scoring.inference import InferenceForm
+
+    return InferenceForm(FORM, dtype="as trained", reason=REASON)

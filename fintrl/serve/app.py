@@ -43,6 +43,7 @@ try:
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 except ModuleNotFoundError as err:  # the `serve` extra is not installed
     raise RecipeError(f"`fintrl serve` needs {err.name}, which is not installed: pip install 'fintrl[serve]'") from None
+from fintrl.scoring.ensemble import Ensemble, ensemble_scorer, inference_form, resolve_ensemble
 from fintrl.scoring.targets import Target
 from fintrl.serve.service import (
     Calibrate,
@@ -181,17 +182,22 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     on_load_error: Callable[[BaseException], None] | None = None,
     allowed_hosts: set[str] | None = None,
+    ensemble: Ensemble | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `target`. `loader(target) -> (LabelScorer, InferenceForm)` (default: `load_scorer`,
     in the dense merged form unless `exact_4bit`) runs in a thread once the app starts; `calibrate(result)`
     (default: the run's calibration, when it has one) maps every batch's scores. `allowed_hosts`: serve
     only requests whose Host (and Origin) name one of them (`LoopbackGuard`). With an `api_key`, nothing about the
-    model is shown without it: the API docs name neither the model, its labels nor its version."""
+    model is shown without it: the API docs name neither the model, its labels nor its version. An `ensemble`
+    (`target` is its first member) is served as `fintrl predict A B` scores it: each member calibrated, averaged."""
+    if ensemble is not None:
+        loader = loader or (lambda _t: (ensemble_scorer(ensemble, batch_size=max_batch_size), inference_form()))
     service = Service(
         target,
         loader=loader or (lambda t: load_scorer(t, max_batch_size, exact_4bit=exact_4bit)),
-        calibrate=calibrate or calibration(target),
+        calibrate=None if ensemble else calibrate or calibration(target),
         batcher_args={"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
+        ensemble=ensemble,
     )
 
     @asynccontextmanager
@@ -332,7 +338,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(
-    target_arg: str,
+    targets: list[str],
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -345,7 +351,8 @@ def serve(
     exact_4bit: bool = False,
     access_log: bool = False,
 ) -> int:
-    """Serve until Ctrl-C (uvicorn shuts down gracefully, then KeyboardInterrupt reaches the CLI: exit 130)."""
+    """Serve `targets` (one, or several adapters' ensemble) until Ctrl-C (uvicorn shuts down gracefully, then
+    KeyboardInterrupt reaches the CLI: exit 130)."""
     from fintrl.scoring.targets import resolve_target
 
     if max_batch_size < 1 or max_wait_ms < 0:
@@ -353,7 +360,9 @@ def serve(
     api_key = check_api_key(api_key)
     if not 0 <= port <= 65535:
         raise RecipeError(f"--port {port}: give a port between 1 and 65535 (0: any free port)")
-    target = resolve_target(target_arg, recipe_path=recipe, overrides=overrides, trust_remote_code=trust_remote_code)
+    options = {"recipe_path": recipe, "overrides": overrides, "trust_remote_code": trust_remote_code}
+    ensemble = resolve_ensemble(targets, **options) if len(targets) > 1 else None
+    target = ensemble.members[0] if ensemble else resolve_target(targets[0], **options)
     target_labels(target)  # before binding: a target without labels fails at once
     sock = bind(host, port)
     failed: list[BaseException] = []
@@ -371,12 +380,13 @@ def serve(
         api_key=api_key,
         exact_4bit=exact_4bit,
         on_load_error=stop_on_load_error,
+        ensemble=ensemble,
         allowed_hosts={*LOOPBACK_NAMES, address} if _is_loopback(address) and not api_key else None,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=10))
     url = f"http://{f'[{address}]' if ':' in address else address}:{bound_port}"
     print(
-        f"fintrl: serving {target.name} on {url} (try-it page {url}/, API docs {url}/docs; "
+        f"fintrl: serving {(ensemble or target).name} on {url} (try-it page {url}/, API docs {url}/docs; "
         f"batches of up to {max_batch_size} texts, {max_wait_ms:g} ms wait; "
         f"{'API key required' if api_key else 'no API key'}); loading the model, GET /health says when it is ready",
         file=sys.stderr,

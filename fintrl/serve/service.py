@@ -21,13 +21,15 @@ from fintrl.scoring.targets import Target, split_revision
 from fintrl.serve.batcher import MicroBatcher
 
 if TYPE_CHECKING:
+    from fintrl.scoring.ensemble import Ensemble, EnsembleScorer
     from fintrl.scoring.inference import InferenceForm
     from fintrl.scoring.scorer import LabelScorer, ScoreResult
 
 logger = logging.getLogger("fintrl.serve.app")
 
 Calibrate = Callable[["ScoreResult"], "ScoreResult"]  # the scorer's result -> calibrated (`Target.calibrate`)
-Loader = Callable[[Target], "tuple[LabelScorer, InferenceForm | None]"]  # the scorer, and the form its model runs in
+# The scorer (an ensemble's, for several adapters), and the form its model runs in
+Loader = Callable[[Target], "tuple[LabelScorer | EnsembleScorer, InferenceForm | None]"]
 
 
 class ClassifyRequest(BaseModel):
@@ -134,21 +136,30 @@ def adapter_version(target: Target) -> str | None:
 
 
 class Service:
-    """The state behind the endpoints: target, scorer (None until loaded), batcher and counters."""
+    """The state behind the endpoints: target (an ensemble's first member, whose recipe and labels all share),
+    scorer (None until loaded), batcher and counters."""
 
     def __init__(
-        self, target: Target, *, loader: Loader, calibrate: Calibrate | None, batcher_args: dict[str, Any]
+        self,
+        target: Target,
+        *,
+        loader: Loader,
+        calibrate: Calibrate | None,
+        batcher_args: dict[str, Any],
+        ensemble: Ensemble | None = None,
     ) -> None:
-        self.target, self.loader, self.calibrate = target, loader, calibrate
+        self.target, self.loader, self.calibrate, self.ensemble = target, loader, calibrate, ensemble
         self.labels = target_labels(target)
-        self.scorer: LabelScorer | None = None
+        self.scorer: LabelScorer | EnsembleScorer | None = None
         self.form: InferenceForm | None = None
         self.load_error: BaseException | None = None
         self.requests = 0
         self.batcher: MicroBatcher[Prediction] = MicroBatcher(self._score, **batcher_args)
-        name, _ = split_revision(target.name)
-        self.model_id = _portable(name) or name
-        self.version = adapter_version(target)
+        members = ensemble.members if ensemble else (target,)
+        names = [split_revision(member.name)[0] for member in members]
+        self.model_id = " + ".join(_portable(name) or name for name in names)
+        versions = [adapter_version(member) for member in members]
+        self.version = None if None in versions else "+".join(versions)
         self.started = time.time()
 
     def _score(self, texts: list[str]) -> list[Prediction]:  # in the batcher's worker thread
@@ -196,7 +207,10 @@ class Service:
 
     @property
     def calibrated(self) -> bool:
-        """Answers are calibrated: a calibration, fitted on this scoring mode's probabilities (when it says which)."""
+        """Answers are calibrated: a calibration, fitted on this scoring mode's probabilities (when it says which);
+        an ensemble's scorer calibrates each member that has one."""
+        if self.ensemble is not None:
+            return any(self.ensemble.record()["calibrated"])
         if self.calibrate is None:
             return False
         fitted = getattr(self.target, "calibration", None)
@@ -216,6 +230,7 @@ class Service:
             "calibrated": self.calibrated,
             "loaded": self.scorer is not None,
             "inference": self.form.record() if self.form else None,
+            **({"ensemble": self.ensemble.record()} if self.ensemble else {}),
             "batching": {"max_batch_size": self.batcher.max_batch_size, "max_wait_ms": self.batcher.max_wait * 1000},
             "counters": {
                 "requests": self.requests,

@@ -10,22 +10,6 @@ import numpy as np
 import pytest
 
 from fintrl.cli.main import main
-from tests.helpers import tiny_recipe_dict
-
-
-@pytest.fixture(scope="module")
-def second_run(tmp_path_factory: pytest.TempPathFactory, fintrl_home: Path) -> Path:
-    """A tiny run like `tiny_run`, with another seed and a higher learning rate: an adapter that answers otherwise."""
-    from fintrl.recipe.schema import recipe_from_dict
-    from fintrl.runner import run
-
-    out = tmp_path_factory.mktemp("second_run") / "run"
-    raw = tiny_recipe_dict(out)
-    raw["train"] |= {"max_steps": 2, "learning_rate": 5e-3}
-    raw["eval"]["baselines"] = False
-    raw["seed"] = 7
-    run(recipe_from_dict(raw))
-    return out
 
 
 def probabilities(folder: Path) -> np.ndarray:

@@ -451,3 +451,22 @@ def test_answers_are_not_held_back_by_nagle(tiny_run: Path) -> None:
                 return value
 
             assert asyncio.run(transport_nodelay()) != 0
+
+
+def test_an_ensemble_is_served_as_predict_scores_it(
+    tiny_run: Path, second_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fintrl.scoring.ensemble import FORM, resolve_ensemble
+
+    ensemble = resolve_ensemble([str(tiny_run), str(second_run)])
+    with running(create_app(ensemble.members[0], ensemble=ensemble)) as url:
+        wait_ready(url)
+        answer = classify(url, {"texts": TEXTS}).json()
+        info = httpx.get(url + "/info").json()
+    assert main(["predict", str(tiny_run), str(second_run), *[a for t in TEXTS for a in ("--text", t)]]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"text"')]
+    for served, predicted in zip(answer["results"], rows):
+        assert served["label"] == predicted["label"]
+        assert served["probabilities"] == pytest.approx(predicted["probabilities"], abs=2e-6)
+    assert info["ensemble"]["members"] == [str(tiny_run), str(second_run)] and info["inference"]["form"] == FORM
+    assert answer["model"] == info["model"] == "run + run" and answer["version"].count("sha256:") == 2

@@ -77,7 +77,7 @@ def _ensemble(targets: list[str], options: dict[str, Any], args: argparse.Namesp
     """The first member's recipe says which data and eval settings; each member scores with its own prompt and
     calibration; the report adds each member's own accuracy and macro-F1 on the same rows."""
     from fintrl.evaluation.report import evaluate, headline
-    from fintrl.scoring.ensemble import FORM, ensemble_scorer, resolve_ensemble
+    from fintrl.scoring.ensemble import ensemble_scorer, inference_form, resolve_ensemble
 
     ensemble = resolve_ensemble(targets, **options)
     recipe = ensemble.members[0].recipe
@@ -90,5 +90,5 @@ def _ensemble(targets: list[str], options: dict[str, Any], args: argparse.Namesp
         scored = result if args.uncalibrated else member.calibrate(result)
         members.append({"name": member.name, **headline(gold, scored, data.labels)})
     metrics["ensemble"] = ensemble.record() | {"per_member": members}
-    metrics["inference"] = {"form": FORM, "reason": "an ensemble's members run as trained, on one base"}
+    metrics["inference"] = inference_form().record()
     return metrics

@@ -9,7 +9,12 @@ from fintrl.cli.options import add_exact_4bit, add_overrides, add_trust_remote_c
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="classify over HTTP: POST /classify, a try-it page at /, docs at /docs")
-    p.add_argument("target", help="as for predict: run folder, adapter folder, or Hub repo id (org/name@v1.0.0)")
+    p.add_argument(
+        "target",
+        nargs="+",
+        help="as for predict: run folder, adapter folder, or Hub repo id (org/name@v1.0.0); several adapters of one "
+        "base: their ensemble",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
     p.add_argument("--max-batch-size", type=int, default=32, help="most texts scored together (1: no batching)")
