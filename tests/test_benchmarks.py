@@ -214,6 +214,12 @@ def test_bench_scaling_refits_both_maps_on_a_finished_run(trained, tmp_path: Pat
     assert bench_scaling.main(["--runs", str(trained["dir"]), "--out", str(out)]) == 0
     [row] = json.loads(out.read_text())["rows"]
     assert row["n_calibration"] == 3 and row["raw"]["accuracy"] == pytest.approx(row["run_accuracy"])
-    assert row["temperature"]["labels_changed"] == 0 and row["vector"]["kept"] in (True, False)
+    assert row["temperature"]["labels_changed"] == 0 and row["vector"]["used"] in ("vector", "temperature", "none")
     assert row["vector_vs_raw"]["verdict"] and "| run |" in capsys.readouterr().out
+    again = tmp_path / "again.json"
+    assert bench_scaling.main(["--refit", str(out), "--out", str(again)]) == 0  # from the saved scores, no model
+    [refit] = json.loads(again.read_text())["rows"]
+    assert {k: refit[k] for k in ("raw", "temperature", "vector")} == {
+        k: row[k] for k in ("raw", "temperature", "vector")
+    }
     assert bench_scaling.main([]) == 2

@@ -101,48 +101,47 @@ def _row_nll(probabilities: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(probabilities[np.arange(len(gold)), gold], 1e-12, None))
 
 
-def check_calibration(
-    probabilities: np.ndarray, gold: Any, method: str = "temperature", seed: int = 0
-) -> dict[str, Any]:
-    """Is a calibration map worth keeping on these rows? Cross-fitted: each fold's map is fitted on the other folds
-    and judged on the fold, so the gain is measured on rows it never saw; kept when its 95 % bootstrap interval over
-    rows is above zero, the map fitted on all rows is not at a search bound, and (vector scaling) it fixes at least
-    as many out-of-fold labels as it breaks. Returns the record metrics.json and the card show."""
+def _cross_fit(method: str, probabilities: np.ndarray, gold: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
+    """Each row's NLL and label under the map of `method` fitted on the other folds, and each fold's map."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    probabilities, gold = np.asarray(probabilities, dtype=float), np.asarray(gold)
-    fitted = fit(method, probabilities, gold)
     counts = np.bincount(gold, minlength=probabilities.shape[1])
     stratified = counts[counts > 0].min() >= CHECK_FOLDS
     splitter = (StratifiedKFold if stratified else KFold)(n_splits=CHECK_FOLDS, shuffle=True, random_state=seed)
-    raw, scaled, labels, folds = _row_nll(probabilities, gold), np.zeros(len(gold)), np.zeros(len(gold), int), []
+    scaled, labels, folds = np.zeros(len(gold)), np.zeros(len(gold), int), []
     for fit_rows, held_rows in splitter.split(np.zeros(len(gold)), gold if stratified else None):
         fold = fit(method, probabilities[fit_rows], gold[fit_rows])
         folds.append(fold.record())
         calibrated = fold.apply(probabilities[held_rows])
         scaled[held_rows] = _row_nll(calibrated, gold[held_rows])
         labels[held_rows] = calibrated.argmax(-1)
-    gain = raw - scaled  # > 0: the map lowered that row's NLL
+    return scaled, labels, folds
+
+
+def _interval(gain: np.ndarray, seed: int) -> tuple[float, float]:
+    """95 % bootstrap interval over rows of the mean gain."""
     rng = np.random.default_rng(seed)
     means = np.array([gain[rng.integers(0, len(gain), len(gain))].mean() for _ in range(CHECK_RESAMPLES)])
-    low, high = (float(v) for v in np.quantile(means, [0.025, 0.975]))
+    low, high = np.quantile(means, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def check_calibration(
+    probabilities: np.ndarray, gold: Any, method: str = "temperature", seed: int = 0
+) -> dict[str, Any]:
+    """Is a calibration map worth keeping on these rows? Cross-fitted: each fold's map is fitted on the other folds
+    and judged on the fold, so the gain is measured on rows it never saw; kept when its 95 % bootstrap interval over
+    rows is above zero and the map fitted on all rows is not at a search bound. Vector scaling must also fix at least
+    as many out-of-fold labels as it breaks, and beat one temperature out of fold beyond noise (its 2 parameters per
+    label must earn their keep). Returns the record metrics.json and the card show."""
+    probabilities, gold = np.asarray(probabilities, dtype=float), np.asarray(gold)
+    fitted = fit(method, probabilities, gold)
+    raw = _row_nll(probabilities, gold)
+    scaled, labels, folds = _cross_fit(method, probabilities, gold, seed)
+    gain = raw - scaled  # > 0: the map lowered that row's NLL
+    low, high = _interval(gain, seed)
     right_before, right_after = probabilities.argmax(-1) == gold, labels == gold
     fixed, broken = int((right_after & ~right_before).sum()), int((right_before & ~right_after).sum())
-    bound = at_bound(fitted.temperature) if method == "temperature" else any(map(at_bound, fitted.weights or ()))
-    if bound:
-        kept, reason = False, f"the fitted {_fitted_text(fitted)} sits at its search bound: these rows cannot tell"
-    elif low <= 0:
-        kept, reason = (
-            False,
-            (
-                f"on rows it was not fitted on it changes NLL by {-gain.mean():+.4f} (gain [{low:.4f}, {high:.4f}] "
-                "includes no gain): not beyond noise, so the probabilities stay as scored"
-            ),
-        )
-    elif broken > fixed:
-        kept, reason = False, f"on rows it was not fitted on it breaks {broken} labels and fixes {fixed}"
-    else:
-        kept, reason = True, f"it lowers NLL on rows it was not fitted on by {gain.mean():.4f} [{low:.4f}, {high:.4f}]"
     record: dict[str, Any] = {
         "method": f"{CHECK_FOLDS}-fold cross-fit, 95 % bootstrap over rows ({CHECK_RESAMPLES} resamples)",
         "scaling": NAMES[method],
@@ -151,13 +150,38 @@ def check_calibration(
         record |= {"fitted_temperature": fitted.temperature, "fold_temperatures": [f["temperature"] for f in folds]}
     else:
         record |= {"fitted": fitted.record(), "folds": folds, "labels_fixed": fixed, "labels_broken": broken}
+    record |= {"nll_raw": float(raw.mean()), "nll_scaled": float(scaled.mean()), "gain": float(gain.mean())}
+    record["interval"] = [low, high]
+    bound = at_bound(fitted.temperature) if method == "temperature" else any(map(at_bound, fitted.weights or ()))
+    if bound:
+        return record | {
+            "kept": False,
+            "reason": f"the fitted {_fitted_text(fitted)} sits at its search bound: these rows cannot tell",
+        }
+    if low <= 0:
+        reason = (
+            f"on rows it was not fitted on it changes NLL by {-gain.mean():+.4f} (gain [{low:.4f}, {high:.4f}] "
+            "includes no gain): not beyond noise, so the probabilities stay as scored"
+        )
+        return record | {"kept": False, "reason": reason}
+    if broken > fixed:
+        return record | {
+            "kept": False,
+            "reason": f"on rows it was not fitted on it breaks {broken} labels and fixes {fixed}",
+        }
+    if method == "vector":
+        over = _cross_fit("temperature", probabilities, gold, seed)[0] - scaled  # > 0: vector beat one temperature
+        over_low, over_high = _interval(over, seed)
+        record["over_temperature"] = {"gain": float(over.mean()), "interval": [over_low, over_high]}
+        if over_low <= 0:
+            reason = (
+                f"on rows neither was fitted on it does no better than one temperature (NLL {-over.mean():+.4f} "
+                f"against it, gain [{over_low:.4f}, {over_high:.4f}] includes none)"
+            )
+            return record | {"kept": False, "reason": reason}
     return record | {
-        "nll_raw": float(raw.mean()),
-        "nll_scaled": float(scaled.mean()),
-        "gain": float(gain.mean()),
-        "interval": [low, high],
-        "kept": kept,
-        "reason": reason,
+        "kept": True,
+        "reason": f"it lowers NLL on rows it was not fitted on by {gain.mean():.4f} [{low:.4f}, {high:.4f}]",
     }
 
 
@@ -277,9 +301,15 @@ def calibrate_rows(
     probabilities: np.ndarray, gold: Any, mode: str, seed: int | None = None, method: Method = "temperature"
 ) -> Calibration:
     """The calibration of scored held-out rows: the fitted map where `check_calibration` keeps it, else none
-    (T = 1: the probabilities as scored)."""
+    (T = 1: the probabilities as scored). Vector scaling that is not kept falls back to one checked temperature
+    (`check.vector` keeps its record)."""
     gold = np.asarray(gold)
     check = check_calibration(probabilities, gold, method, seed or 0)
+    if method == "vector" and not check["kept"]:
+        vector, method = check, "temperature"
+        check = check_calibration(probabilities, gold, method, seed or 0)
+        reason = f"vector scaling not kept ({vector['reason']}); one temperature instead: {check['reason']}"
+        check |= {"vector": vector, "reason": reason}
     fitted = check.get("fitted") or {}
     kept = check["kept"]
     calibration = Calibration(

@@ -61,6 +61,7 @@ def test_vector_scaling_that_helps_is_kept_and_moves_predictions_to_the_calibrat
     calibration = cal.calibrate_rows(probs, gold, "trie", seed=0, method="vector")
     check = calibration.check
     assert check["kept"] and check["interval"][0] > 0 and check["labels_fixed"] >= check["labels_broken"]
+    assert check["over_temperature"]["interval"][0] > 0  # a bias per label does what one temperature cannot
     assert calibration.method == "vector" and calibration.temperature == 1.0 and calibration.fitted is None
     assert calibration.weights == tuple(check["fitted"]["weights"]) and len(check["folds"]) == cal.CHECK_FOLDS
     assert calibration.nll_after < calibration.nll_before
@@ -81,9 +82,22 @@ def test_vector_scaling_that_helps_is_kept_and_moves_predictions_to_the_calibrat
 def test_vector_scaling_of_a_calibrated_model_is_not_kept() -> None:
     _, gold, true_p = overconfident(n=256, sharpen=1.0, seed=4)
     calibration = cal.calibrate_rows(true_p, gold, "trie", seed=0, method="vector")
-    assert calibration.check["kept"] is False and calibration.scaling.identity
+    assert calibration.check["vector"]["kept"] is False and calibration.scaling.identity
+    assert calibration.method == "temperature" and calibration.check["reason"].startswith("vector scaling not kept")
     raw = ScoreResult(true_p.argmax(-1).tolist(), true_p, "trie")
     assert calibration.apply_result(raw).predictions == raw.predictions
+
+
+def test_vector_scaling_that_does_no_better_than_one_temperature_falls_back_to_it() -> None:
+    """An over-confident model with no bias toward a label: one temperature undoes it; the vector map's extra
+    parameters gain nothing beyond noise out of fold, so the run keeps the checked temperature instead."""
+    probs, gold, _ = overconfident(n=256, seed=1)
+    check = cal.check_calibration(probs, gold, "vector")
+    assert check["interval"][0] > 0 and check["over_temperature"]["interval"][0] <= 0
+    assert check["kept"] is False and "no better than one temperature" in check["reason"]
+    calibration = cal.calibrate_rows(probs, gold, "trie", seed=0, method="vector")
+    assert calibration.method == "temperature" and calibration.temperature == pytest.approx(3.0, rel=0.2)
+    assert calibration.check["kept"] and calibration.check["vector"]["reason"] == check["reason"]
 
 
 def test_a_map_that_breaks_more_labels_than_it_fixes_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +138,8 @@ def test_a_run_fits_the_method_its_recipe_names(trained) -> None:
     rows = six_rows()
     section = EvalSection(calibration_method="vector")
     fitted = cal.fit_on_rows(model, tokenizer, target.prompt_builder(LABELS), rows, section, seed=0)
-    assert fitted.method == "vector" and fitted.check["scaling"] == "vector scaling" and "folds" in fitted.check
+    vector = fitted.check.get("vector", fitted.check)  # six rows: the vector map falls back to a temperature
+    assert vector["scaling"] == "vector scaling" and "folds" in vector
 
 
 def six_rows():
