@@ -59,7 +59,11 @@ def run(
     report = run(load_recipe("recipes/quickstart.yaml", overrides=["train.max_steps=10"]))
     round(report["accuracy"], 3)
     ```
+
+    A recipe with `seeds: [...]` trains one run per seed and returns their ensemble's report (`run_seeds`).
     """
+    if recipe.seeds:
+        return run_seeds(recipe, resume=resume, overwrite=overwrite)
     check_recipe(recipe)
     final = Path(recipe.output_dir)
     if distributed.is_distributed():  # launched as several processes (accelerate launch, torchrun)
@@ -98,6 +102,56 @@ def run(
                 final, recipe.publish.repo_id, version=recipe.publish.version, private=recipe.publish.private
             )
         )
+    return metrics
+
+
+def seed_recipes(recipe: Recipe) -> list[Recipe]:
+    """A `seeds:` recipe's runs: the recipe with each seed (the data's seed, hence the calibration rows, unchanged),
+    each in output_dir/seed<S>."""
+    parent = Path(recipe.output_dir)
+    return [
+        recipe.model_copy(update={"seed": seed, "seeds": None, "output_dir": str(parent / f"seed{seed}")})
+        for seed in recipe.seeds or []
+    ]
+
+
+def ensemble_dir(recipe: Recipe) -> Path:
+    """Where a `seeds:` recipe's ensemble report goes."""
+    return Path(recipe.output_dir) / "ensemble"
+
+
+def run_seeds(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Report:
+    """`seeds: [...]`: one ordinary run per seed (`seed_recipes`), then their ensemble scored on the eval split into
+    `ensemble_dir` (`fintrl.evaluation.ensemble`); returns its report. With `resume`, finished seeds are kept and
+    unfinished ones continue; `overwrite` replaces each run once its new one succeeds."""
+    from fintrl.errors import RecipeError, RunFolderError
+    from fintrl.evaluation.ensemble import evaluate_ensemble
+    from fintrl.scoring.ensemble import resolve_ensemble
+
+    check_recipe(recipe)
+    if distributed.is_distributed():
+        raise RecipeError(
+            "seeds: run the recipe as one process; to launch one seed's run alone: --set seeds=null --set seed=S"
+        )
+    if RunFolder(Path(recipe.output_dir)).is_run:
+        raise RunFolderError(
+            f"{recipe.output_dir} holds a run; a seeds recipe writes one run per seed and their ensemble into a "
+            "folder of its own: choose another --output-dir"
+        )
+    members = seed_recipes(recipe)
+    for member in members:
+        folder = Path(member.output_dir)
+        if resume and RunFolder(folder).is_finished:
+            logger.info("seed %d: finished in %s, kept", member.seed, folder)
+            continue
+        unfinished = RunFolder(folder).is_run or transaction.work_folder(folder).is_dir()
+        logger.info("seed %d of %s: training %s", member.seed, recipe.seeds, folder)
+        run(member, resume=resume and unfinished, overwrite=overwrite)
+    ensemble = resolve_ensemble([member.output_dir for member in members])
+    data = load_labeled_data(recipe.data)
+    with transaction.eval_output(ensemble_dir(recipe), overwrite=overwrite or resume) as work:
+        metrics = evaluate_ensemble(ensemble, data, work)
+        RunFolder(work).write_metrics(metrics)
     return metrics
 
 

@@ -44,6 +44,7 @@ def check_recipe(recipe: Recipe, *, launch: Launch | None = None) -> None:
         *_prompt_problems(recipe),
         *_objective_problems(recipe),
         *_publish_problems(recipe.publish),
+        *_seeds_problems(recipe),
     ]
     if problems:
         raise RecipeError("invalid recipe: " + "; ".join(problems))
@@ -190,4 +191,18 @@ def _publish_problems(section: PublishSection) -> list[str]:
         problems.append(
             f"publish.version: {section.version!r} is not a semantic version; use vMAJOR.MINOR.PATCH, e.g. v1.1.0"
         )
+    return problems
+
+
+def _seeds_problems(recipe: Recipe) -> list[str]:
+    if recipe.seeds is None:
+        return []
+    problems = []
+    if recipe.publish.repo_id is not None:
+        problems.append(
+            "seeds with publish.repo_id: publishing an ensemble as one repo is not built; publish one seed's run "
+            "(`fintrl publish OUTPUT_DIR/seedS`) or drop seeds"
+        )
+    if recipe.eval.mode == "generate":
+        problems.append("seeds: an ensemble averages label probabilities, and eval.mode generate has none")
     return problems

@@ -278,6 +278,12 @@ class Recipe(_Section):
     publish: PublishSection = PublishSection()
     output_dir: str = "runs/fintrl"
     seed: int = 42
+    seeds: list[int] | None = Field(
+        None,
+        min_length=2,
+        description="Train one run per seed (output_dir/seed<S>) and score their ensemble (output_dir/ensemble): "
+        "the adapters' calibrated probabilities averaged (docs/commands.md#fintrl-run).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -305,6 +311,8 @@ class Recipe(_Section):
                 "quantization: a 4/8-bit model cannot be fully fine-tuned; "
                 "add a `lora:` section or set quantization: null"
             )
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} lists a seed twice; each trains one run")
         for key in ("output_dir", "seed"):
             if key in self.train:
                 raise ValueError(f"train.{key}: set it at the top level (`{key}:`), not under train")

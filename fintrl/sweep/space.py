@@ -116,6 +116,12 @@ def check_space(dimensions: list[Dimension], recipe_path: str, overrides: list[s
     for dim in dimensions:
         for value in dim.edges():
             try:
-                check_recipe(load_recipe(recipe_path, overrides=[*overrides, override(dim.field, value)]))
+                recipe = load_recipe(recipe_path, overrides=[*overrides, override(dim.field, value)])
+                check_recipe(recipe)
             except RecipeError as err:
                 raise RecipeError(f"--space: {dim.field} = {json.dumps(value)}: {err}") from None
+            if recipe.seeds:
+                raise RecipeError(
+                    f"{recipe_path}: seeds {recipe.seeds}: a sweep trains one run per trial; "
+                    "drop seeds (--set seeds=null)"
+                )

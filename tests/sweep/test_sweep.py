@@ -58,6 +58,12 @@ def test_a_bad_space_is_one_line_before_anything_trains(
     assert not out.exists()
 
 
+def test_a_recipe_with_seeds_is_refused(recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sweep", recipe, "--space", space(tmp_path, "lora.r: [2, 4]"), "--output-dir", str(tmp_path / "s")]
+    assert main([*argv, "--set", "seeds=[3, 4]"]) == 2
+    assert "a sweep trains one run per trial" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
 def test_a_sweep_finds_its_best_trial_and_compares_it_with_the_recipes_own_run(
     recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

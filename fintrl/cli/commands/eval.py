@@ -76,19 +76,9 @@ def _single(targets: list[str], options: dict[str, Any], args: argparse.Namespac
 def _ensemble(targets: list[str], options: dict[str, Any], args: argparse.Namespace, work: Path) -> Report:
     """The first member's recipe says which data and eval settings; each member scores with its own prompt and
     calibration; the report adds each member's own accuracy and macro-F1 on the same rows."""
-    from fintrl.evaluation.report import evaluate, headline
-    from fintrl.scoring.ensemble import ensemble_scorer, inference_form, resolve_ensemble
+    from fintrl.evaluation.ensemble import evaluate_ensemble
+    from fintrl.scoring.ensemble import resolve_ensemble
 
     ensemble = resolve_ensemble(targets, **options)
-    recipe = ensemble.members[0].recipe
-    data = _data(recipe, ensemble.labels)
-    scorer = ensemble_scorer(ensemble, labels=data.labels, mode=args.mode, calibrated=not args.uncalibrated)
-    metrics = evaluate(scorer, data, recipe.eval, work, ensemble.name)
-    gold = data.eval["label"]
-    members = []
-    for member, result in zip(ensemble.members, scorer.member_results):
-        scored = result if args.uncalibrated else member.calibrate(result)
-        members.append({"name": member.name, **headline(gold, scored, data.labels)})
-    metrics["ensemble"] = ensemble.record() | {"per_member": members}
-    metrics["inference"] = inference_form().record()
-    return metrics
+    data = _data(ensemble.members[0].recipe, ensemble.labels)
+    return evaluate_ensemble(ensemble, data, work, mode=args.mode, calibrated=not args.uncalibrated)

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fintrl.metrics.stats import summary
     from fintrl.recipe.schema import load_recipe
+    from fintrl.runner import ensemble_dir
     from fintrl.runner import run as run_recipe
     from fintrl.transaction import work_folder
 
@@ -39,5 +40,6 @@ def run(args: argparse.Namespace) -> int:
     args.work_folder = work_folder(Path(recipe.output_dir))  # for the Ctrl-C hint
     metrics = run_recipe(recipe, resume=args.resume, overwrite=args.overwrite)
     if distributed.is_main():  # one process speaks for a run launched as several
-        print(json.dumps(summary(metrics, recipe.output_dir), indent=2))  # headline metrics with intervals, baselines
+        report_dir = ensemble_dir(recipe) if recipe.seeds else recipe.output_dir  # seeds: their ensemble's report
+        print(json.dumps(summary(metrics, str(report_dir)), indent=2))  # headline metrics with intervals, baselines
     return 0

@@ -1,0 +1,34 @@
+"""An ensemble's report: the ensemble scored on the eval split like any target (`evaluate`), plus each member's own
+accuracy, macro-F1, NLL and ECE on the same rows, so the gain over the members is in one file. What `fintrl eval A B`
+and a recipe's `seeds:` write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fintrl.data.loading import LabeledData
+    from fintrl.run_folder import Report
+    from fintrl.scoring.ensemble import Ensemble
+
+
+def evaluate_ensemble(
+    ensemble: Ensemble, data: LabeledData, out_dir: Path, *, mode: str | None = None, calibrated: bool = True
+) -> Report:
+    """Score `data`'s eval split with the ensemble (the first member's eval settings) into `out_dir`; the report adds
+    `ensemble` (members, which are calibrated, per-member headline metrics) and `inference`."""
+    from fintrl.evaluation.report import evaluate, headline
+    from fintrl.scoring.ensemble import ensemble_scorer, inference_form
+
+    recipe = ensemble.members[0].recipe
+    scorer = ensemble_scorer(ensemble, labels=data.labels, mode=mode, calibrated=calibrated)
+    metrics = evaluate(scorer, data, recipe.eval, out_dir, ensemble.name)
+    gold = data.eval["label"]
+    members = []
+    for member, result in zip(ensemble.members, scorer.member_results):
+        scored = member.calibrate(result) if calibrated else result
+        members.append({"name": member.name, **headline(gold, scored, data.labels)})
+    metrics["ensemble"] = ensemble.record() | {"per_member": members}
+    metrics["inference"] = inference_form().record()
+    return metrics
