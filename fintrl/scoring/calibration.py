@@ -75,18 +75,23 @@ class Calibration:
         """Probabilities of another scoring mode are another distribution: the map is not theirs."""
         return mode is None or mode == self.mode
 
+    def _refuses(self, mode: str | None) -> bool:
+        if self.applies_to(mode):
+            return False
+        logger.warning("calibration not applied: fitted on %s probabilities, these are %s ones", self.mode, mode)
+        return True
+
     def apply(self, probabilities: np.ndarray, mode: str | None = None) -> np.ndarray:
         """Calibrated probabilities; unchanged (with a warning) for another scoring mode's."""
-        if not self.applies_to(mode):
-            logger.warning("calibration not applied: fitted on %s probabilities, these are %s ones", self.mode, mode)
+        if self._refuses(mode):
             return np.asarray(probabilities, dtype=float)
         return self.scaling.apply(probabilities)
 
     def apply_result(self, result: ScoreResult) -> ScoreResult:
         """The scorer's result, calibrated: its probabilities, and its predictions where the map can reorder labels
-        (vector scaling: the calibrated argmax). What every command that calibrates calls."""
-        if not self.applies_to(result.mode):
-            self.apply(result.probabilities, result.mode)  # the warning
+        (vector scaling: the calibrated argmax). What every command that calibrates calls; unchanged (with a
+        warning) for another scoring mode's."""
+        if self._refuses(result.mode):
             return result
         probabilities = self.scaling.apply(result.probabilities)
         predictions = probabilities.argmax(-1).tolist() if self.scaling.reorders else result.predictions
