@@ -315,36 +315,35 @@ def calibrate_rows(
         check = check_calibration(probabilities, gold, method, seed or 0)
         reason = f"vector scaling not kept ({vector['reason']}); one temperature instead: {check['reason']}"
         check |= {"vector": vector, "reason": reason}
-    fitted = check.get("fitted") or {}
-    kept = check["kept"]
-    calibration = Calibration(
-        temperature=check["fitted_temperature"] if kept and method == "temperature" else 1.0,
+    kept, fitted = check["kept"], check.get("fitted") or {}
+    vector = method == "vector" and kept
+    scaling = Scaling(
+        method,
+        check["fitted_temperature"] if kept and not vector else 1.0,
+        tuple(fitted["weights"]) if vector else None,
+        tuple(fitted["biases"]) if vector else None,
+    )
+    logger.info(
+        "calibration: %s on %d held-out rows %s: %s",
+        NAMES[method],
+        len(gold),
+        "kept" if kept else "not kept (probabilities as scored)",
+        check["reason"],
+    )
+    return Calibration(
+        temperature=scaling.temperature,
         mode=mode,
         n=len(gold),
         split="train (held out of training)",
         seed=seed,
+        nll_before=nll(probabilities, gold),
+        nll_after=nll(scaling.apply(probabilities), gold),
         fitted=check.get("fitted_temperature"),
         check=check,
         method=method,
-        weights=tuple(fitted["weights"]) if kept and fitted else None,
-        biases=tuple(fitted["biases"]) if kept and fitted else None,
+        weights=scaling.weights,
+        biases=scaling.biases,
     )
-    calibration = dataclasses.replace(
-        calibration, nll_before=nll(probabilities, gold), nll_after=nll(calibration.apply(probabilities), gold)
-    )
-    logger.info(
-        "calibration: %s fitted on %d held-out rows (%s), %s: %s",
-        NAMES[method],
-        len(gold),
-        _fitted_text(Scaling(method, check.get("fitted_temperature") or 1.0, *_vector(fitted))),
-        "kept" if kept else "not kept (probabilities as scored)",
-        check["reason"],
-    )
-    return calibration
-
-
-def _vector(fitted: dict[str, Any]) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    return (tuple(fitted["weights"]), tuple(fitted["biases"])) if fitted else (None, None)
 
 
 def calibration_report(

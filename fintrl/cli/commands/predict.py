@@ -64,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
 
     options = {"recipe_path": args.recipe, "overrides": args.overrides, "trust_remote_code": args.trust_remote_code}
     if len(args.target) > 1:  # each member calibrated (unless --uncalibrated), their probabilities averaged
-        members = resolve_ensemble(args.target, **options)
-        ensemble = ensemble_scorer(members, mode=args.mode, calibrated=not args.uncalibrated)
-        labels, result = ensemble.labels, ensemble.score(texts)
+        scorer = ensemble_scorer(
+            resolve_ensemble(args.target, **options), mode=args.mode, calibrated=not args.uncalibrated
+        )
+        labels, result = scorer.labels, scorer.score(texts)
     else:
         target = resolve_target(args.target[0], **options)
         labels = target.label_set("predict")
@@ -74,9 +75,8 @@ def run(args: argparse.Namespace) -> int:
         result = target.scorer(loaded.model, loaded.tokenizer, mode=args.mode).score(texts)
         if not args.uncalibrated:
             result = target.calibrate(result)
-    rows = predict_rows(
-        texts, labels, result.predictions, result.probabilities, args.min_confidence
-    )  # abstain below it
+    # with --min-confidence, `abstain` below it
+    rows = predict_rows(texts, labels, result.predictions, result.probabilities, args.min_confidence)
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     if args.output:
         write_atomic(Path(args.output), "".join(line + "\n" for line in lines))
