@@ -33,7 +33,7 @@ _EXPORTS = {
     "load_for_inference": "fintrl.scoring.targets",
     "LabelScorer": "fintrl.scoring.scorer",
     "publish": "fintrl.hub.publish",
-    "list_versions": "fintrl.hub.publish",
+    "list_versions": "fintrl.hub.versions",
     "export_merged": "fintrl.export.merge",
     "audit": "fintrl.audit.confident",
     "reproduce": "fintrl.reproduce",
@@ -65,7 +65,8 @@ if TYPE_CHECKING:
     from fintrl.errors import FintrlError
     from fintrl.evaluation.report import evaluate
     from fintrl.export.merge import export_merged
-    from fintrl.hub.publish import list_versions, publish
+    from fintrl.hub.publish import publish
+    from fintrl.hub.versions import list_versions
     from fintrl.recipe.schema import Recipe, load_recipe
     from fintrl.reproduce import reproduce
     from fintrl.run_folder import Report, RunFolder

@@ -43,6 +43,7 @@ EXPORT_INFO = "fintrl_export.json"  # a merged export (`fintrl export --merged`)
 AUDIT_CSV = "audit.csv"  # `fintrl audit`: every audited row, flagged ones first (`fintrl.audit.confident`)
 AUDIT_SUMMARY = "audit.json"  # its thresholds, counts per class pair, and how each split was scored
 PROMPT = "prompt.json"  # the resolved prompt the adapter was trained with (`fintrl.model.prompts.PromptBuilder`)
+ENSEMBLE = "ensemble.json"  # an ensemble folder's members (`RunFolder.ensemble_members`, `fintrl.scoring.ensemble`)
 
 
 class Report(TypedDict, total=False):
@@ -186,6 +187,39 @@ class RunFolder:
 
     def write_prompt(self, prompt: PromptBuilder) -> None:
         write_atomic(self.file(PROMPT), json.dumps(prompt.record(), indent=2, ensure_ascii=False) + "\n")
+
+    @property
+    def is_ensemble(self) -> bool:
+        """An ensemble folder: an ensemble's report (`fintrl eval A B`, a recipe's `seeds:`) and `ensemble.json`,
+        which names its member run folders, so the folder can be scored, served and published as one target."""
+        return self.file(ENSEMBLE).is_file()
+
+    def ensemble_members(self, *, downloaded: bool) -> list[Path]:
+        """The member folders `ensemble.json` names, in order: paths relative to this folder. A downloaded ensemble
+        (a Hub repo) may name only its own subfolders; a local one any folder (a `seeds:` run's are its siblings)."""
+        path = self.file(ENSEMBLE)
+        raw = read_json(path)
+        members = raw.get("members") if isinstance(raw, dict) else None
+        if not (isinstance(members, list) and len(members) >= 2 and all(isinstance(m, str) and m for m in members)):
+            raise RunFolderError(f"{path}: `members` must list two or more member folders")
+        if len(set(members)) != len(members):
+            raise RunFolderError(f"{path}: `members` lists a folder twice")
+        folders = []
+        for member in members:
+            if downloaded and (member in (".", "..") or any(c in member for c in "/\\:")):
+                raise RunFolderError(f"{path}: member {member!r} is not a subfolder's name")
+            folder = Path(os.path.normpath(self.path / member))
+            if not folder.is_dir():
+                raise RunFolderError(f"{path}: its member {member} is no folder beside it")
+            if RunFolder(folder).is_ensemble or folder.resolve() == self.path.resolve():
+                raise RunFolderError(f"{path}: its member {member} is an ensemble; members are runs")
+            folders.append(folder)
+        return folders
+
+    def write_ensemble(self, members: list[Path]) -> None:
+        """Name the member folders (relative to this folder: the two move together) in `ensemble.json`."""
+        names = [os.path.relpath(Path(m).resolve(), self.path.resolve()) for m in members]
+        write_atomic(self.file(ENSEMBLE), json.dumps({"members": names}, indent=2) + "\n")
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -107,10 +107,13 @@ def run(
 
 def seed_recipes(recipe: Recipe) -> list[Recipe]:
     """A `seeds:` recipe's runs: the recipe with each seed (the data's seed, hence the calibration rows, unchanged),
-    each in output_dir/seed<S>."""
+    each in output_dir/seed<S>, none published alone."""
     parent = Path(recipe.output_dir)
+    publish = recipe.publish.model_copy(update={"repo_id": None, "version": None})  # the ensemble is what's published
     return [
-        recipe.model_copy(update={"seed": seed, "seeds": None, "output_dir": str(parent / f"seed{seed}")})
+        recipe.model_copy(
+            update={"seed": seed, "seeds": None, "output_dir": str(parent / f"seed{seed}"), "publish": publish}
+        )
         for seed in recipe.seeds or []
     ]
 
@@ -122,8 +125,9 @@ def ensemble_dir(recipe: Recipe) -> Path:
 
 def run_seeds(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Report:
     """`seeds: [...]`: one ordinary run per seed (`seed_recipes`), then their ensemble scored on the eval split into
-    `ensemble_dir` (`fintrl.evaluation.ensemble`); returns its report. With `resume`, finished seeds are kept and
-    unfinished ones continue; `overwrite` replaces each run once its new one succeeds."""
+    `ensemble_dir` (`fintrl.evaluation.ensemble`), published as one repo with `publish.repo_id`; returns its report.
+    With `resume`, finished seeds are kept and unfinished ones continue; `overwrite` replaces each run once its new
+    one succeeds."""
     from fintrl.errors import RecipeError, RunFolderError
     from fintrl.evaluation.ensemble import evaluate_ensemble
     from fintrl.scoring.ensemble import resolve_ensemble
@@ -152,6 +156,11 @@ def run_seeds(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) 
     with transaction.eval_output(ensemble_dir(recipe), overwrite=overwrite or resume) as work:
         metrics = evaluate_ensemble(ensemble, data, work)
         RunFolder(work).write_metrics(metrics)
+    if recipe.publish.repo_id:
+        from fintrl.hub.publish import publish
+
+        section = recipe.publish
+        publish(ensemble_dir(recipe), section.repo_id, version=section.version, private=section.private)
     return metrics
 
 

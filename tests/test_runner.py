@@ -18,19 +18,30 @@ def sets(*pairs: str) -> list[str]:
     return [a for pair in pairs for a in ("--set", pair)]
 
 
-def test_seeds_train_a_run_each_and_report_their_ensemble(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_seeds_train_a_run_each_and_report_their_ensemble(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fintrl.hub import publish as hub
+
+    published: list = []
+    monkeypatch.setattr(hub, "publish", lambda *args, **kwargs: published.append((args, kwargs)))
     out = tmp_path / "seeds"
-    assert main(["run", str(RECIPE), "--output-dir", str(out), *sets(*SMALL, "seeds=[3, 4]")]) == 0
+    seeds = sets(*SMALL, "seeds=[3, 4]", "publish.repo_id=org/fin-seeds")
+    assert main(["run", str(RECIPE), "--output-dir", str(out), *seeds]) == 0
+    # the ensemble is published as one repo (`fintrl.hub.staging.stage_ensemble`), never a seed's run alone
+    assert published == [((out / "ensemble", "org/fin-seeds"), {"version": None, "private": False})]
     printed = capsys.readouterr().out
     summary = json.loads(printed[printed.index('{\n  "output_dir"') :])
     assert summary["output_dir"] == str(out / "ensemble")
     for seed in (3, 4):
         recipe = (out / f"seed{seed}" / "recipe.yaml").read_text()
         assert f"seed: {seed}\n" in recipe and "seeds: null" in recipe  # each an ordinary run, reproducible alone
+        assert "repo_id: null" in recipe
         assert (out / f"seed{seed}" / "adapter_model.safetensors").is_file()
     report = json.loads((out / "ensemble" / "metrics.json").read_text())
     assert report["ensemble"]["members"] == [str(out / "seed3"), str(out / "seed4")]
     assert [m["name"] for m in report["ensemble"]["per_member"]] == report["ensemble"]["members"]
+    assert json.loads((out / "ensemble" / "ensemble.json").read_text()) == {"members": ["../seed3", "../seed4"]}
 
     def probabilities(folder: Path) -> np.ndarray:
         rows = (folder / "predictions.jsonl").read_text().splitlines()
@@ -39,6 +50,10 @@ def test_seeds_train_a_run_each_and_report_their_ensemble(tmp_path: Path, capsys
     # the ensemble's probabilities are the mean of the seeds' calibrated ones, as `fintrl eval A B` reports them
     assert main(["eval", str(out / "seed3"), str(out / "seed4"), "--output-dir", str(tmp_path / "eval")]) == 0
     np.testing.assert_allclose(probabilities(out / "ensemble"), probabilities(tmp_path / "eval"), atol=1e-6)
+
+    # the ensemble folder is a target of its own: the same scores
+    assert main(["eval", str(out / "ensemble"), "--output-dir", str(tmp_path / "again")]) == 0
+    np.testing.assert_allclose(probabilities(out / "ensemble"), probabilities(tmp_path / "again"), atol=1e-6)
 
     # --resume keeps finished seeds; a third seed trains alone, and the ensemble is scored again over all three
     stamp = (out / "seed3" / "adapter_model.safetensors").stat().st_mtime_ns
@@ -56,7 +71,6 @@ def test_seeds_train_a_run_each_and_report_their_ensemble(tmp_path: Path, capsys
     [
         (["seeds=[3, 3]"], "lists a seed twice"),
         (["seeds=[3]"], "seeds"),
-        (["seeds=[3, 4]", "publish.repo_id=org/x"], "publishing an ensemble as one repo is not built"),
         (["seeds=[3, 4]", "eval.mode=generate"], "eval.mode generate has none"),
     ],
 )

@@ -197,12 +197,6 @@ def _publish_problems(section: PublishSection) -> list[str]:
 def _seeds_problems(recipe: Recipe) -> list[str]:
     if recipe.seeds is None:
         return []
-    problems = []
-    if recipe.publish.repo_id is not None:
-        problems.append(
-            "seeds with publish.repo_id: publishing an ensemble as one repo is not built; publish one seed's run "
-            "(`fintrl publish OUTPUT_DIR/seedS`) or drop seeds"
-        )
     if recipe.eval.mode == "generate":
-        problems.append("seeds: an ensemble averages label probabilities, and eval.mode generate has none")
-    return problems
+        return ["seeds: an ensemble averages label probabilities, and eval.mode generate has none"]
+    return []

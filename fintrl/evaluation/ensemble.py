@@ -1,6 +1,7 @@
 """An ensemble's report: the ensemble scored on the eval split like any target (`evaluate`), plus each member's own
 accuracy, macro-F1, NLL and ECE on the same rows, so the gain over the members is in one file. What `fintrl eval A B`
-and a recipe's `seeds:` write."""
+and a recipe's `seeds:` write; with members that are run folders of this machine, the folder also names them
+(`ensemble.json`), so it can be scored, served and published as one target."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ def evaluate_ensemble(
     """Score `data`'s eval split with the ensemble (the first member's eval settings) into `out_dir`; the report adds
     `ensemble` (members, which are calibrated, per-member headline metrics) and `inference`."""
     from fintrl.evaluation.report import evaluate, headline
+    from fintrl.run_folder import RunFolder
     from fintrl.scoring.ensemble import ensemble_scorer, inference_form
 
     recipe = ensemble.members[0].recipe
     scorer = ensemble_scorer(ensemble, labels=data.labels, mode=mode, calibrated=calibrated)
-    metrics = evaluate(scorer, data, recipe.eval, out_dir, ensemble.name)
+    metrics = evaluate(scorer, data, recipe.eval, out_dir, recipe.model.name_or_path)  # `model`: the base, as a run's
     gold = data.eval["label"]
     members = []
     for member, result in zip(ensemble.members, scorer.member_results):
@@ -31,4 +33,7 @@ def evaluate_ensemble(
         members.append({"name": member.name, **headline(gold, scored, data.labels)})
     metrics["ensemble"] = ensemble.record() | {"per_member": members}
     metrics["inference"] = inference_form().record()
+    folders = [member.local_folder for member in ensemble.members]
+    if None not in folders:
+        RunFolder(out_dir).write_ensemble(folders)
     return metrics

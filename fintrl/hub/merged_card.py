@@ -27,8 +27,16 @@ def is_export(folder: Path) -> bool:
 
 
 def require_publishable(folder: Path, *, merged: bool) -> None:
-    """A merged export is published with --merged, and only a merged export is: one line saying which it is."""
+    """A merged export is published with --merged, and only a merged export is; an ensemble folder's members are runs
+    with adapters: one line saying which it is."""
     folder = Path(folder)
+    if RunFolder(folder).is_ensemble:
+        if merged:
+            raise RunFolderError(f"{folder} is an ensemble: publish it without --merged (its adapters in subfolders)")
+        for member in RunFolder(folder).ensemble_members(downloaded=False):
+            RunFolder(member).require_finished("publish")
+            require_publishable(member, merged=False)
+        return
     if merged and not is_export(folder):
         raise RunFolderError(
             f"{folder} is not a merged export (no {EXPORT_INFO}): make one with `fintrl export RUN --merged OUT`, "

@@ -24,9 +24,7 @@ Publishing is safe to rerun and shares the repo with people:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,24 +32,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from fintrl.errors import FintrlError, HubError, RecipeError, first_line
+from fintrl.errors import FintrlError, HubError, first_line
 from fintrl.hub.card import render_card
 from fintrl.hub.download import read_file
+from fintrl.hub.ensemble_card import render_ensemble_card
 from fintrl.hub.ids import check_repo_id
 from fintrl.hub.merged_card import is_export, render_merged_card, require_publishable
 from fintrl.hub.retry import T, reason, with_retries
-from fintrl.hub.staging import base_model_hub_id, stage, staged_files
+from fintrl.hub.staging import base_model_hub_id, stage, stage_ensemble, staged_files
+from fintrl.hub.versions import list_versions, next_version, parse_version, version_tags
 from fintrl.metrics.paired import with_previous
-from fintrl.run_folder import ADAPTER_CONFIG, CARD, METRICS, PREDICTIONS, RECIPE, RunFolder
+from fintrl.run_folder import CARD, PREDICTIONS, RunFolder
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 logger = logging.getLogger(__name__)
 
-VERSION_TAG = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
 MANIFEST_HEADER = "fintrl files:"  # in each commit's description, followed by the files fintrl wrote, one a line
 NEVER_DELETED = (".gitattributes", ".eval_results/")  # a path equal to, or under, one of these
 
@@ -64,82 +61,6 @@ class Published:
     url: str
     kept: tuple[str, ...] = ()  # files others put in the repo, left in place
     deleted: tuple[str, ...] = ()  # files fintrl wrote in the previous version and not in this one
-
-
-def parse_version(text: str) -> tuple[int, int, int]:
-    """`v1.2.3` (or `1.2.3`) -> (1, 2, 3): versions are semantic so they sort and bump without surprises."""
-    match = VERSION_TAG.fullmatch("v" + text.strip().removeprefix("v"))
-    if match is None:
-        raise RecipeError(f"version {text!r} is not a semantic version: use vMAJOR.MINOR.PATCH, e.g. v1.1.0")
-    major, minor, patch = map(int, match.groups())
-    return major, minor, patch
-
-
-def next_version(taken: list[str]) -> str:
-    """v1.0.0 first, then the highest version with its minor number bumped."""
-    if not taken:
-        return "v1.0.0"
-    major, minor, _ = max(map(parse_version, taken))
-    return f"v{major}.{minor + 1}.0"
-
-
-def _version_tags(api: HfApi, repo_id: str) -> dict[str, str]:
-    """`vX.Y.Z` tag -> commit sha; other tags are not fintrl versions and are left alone."""
-    refs = with_retries(lambda: api.list_repo_refs(repo_id), what="list_repo_refs")
-    return {t.name: t.target_commit for t in refs.tags if VERSION_TAG.fullmatch(t.name)}
-
-
-def _version_record(api: HfApi, repo_id: str, tag: str, commit: str) -> dict[str, Any]:
-    """What a version is, read from the files at its tag (not from a side index that could drift)."""
-
-    def read(name: str, parse: Callable[[str], Any]) -> dict[str, Any]:
-        """A file of the version as a mapping; anything else (a hand-edited or hostile file) reads as empty."""
-        try:
-            value = parse(read_file(repo_id, name, revision=commit) or "{}")
-        except (ValueError, yaml.YAMLError, RecursionError):
-            return {}
-        return value if isinstance(value, dict) else {}
-
-    metrics, adapter, recipe = read(METRICS, json.loads), read(ADAPTER_CONFIG, json.loads), read(RECIPE, yaml.safe_load)
-    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
-    source = metrics.get("provenance") if isinstance(metrics.get("provenance"), dict) else {}
-    fingerprints = source.get("data") if isinstance(source.get("data"), dict) else {}
-    code = source.get("code") if isinstance(source.get("code"), dict) else {}
-    date = with_retries(lambda: api.list_repo_commits(repo_id, revision=commit), what="list_repo_commits")[0].created_at
-    return {
-        "version": tag,
-        "date": date.strftime("%Y-%m-%d"),
-        "commit": commit,
-        "base_model": adapter.get("base_model_name_or_path") or recipe.get("model", {}).get("name_or_path"),
-        "data": data.get("preset") or data.get("source") or data.get("path"),
-        "n_train": metrics.get("data", {}).get("n_train"),
-        "n_eval": metrics.get("data", {}).get("n_eval"),
-        **{k: metrics.get(k) for k in ("accuracy", "f1_macro", "f1_weighted")},
-        "provenance": {
-            "train_sha256": fingerprints.get("train_sha256"),
-            "eval_sha256": fingerprints.get("eval_sha256"),
-            "recipe_sha256": source.get("recipe_sha256"),
-            "seed": source.get("seed"),
-            "fintrl": code.get("fintrl"),
-            "git_commit": code.get("git_commit"),
-            "git_dirty": code.get("git_dirty"),
-        },
-    }
-
-
-def list_versions(repo_id: str) -> list[dict[str, Any]]:
-    """Every published version of a repo, highest first: date, commit, base model, data and headline metrics."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    check_repo_id(repo_id)
-    api = HfApi()
-    try:
-        tags = _version_tags(api, repo_id)
-    except RepositoryNotFoundError:
-        raise HubError(f"{repo_id}: no such repo on {api.endpoint} (or the token cannot see it)") from None
-    ordered = sorted(tags, key=parse_version, reverse=True)
-    return [_version_record(api, repo_id, tag, tags[tag]) for tag in ordered]
 
 
 @dataclass
@@ -269,7 +190,7 @@ def _tag(api: HfApi, repo_id: str, version: str, commit: str, summary: str) -> N
         try:
             api.create_tag(repo_id, tag=version, revision=commit, tag_message=summary)
         except HfHubHTTPError as err:  # 409: an earlier try made it while its answer was lost?
-            if err.response.status_code != 409 or _version_tags(api, repo_id).get(version) != commit:
+            if err.response.status_code != 409 or version_tags(api, repo_id).get(version) != commit:
                 raise
 
     with_retries(once, what=f"create_tag {version}")
@@ -284,7 +205,9 @@ def publish(
     anything is uploaded; the tag is created only after the commit succeeded, so a failed upload leaves no version
     behind. A commit whose tag failed is finished by running the same publish again (tag only, no second commit).
     `base_model`: the base's Hub id (default: the recipe's publish.base_model, else its model; see `base_model_hub_id`).
-    A merged export (`fintrl export --merged`, `fintrl.hub.merged_card`) is published alike, with its own card.
+    A merged export (`fintrl export --merged`, `fintrl.hub.merged_card`) is published alike, with its own card, and so
+    is an ensemble folder (`fintrl eval A B`, a recipe's `seeds:`): its report and card at the top, each member's run in
+    a subfolder (`fintrl.hub.staging.stage_ensemble`), so `fintrl predict REPO` scores the ensemble.
 
     ```python
     publish(Path("runs/quickstart"), "your-org/fin-sentiment", base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -295,10 +218,12 @@ def publish(
 
     check_repo_id(repo_id)
     run_dir = Path(run_dir)
-    run = RunFolder(run_dir).require_finished("publish")
-    recipe, metrics = run.recipe(), run.metrics()
+    run = RunFolder(run_dir)
+    members = run.ensemble_members(downloaded=False) if run.is_ensemble else []  # an ensemble: members in subfolders
+    recipe = RunFolder(members[0] if members else run_dir).require_finished("publish").recipe()
     merged = is_export(run_dir)  # a merged export: no adapter, its own card
-    require_publishable(run_dir, merged=merged)  # else a run with an adapter
+    require_publishable(run_dir, merged=merged)  # else a run with an adapter, or an ensemble of them
+    metrics = run.metrics()
     base = base_model_hub_id(recipe, base_model)
     if get_token() is None:
         raise HubError("publishing needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
@@ -331,16 +256,18 @@ def publish(
     older = versions[versions.index(current) + 1 :]  # the previous version: the highest below this one
     prior = read_file(repo_id, PREDICTIONS, revision=older[0]["commit"]) if older else None
     compared = with_previous(run_dir, older[0]["version"], prior) if older else None
-    card = (render_merged_card if merged else render_card)(
-        run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base, comparison=compared
-    )
+    render = render_ensemble_card if members else render_merged_card if merged else render_card
+    card = render(run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base, comparison=compared)
     summary = f"{version}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}"
     tagged = {v["commit"] for v in history}
     delete: list[str] = []
     kept: list[str] = []
     reused = False
     with tempfile.TemporaryDirectory(prefix="fintrl-publish-") as tmp:
-        stage(run_dir, Path(tmp), recipe=recipe, card=card, base=base)
+        if members:
+            stage_ensemble(run_dir, Path(tmp), members=members, card=card, base=base)
+        else:
+            stage(run_dir, Path(tmp), recipe=recipe, card=card, base=base)
         staged = staged_files(Path(tmp))
         head = _read_head(api, repo_id, info.sha) if info is not None else None
         if head is not None and _is_fintrl_commit(head, version, staged, tagged):

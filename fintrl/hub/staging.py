@@ -142,11 +142,10 @@ def _check_no_local_paths(staging: Path, places: list[str], run_dir: Path) -> No
             )
 
 
-def stage(run_dir: Path, staging: Path, *, recipe: Recipe, card: str, base: str) -> None:
-    """Copy the run's top-level files (not `checkpoints/`, no dotfiles), point the adapter at the base's Hub id, give
-    the recipe and report portable values, check that no local path remains; the run folder is left untouched."""
-    run = RunFolder(run_dir)
-    for path in sorted(run_dir.iterdir()):
+def _copy_files(folder: Path, staging: Path) -> None:
+    """A folder's top-level files (not its subfolders, no dotfiles); a symbolic link refuses the publish."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
         if path.is_symlink():  # its target may be anything on this machine (a token, a key): never uploaded
@@ -156,6 +155,14 @@ def stage(run_dir: Path, staging: Path, *, recipe: Recipe, card: str, base: str)
             )
         if path.is_file():
             shutil.copy2(path, staging / path.name, follow_symlinks=False)
+
+
+def stage(run_dir: Path, staging: Path, *, recipe: Recipe, card: str | None, base: str) -> None:
+    """Copy the run's top-level files (not `checkpoints/`, no dotfiles), point the adapter at the base's Hub id, give
+    the recipe and report portable values, check that no local path remains; the run folder is left untouched.
+    `card` None: no card (an ensemble's member: the ensemble's card describes it)."""
+    run = RunFolder(run_dir)
+    _copy_files(run_dir, staging)
     saved_base = None
     if run.file(ADAPTER_CONFIG).is_file():  # a merged export (`fintrl export --merged`) has none
         config = json.loads(run.file(ADAPTER_CONFIG).read_text())
@@ -168,8 +175,45 @@ def stage(run_dir: Path, staging: Path, *, recipe: Recipe, card: str, base: str)
     metrics = run.metrics()
     if portable_report(metrics) != metrics:  # a run made before reports were portable
         (staging / METRICS).write_text(json.dumps(portable_report(metrics), indent=2))
-    (staging / CARD).write_text(card)
+    if card is None:
+        (staging / CARD).unlink(missing_ok=True)
+    else:
+        (staging / CARD).write_text(card)
     _check_no_local_paths(staging, _local_paths(run_dir, recipe, saved_base), run_dir)
+
+
+def member_names(members: list[Path]) -> list[str]:
+    """Each ensemble member's subfolder in the repo: its run folder's name (`seed42`), numbered where names repeat."""
+    names: list[str] = []
+    for member in members:
+        name = run_name(member)
+        names.append(name if name not in names else f"{name}-{len(names)}")
+    return names
+
+
+def stage_ensemble(folder: Path, staging: Path, *, members: list[Path], card: str, base: str) -> None:
+    """An ensemble folder as one repo: its report, predictions, plots and card at the top, each member's run staged
+    (`stage`, without a card) into a subfolder named by `member_names`, and `ensemble.json` naming those subfolders;
+    the report names the members by them. No local path may remain, in any file."""
+    run = RunFolder(folder)
+    _copy_files(folder, staging)
+    names = member_names(members)
+    metrics = portable_report(run.metrics()) | {"model": base}
+    record = metrics.get("ensemble") or {}
+    record.pop("source", None)
+    record["members"] = names
+    for entry, name in zip(record.get("per_member") or [], names):
+        entry["name"] = name
+    (staging / METRICS).write_text(json.dumps(metrics, indent=2))
+    (staging / CARD).write_text(card)
+    RunFolder(staging).write_ensemble([staging / name for name in names])
+    recipes = [RunFolder(member).recipe() for member in members]
+    for member, name, recipe in zip(members, names, recipes):
+        stage(member, staging / name, recipe=recipe, card=None, base=base)
+    places = [p for member, recipe in zip(members, recipes) for p in _local_paths(member, recipe, None)]
+    _check_no_local_paths(
+        staging, sorted({*places, *_local_paths(folder, recipes[0], None)}, key=len, reverse=True), folder
+    )
 
 
 def staged_files(staging: Path) -> dict[str, Path]:

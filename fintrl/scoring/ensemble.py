@@ -31,10 +31,11 @@ REASON = "an ensemble's members run as trained, on one base"
 @dataclass(frozen=True)
 class Ensemble:
     members: tuple[Target, ...]
+    source: str | None = None  # the ensemble folder or repo it was resolved from, if one
 
     @property
     def name(self) -> str:
-        return " + ".join(member.name for member in self.members)
+        return self.source or " + ".join(member.name for member in self.members)
 
     @property
     def labels(self) -> list[str] | None:
@@ -43,20 +44,37 @@ class Ensemble:
     def record(self) -> dict[str, Any]:
         """What a report says of it: its members, and whether each has a calibration it applies."""
         return {
+            **({"source": self.source} if self.source else {}),
             "members": [m.name for m in self.members],
             "calibrated": [m.calibration is not None and not m.calibration.scaling.identity for m in self.members],
             "combine": "mean of the members' (calibrated) label probabilities",
         }
 
 
-def resolve_ensemble(targets: list[str], **options: Any) -> Ensemble:
-    """Resolve each target (`resolve_target`'s `options`) and check they can be averaged: adapters of one base on
-    one label set."""
-    from fintrl.scoring.targets import resolve_target
+def resolve_scored(targets: list[str], **options: Any) -> Target | Ensemble:
+    """What `eval`, `predict` and `serve` score: one target, or an ensemble - several targets, or one ensemble folder
+    or repo (`resolve_targets`); `options` as `resolve_target`'s."""
+    from fintrl.scoring.targets import resolve_targets
 
-    if len(set(targets)) != len(targets):
-        raise RecipeError(f"an ensemble lists {targets}: each adapter once")
-    members = tuple(resolve_target(t, **options) for t in targets)
+    members = [member for target in targets for member in resolve_targets(target, **options)]
+    if len(members) == 1:
+        return members[0]
+    return checked_ensemble(members, source=targets[0] if len(targets) == 1 else None)
+
+
+def resolve_ensemble(targets: list[str], **options: Any) -> Ensemble:
+    """The ensemble of several targets (each may be an ensemble folder or repo, whose members join it)."""
+    resolved = resolve_scored(targets, **options)
+    if not isinstance(resolved, Ensemble):
+        raise RecipeError(f"{targets[0]} is one adapter: an ensemble needs two or more")
+    return resolved
+
+
+def checked_ensemble(members: list[Target], *, source: str | None = None) -> Ensemble:
+    """The members, checked to be averageable: adapters of one base on one label set, each once."""
+    names = [member.name for member in members]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"an ensemble lists {names}: each adapter once")
     first = members[0]
     for member in members:
         if member.adapter is None:
@@ -71,7 +89,7 @@ def resolve_ensemble(targets: list[str], **options: Any) -> Ensemble:
             raise RecipeError(f"{member.name} and {first.name} load their base with other quantization settings")
         if member.labels != first.labels:
             raise RecipeError(f"label sets differ: {first.name} has {first.labels}, {member.name} has {member.labels}")
-    return Ensemble(members)
+    return Ensemble(tuple(members), source)
 
 
 def load_ensemble(ensemble: Ensemble) -> tuple[PeftModel, list[PreTrainedTokenizerBase]]:

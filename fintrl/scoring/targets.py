@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fintrl.errors import HubError, ModelError, RecipeError, RunFolderError
 from fintrl.hub.download import download_repo
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from fintrl.scoring.scorer import LabelScorer, ScoreResult
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What a Hub adapter repo needs for inference: config, weights, tokenizer, template, recipe and report, and the eval
 # rows the dense form is checked on (`fintrl.scoring.inference`)
@@ -45,6 +47,12 @@ class Target:
     name: str  # for reports: the repo id, folder or base model as the user gave it
     calibration: Calibration | None = None  # the run's calibration.json, when it has one
     prompt: PromptBuilder | None = None  # the run's prompt.json: the prompt its adapter was trained with
+
+    @property
+    def local_folder(self) -> Path | None:
+        """The adapter's folder when the user named it on this machine (not a download): what an ensemble folder
+        can name as its member."""
+        return Path(self.adapter) if self.adapter and Path(self.adapter) == Path(self.name) else None
 
     def calibrate(self, result: ScoreResult) -> ScoreResult:
         """The scorer's result, calibrated as `eval`, `predict` and `serve` do by default (`Calibration.apply_result`:
@@ -108,13 +116,29 @@ def split_revision(target: str) -> tuple[str, str | None]:
 def resolve_target(
     target: str, *, recipe_path: str | None = None, overrides: list[str] = (), trust_remote_code: bool = False
 ) -> Target:
-    """The recipe and adapter for `target`.
+    """The recipe and adapter for `target`: one run folder, adapter, Hub repo or base model (an ensemble is
+    refused: `resolve_targets`).
 
     ```python
     resolve_target("runs/quickstart").adapter
     resolve_target("your-org/fin-sentiment@v1.0.0").recipe.model.name_or_path  # the base its adapter names
     ```
     """
+    options = {"recipe_path": recipe_path, "overrides": overrides, "trust_remote_code": trust_remote_code}
+    resolved = resolve_targets(target, **options)
+    if len(resolved) > 1:
+        raise RecipeError(
+            f"{target} is an ensemble of {len(resolved)} adapters, and this command takes one: give one member "
+            "(eval, predict and serve take an ensemble)"
+        )
+    return resolved[0]
+
+
+def resolve_targets(
+    target: str, *, recipe_path: str | None = None, overrides: list[str] = (), trust_remote_code: bool = False
+) -> list[Target]:
+    """`target` resolved: one Target, or one per member, in order, for an ensemble folder or repo (its
+    `ensemble.json`: `RunFolder.ensemble_members`). A downloaded member is named `org/name/member@revision`."""
     name, revision = split_revision(target)
     local = Path(name)
     folder: Path | None = local if local.is_dir() else None
@@ -122,12 +146,28 @@ def resolve_target(
         folder = download_repo(name, revision=revision, patterns=_INFERENCE_FILES)
     elif revision is not None:
         raise RecipeError(f"{target}: '@revision' applies to Hub repos only, and {name} is not one")
+    downloaded = folder is not None and folder is not local
+    options = (recipe_path, overrides, trust_remote_code)
+    if folder is None or not RunFolder(folder).is_ensemble:
+        return [_checked(target, folder, downloaded, lambda: _resolve(target, name, revision, folder, *options))]
+    members = _checked(target, folder, downloaded, lambda: RunFolder(folder).ensemble_members(downloaded=downloaded))
+    if not downloaded:  # each member as the user would name it
+        return [_checked(str(m), m, False, lambda m=m: _resolve(str(m), str(m), None, m, *options)) for m in members]
+    at = f"@{revision}" if revision else ""
+    return [
+        _checked(target, m, True, lambda m=m: _resolve(f"{name}/{m.name}{at}", name, revision, m, *options))
+        for m in members
+    ]
+
+
+def _checked(target: str, folder: Path | None, downloaded: bool, resolve: Callable[[], T]) -> T:
+    """A downloaded repo that is not usable is the repo's fault (exit 6), named by the target asked for."""
     try:
-        return _resolve(target, name, revision, folder, local, recipe_path, overrides, trust_remote_code)
+        return resolve()
     except (RunFolderError, RecipeError) as err:
-        if folder is None or folder == local:
+        if not downloaded or folder is None:
             raise
-        raise HubError(f"{target}: the downloaded repo is not usable: {err}") from None  # exit 6: the repo's fault
+        raise HubError(f"{target}: the downloaded repo is not usable: {err}") from None
 
 
 def _resolve(
@@ -135,11 +175,11 @@ def _resolve(
     name: str,
     revision: str | None,
     folder: Path | None,
-    local: Path,
     recipe_path: str | None,
     overrides: list[str],
     trust_remote_code: bool,
 ) -> Target:
+    downloaded = folder is not None and folder != Path(name)
     if recipe_path is not None:  # the user's own recipe: its trust_remote_code stands
         recipe = load_recipe(recipe_path, overrides=overrides)
         if trust_remote_code:
@@ -157,7 +197,7 @@ def _resolve(
             "data and prompt"
         )
     recipe = _with_model(RunFolder(folder).recipe(overrides), trust_remote_code=trust_remote_code)
-    if folder is not local:  # downloaded: the base is the one the adapter config names
+    if downloaded:  # the base is the one the adapter config names
         recipe = _with_model(recipe, **_adapter_base(folder))
     run = RunFolder(folder)
     labels, prompt = run.labels(), run.prompt()

@@ -43,7 +43,7 @@ try:
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 except ModuleNotFoundError as err:  # the `serve` extra is not installed
     raise RecipeError(f"`fintrl serve` needs {err.name}, which is not installed: pip install 'fintrl[serve]'") from None
-from fintrl.scoring.ensemble import Ensemble, ensemble_scorer, inference_form, resolve_ensemble
+from fintrl.scoring.ensemble import Ensemble, ensemble_scorer, inference_form, resolve_scored
 from fintrl.scoring.targets import Target
 from fintrl.serve.service import (
     Calibrate,
@@ -353,16 +353,15 @@ def serve(
 ) -> int:
     """Serve `targets` (one, or several adapters' ensemble) until Ctrl-C (uvicorn shuts down gracefully, then
     KeyboardInterrupt reaches the CLI: exit 130)."""
-    from fintrl.scoring.targets import resolve_target
-
     if max_batch_size < 1 or max_wait_ms < 0:
         raise RecipeError("--max-batch-size must be at least 1 and --max-wait-ms 0 or more")
     api_key = check_api_key(api_key)
     if not 0 <= port <= 65535:
         raise RecipeError(f"--port {port}: give a port between 1 and 65535 (0: any free port)")
     options = {"recipe_path": recipe, "overrides": overrides, "trust_remote_code": trust_remote_code}
-    ensemble = resolve_ensemble(targets, **options) if len(targets) > 1 else None
-    target = ensemble.members[0] if ensemble else resolve_target(targets[0], **options)
+    resolved = resolve_scored(targets, **options)
+    ensemble = resolved if isinstance(resolved, Ensemble) else None
+    target = ensemble.members[0] if ensemble else resolved
     target_labels(target)  # before binding: a target without labels fails at once
     sock = bind(host, port)
     failed: list[BaseException] = []

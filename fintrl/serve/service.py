@@ -157,9 +157,12 @@ class Service:
         self.batcher: MicroBatcher[Prediction] = MicroBatcher(self._score, **batcher_args)
         members = ensemble.members if ensemble else (target,)
         names = [split_revision(member.name)[0] for member in members]
-        self.model_id = " + ".join(_portable(name) or name for name in names)
         versions = [adapter_version(member) for member in members]
+        self.model_id = " + ".join(_portable(name) or name for name in names)
         self.version = None if None in versions else "+".join(versions)
+        if ensemble is not None and ensemble.source:  # one ensemble folder or repo: its name, its revision
+            name, revision = split_revision(ensemble.source)
+            self.model_id, self.version = _portable(name) or name, revision or self.version
         self.started = time.time()
 
     def _score(self, texts: list[str]) -> list[Prediction]:  # in the batcher's worker thread

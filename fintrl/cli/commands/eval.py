@@ -15,6 +15,8 @@ from fintrl.errors import DataError, RecipeError
 if TYPE_CHECKING:
     from fintrl.data.loading import LabeledData
     from fintrl.run_folder import Report
+    from fintrl.scoring.ensemble import Ensemble
+    from fintrl.scoring.targets import Target
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fintrl.metrics.stats import summary
     from fintrl.run_folder import RunFolder
+    from fintrl.scoring.ensemble import Ensemble, resolve_scored
     from fintrl.transaction import eval_output
 
     if distributed.is_distributed():  # its output folder has one writer; a run under a launcher scores in shards
@@ -36,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
     options = {"recipe_path": args.recipe, "overrides": args.overrides, "trust_remote_code": args.trust_remote_code}
     name = Path(targets[0]).name if len(targets) == 1 else "ensemble-" + "-".join(Path(t).name for t in targets)
     out_dir = Path(args.output_dir or (Path("runs") / "eval" / name))
-    score = _single if len(targets) == 1 else _ensemble
     with eval_output(out_dir, overwrite=args.overwrite) as work:
-        metrics = score(targets, options, args, work)
+        resolved = resolve_scored(targets, **options)
+        if isinstance(resolved, Ensemble):
+            metrics = _ensemble(resolved, args, work)
+        else:
+            metrics = _single(resolved, args, work)
         RunFolder(work).write_metrics(metrics)
     print(json.dumps(summary(metrics, str(out_dir)), indent=2))
     return 0
@@ -53,13 +59,11 @@ def _data(recipe: Any, labels: list[str] | None) -> LabeledData:
     return data
 
 
-def _single(targets: list[str], options: dict[str, Any], args: argparse.Namespace, work: Path) -> Report:
+def _single(target: Target, args: argparse.Namespace, work: Path) -> Report:
     from fintrl.evaluation.report import evaluate
     from fintrl.scoring.inference import load_inference
     from fintrl.scoring.scorer import LabelScorer
-    from fintrl.scoring.targets import resolve_target
 
-    target = resolve_target(targets[0], **options)
     recipe = target.recipe
     if args.mode:
         recipe.eval.mode = args.mode
@@ -73,12 +77,10 @@ def _single(targets: list[str], options: dict[str, Any], args: argparse.Namespac
     return metrics
 
 
-def _ensemble(targets: list[str], options: dict[str, Any], args: argparse.Namespace, work: Path) -> Report:
+def _ensemble(ensemble: Ensemble, args: argparse.Namespace, work: Path) -> Report:
     """The first member's recipe says which data and eval settings; each member scores with its own prompt and
     calibration; the report adds each member's own accuracy and macro-F1 on the same rows."""
     from fintrl.evaluation.ensemble import evaluate_ensemble
-    from fintrl.scoring.ensemble import resolve_ensemble
 
-    ensemble = resolve_ensemble(targets, **options)
     data = _data(ensemble.members[0].recipe, ensemble.labels)
     return evaluate_ensemble(ensemble, data, work, mode=args.mode, calibrated=not args.uncalibrated)

@@ -58,18 +58,15 @@ def run(args: argparse.Namespace) -> int:
     texts = _read_texts(args.text, args.input, args.text_column)
     from fintrl.run_folder import write_atomic
     from fintrl.scoring.calibration import predict_rows
-    from fintrl.scoring.ensemble import ensemble_scorer, resolve_ensemble
+    from fintrl.scoring.ensemble import Ensemble, ensemble_scorer, resolve_scored
     from fintrl.scoring.inference import load_inference
-    from fintrl.scoring.targets import resolve_target
 
     options = {"recipe_path": args.recipe, "overrides": args.overrides, "trust_remote_code": args.trust_remote_code}
-    if len(args.target) > 1:  # each member calibrated (unless --uncalibrated), their probabilities averaged
-        scorer = ensemble_scorer(
-            resolve_ensemble(args.target, **options), mode=args.mode, calibrated=not args.uncalibrated
-        )
+    target = resolve_scored(args.target, **options)
+    if isinstance(target, Ensemble):  # each member calibrated (unless --uncalibrated), their probabilities averaged
+        scorer = ensemble_scorer(target, mode=args.mode, calibrated=not args.uncalibrated)
         labels, result = scorer.labels, scorer.score(texts)
     else:
-        target = resolve_target(args.target[0], **options)
         labels = target.label_set("predict")
         loaded = load_inference(target, exact_4bit=args.exact_4bit)
         result = target.scorer(loaded.model, loaded.tokenizer, mode=args.mode).score(texts)

@@ -1,4 +1,5 @@
-"""`fintrl publish RUN`: upload a run folder (or a merged export) to the Hub as one commit, tagged with a version."""
+"""`fintrl publish RUN`: upload a run folder (or a merged export, or an ensemble folder) to the Hub as one commit,
+tagged with a version."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fintrl.errors import RecipeError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("publish", help="upload a run folder to the Hub as one commit, tagged with a new version")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder, a merged export (--merged) or an ensemble folder (`fintrl eval A B`)")
     p.add_argument("--repo", help="org/name (default: the recipe's publish.repo_id)")
     p.add_argument("--version", help="vMAJOR.MINOR.PATCH (default: v1.0.0, then the next minor version)")
     p.add_argument("--private", action="store_true", help="create the repo private")
@@ -34,9 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from fintrl.hub.publish import publish
     from fintrl.run_folder import RunFolder
 
-    # flags override the recipe's `publish:` section
-    section = RunFolder(Path(args.run_dir)).require_finished("publish").recipe().publish
-    require_publishable(Path(args.run_dir), merged=args.merged)  # --merged for a merged export, and only for one
+    # flags override the recipe's `publish:` section (an ensemble's: its first member's)
+    folder = RunFolder(Path(args.run_dir))
+    source = folder.ensemble_members(downloaded=False)[0] if folder.is_ensemble else folder.path
+    section = RunFolder(source).require_finished("publish").recipe().publish
+    require_publishable(folder.path, merged=args.merged)  # --merged for a merged export, and only for one
     if args.merged:  # the recipe's publish.repo_id and version are the adapter's: a merged model has its own repo
         section = section.model_copy(update={"repo_id": None, "version": None})
     repo_id = args.repo or section.repo_id

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fintrl.hub.publish import list_versions
+    from fintrl.hub.versions import list_versions
 
     if args.compare:
         old, new = (f"{args.repo}@{v}" for v in args.compare)
