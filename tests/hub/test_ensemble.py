@@ -137,6 +137,15 @@ def test_a_hostile_ensemble_repo_is_refused_in_one_line(
         resolve_scored([ENSEMBLE_REPO])
 
 
+def test_fintrl_card_renders_an_ensemble_folders_card(ensemble_folder: Path, capsys) -> None:
+    assert main(["card", str(ensemble_folder), "--repo", "org/fin-ensemble"]) == 0
+    card = (ensemble_folder / "README.md").read_text()
+    assert capsys.readouterr().out.strip() == str(ensemble_folder / "README.md")
+    assert "fintrl predict org/fin-ensemble --text" in card and "[`run-1`](run-1/recipe.yaml)" in card
+    report = json.loads((ensemble_folder / "metrics.json").read_text())
+    assert f"| **the ensemble** | | **{report['accuracy']:.3f}** |" in card
+
+
 def test_an_ensemble_is_not_published_as_a_merged_model(ensemble_folder: Path, capsys) -> None:
     assert main(["publish", str(ensemble_folder), "--repo", ENSEMBLE_REPO, "--merged"]) == 5
     assert "is an ensemble: publish it without --merged" in capsys.readouterr().err
