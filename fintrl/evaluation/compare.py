@@ -1,10 +1,11 @@
 """`fintrl compare A B` (and `fintrl versions org/name --compare OLD NEW`): two models on the same eval rows.
 
-A side is a run folder, an eval output folder (`fintrl eval --output-dir`), an adapter folder or a Hub repo at a
-version (`org/name@v1.0.0`). Saved predictions are reused when both sides' `predictions.jsonl` cover the same rows
-(the same texts with the same gold labels, in the same order). Otherwise the side that lacks them is scored now on
-the other side's rows, with its own recipe's prompt and scorer and its calibration (`runner.evaluate` into a
-temporary folder); when neither side has predictions, A's recipe gives the data and both are scored. The statistics
+A side is a run folder, an eval output folder (`fintrl eval --output-dir`), an adapter folder, an ensemble folder or a
+Hub repo at a version (`org/name@v1.0.0`; an ensemble's too). Saved predictions are reused when both sides'
+`predictions.jsonl` cover the same rows (the same texts with the same gold labels, in the same order). Otherwise the
+side that lacks them is scored now on the other side's rows, with its own recipe's prompt and scorer and its
+calibration (`evaluation.report.evaluate`, or `evaluation.ensemble.evaluate_ensemble`, into a temporary folder); when
+neither side has predictions, A's recipe gives the data and both are scored. The statistics
 and the verdict rule: `fintrl.metrics.paired`.
 """
 
@@ -21,7 +22,7 @@ from fintrl.errors import DataError, RecipeError, RunFolderError
 from fintrl.hub.download import read_file
 from fintrl.hub.ids import is_hub_id
 from fintrl.metrics.paired import Rows, compare_rows, same_rows
-from fintrl.run_folder import METRICS, PREDICTIONS, RECIPE, RunFolder, parse_predictions, read_predictions
+from fintrl.run_folder import METRICS, PREDICTIONS, RunFolder, parse_predictions, read_predictions
 
 if TYPE_CHECKING:
     from fintrl.data.loading import LabeledData
@@ -46,8 +47,8 @@ def load_side(spec: str) -> Side:
     name, revision = split_revision(spec)
     folder = Path(name)
     if folder.is_dir():
-        scorable = (folder / RECIPE).is_file()
         run = RunFolder(folder)
+        scorable = run.is_run or run.is_ensemble
         report = run.metrics() if run.file(METRICS).is_file() else {}
         rows = read_predictions(folder / PREDICTIONS)
         return Side(spec, rows, run.labels(), scorable, eval_sha256=_fingerprint(report))
@@ -92,28 +93,33 @@ def _rows_as_data(rows: Rows, labels: list[str]) -> LabeledData:
 def score(side: Side, rows: Rows | None, labels: list[str] | None, trust_remote_code: bool = False) -> Rows:
     """Score `side` on `rows` (or, given none, on its own recipe's eval split) exactly as `fintrl eval` would."""
     from fintrl.data.loading import load_labeled_data
+    from fintrl.evaluation.ensemble import evaluate_ensemble
     from fintrl.evaluation.report import evaluate
+    from fintrl.scoring.ensemble import Ensemble, resolve_scored
     from fintrl.scoring.scorer import LabelScorer
-    from fintrl.scoring.targets import load_for_inference, resolve_target
+    from fintrl.scoring.targets import load_for_inference
 
     if not side.scorable:
         raise RunFolderError(
             f"{side.spec} has predictions on other rows, and no recipe or weights to score it again: compare its "
             "run folder, adapter or Hub repo instead"
         )
-    target = resolve_target(side.spec, trust_remote_code=trust_remote_code)
+    resolved = resolve_scored([side.spec], trust_remote_code=trust_remote_code)
+    target = resolved.members[0] if isinstance(resolved, Ensemble) else resolved
     if rows is None:
         data = load_labeled_data(target.recipe.data)
     else:
         data = _rows_as_data(rows, labels or target.labels or sorted({r["gold"] for r in rows}))
     if (target.labels or data.labels) != data.labels:
         raise DataError(f"label sets differ: {side.spec} was trained on {target.labels}, the rows have {data.labels}")
-    model, tokenizer = load_for_inference(target)
-    builder = target.prompt_builder(data.labels)
     section = target.recipe.eval.model_copy(update={"baselines": False})
     with tempfile.TemporaryDirectory(prefix="fintrl-compare-") as tmp:
-        scorer = LabelScorer.from_eval(model, tokenizer, builder, section)
-        evaluate(scorer, data, section, Path(tmp), target.name, target.calibration)
+        if isinstance(resolved, Ensemble):
+            evaluate_ensemble(resolved, data, Path(tmp), section=section)
+        else:
+            model, tokenizer = load_for_inference(target)
+            scorer = LabelScorer.from_eval(model, tokenizer, target.prompt_builder(data.labels), section)
+            evaluate(scorer, data, section, Path(tmp), target.name, target.calibration)
         scored = read_predictions(Path(tmp) / PREDICTIONS) or []
     side.labels = side.labels or data.labels
     return scored

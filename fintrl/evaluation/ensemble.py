@@ -10,22 +10,31 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fintrl.data.loading import LabeledData
+    from fintrl.recipe.schema import EvalSection
     from fintrl.run_folder import Report
     from fintrl.scoring.ensemble import Ensemble
 
 
 def evaluate_ensemble(
-    ensemble: Ensemble, data: LabeledData, out_dir: Path, *, mode: str | None = None, calibrated: bool = True
+    ensemble: Ensemble,
+    data: LabeledData,
+    out_dir: Path,
+    *,
+    mode: str | None = None,
+    calibrated: bool = True,
+    section: EvalSection | None = None,
 ) -> Report:
-    """Score `data`'s eval split with the ensemble (the first member's eval settings) into `out_dir`; the report adds
-    `ensemble` (members, which are calibrated, per-member headline metrics) and `inference`."""
+    """Score `data`'s eval split with the ensemble (`section`, default the first member's eval settings) into
+    `out_dir`; the report adds `ensemble` (members, which are calibrated, per-member headline metrics) and
+    `inference`."""
     from fintrl.evaluation.report import evaluate, headline
     from fintrl.run_folder import RunFolder
     from fintrl.scoring.ensemble import ensemble_scorer, inference_form
 
     recipe = ensemble.members[0].recipe
     scorer = ensemble_scorer(ensemble, labels=data.labels, mode=mode, calibrated=calibrated)
-    metrics = evaluate(scorer, data, recipe.eval, out_dir, recipe.model.name_or_path)  # `model`: the base, as a run's
+    section = section or recipe.eval
+    metrics = evaluate(scorer, data, section, out_dir, recipe.model.name_or_path)  # `model`: the base, as a run's
     gold = data.eval["label"]
     members = []
     for member, result in zip(ensemble.members, scorer.member_results):

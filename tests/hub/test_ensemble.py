@@ -46,6 +46,19 @@ def test_an_ensemble_folder_names_its_members_and_scores_as_one_target(
         resolve_target(str(ensemble_folder))  # audit, export, compare, Ray: one adapter
 
 
+def test_compare_scores_an_ensemble_folder_without_predictions(
+    ensemble_folder: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """An ensemble side that lacks predictions is scored on the other side's rows as `fintrl eval` scores it."""
+    saved = (ensemble_folder / "predictions.jsonl").read_text().splitlines()
+    (ensemble_folder / "predictions.jsonl").unlink()
+    assert main(["compare", str(tiny_run), str(ensemble_folder), "--output", str(tmp_path / "c.json")]) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["b_rows"] != "saved predictions"
+    right = [json.loads(r)["prediction"] == json.loads(r)["gold"] for r in saved]
+    assert report["metrics"]["accuracy"]["b"] == pytest.approx(sum(right) / len(right))
+
+
 def test_an_ensemble_publishes_as_one_repo_that_scores_as_the_folder(
     ensemble_folder: Path,
     local_hub,
