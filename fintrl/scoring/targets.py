@@ -149,23 +149,23 @@ def resolve_targets(
     downloaded = folder is not None and folder is not local
     options = (recipe_path, overrides, trust_remote_code)
     if folder is None or not RunFolder(folder).is_ensemble:
-        return [_checked(target, folder, downloaded, lambda: _resolve(target, name, revision, folder, *options))]
-    members = _checked(target, folder, downloaded, lambda: RunFolder(folder).ensemble_members(downloaded=downloaded))
+        return [_checked(target, downloaded, lambda: _resolve(target, name, revision, folder, downloaded, *options))]
+    members = _checked(target, downloaded, lambda: RunFolder(folder).ensemble_members(downloaded=downloaded))
     if not downloaded:  # each member as the user would name it
-        return [_checked(str(m), m, False, lambda m=m: _resolve(str(m), str(m), None, m, *options)) for m in members]
+        return [_resolve(str(m), str(m), None, m, False, *options) for m in members]
     at = f"@{revision}" if revision else ""
     return [
-        _checked(target, m, True, lambda m=m: _resolve(f"{name}/{m.name}{at}", name, revision, m, *options))
+        _checked(target, True, lambda m=m: _resolve(f"{name}/{m.name}{at}", name, revision, m, True, *options))
         for m in members
     ]
 
 
-def _checked(target: str, folder: Path | None, downloaded: bool, resolve: Callable[[], T]) -> T:
+def _checked(target: str, downloaded: bool, resolve: Callable[[], T]) -> T:
     """A downloaded repo that is not usable is the repo's fault (exit 6), named by the target asked for."""
     try:
         return resolve()
     except (RunFolderError, RecipeError) as err:
-        if not downloaded or folder is None:
+        if not downloaded:
             raise
         raise HubError(f"{target}: the downloaded repo is not usable: {err}") from None
 
@@ -175,11 +175,11 @@ def _resolve(
     name: str,
     revision: str | None,
     folder: Path | None,
+    downloaded: bool,
     recipe_path: str | None,
     overrides: list[str],
     trust_remote_code: bool,
 ) -> Target:
-    downloaded = folder is not None and folder != Path(name)
     if recipe_path is not None:  # the user's own recipe: its trust_remote_code stands
         recipe = load_recipe(recipe_path, overrides=overrides)
         if trust_remote_code:
