@@ -119,15 +119,27 @@ def _settings(recipe: Recipe, metrics: Report, total_steps: int | None) -> tuple
     )
 
 
+def metric_cell(report: dict[str, Any], key: str, *, intervals: bool = True, bold: bool = False) -> str:
+    """A metric as a card's table shows it: `0.857 [0.843, 0.871]` with the report's interval (the value alone where it
+    has none), `-` where the report lacks the metric."""
+    value = report.get(key)
+    if value is None:
+        return "-"
+    text = f"**{value:.3f}**" if bold else f"{value:.3f}"
+    interval = (report.get("intervals") or {}).get(key) if intervals else None
+    return f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else text
+
+
+def version_rows(versions: list[dict[str, Any]] | None, metrics: Report) -> list[dict[str, Any]]:
+    """The card's version table: the published versions, or this folder's own metrics as `unpublished`."""
+    return versions or [
+        {"version": "unpublished", "date": "-", "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}
+    ]
+
+
 def _headline(metrics: Report, bold: bool = True) -> dict[str, str]:
     """Each headline metric as the card shows it: `**0.857** [0.843, 0.871]` (the value alone for an older report)."""
-    intervals = metrics.get("intervals") or {}
-    out = {}
-    for key in ("accuracy", "f1_macro", "f1_weighted", "mcc"):
-        value = f"**{metrics[key]:.3f}**" if bold else f"{metrics[key]:.3f}"
-        interval = intervals.get(key)
-        out[key] = f"{value} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else value
-    return out
+    return {key: metric_cell(metrics, key, bold=bold) for key in ("accuracy", "f1_macro", "f1_weighted", "mcc")}
 
 
 def _train_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -298,8 +310,7 @@ def render_card(
         },
         recipe_file=RECIPE,
         metrics_file=METRICS,
-        versions=versions
-        or [{"version": "unpublished", "date": "-", "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}],
+        versions=version_rows(versions, metrics),
     )
     return str(card)
 

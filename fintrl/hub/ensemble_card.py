@@ -11,7 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fintrl.hub.card import EXAMPLE_TEXT, HEADLINE, base_model_name, hub_card_data, template_path
+from fintrl.hub.card import (
+    EXAMPLE_TEXT,
+    HEADLINE,
+    base_model_name,
+    hub_card_data,
+    metric_cell,
+    template_path,
+    version_rows,
+)
 from fintrl.hub.ids import is_hub_id
 from fintrl.hub.staging import member_names, portable_report
 from fintrl.run_folder import CONFUSION_MATRIX_PNG, METRICS, PREDICTIONS, RECIPE, RELIABILITY_PNG, RunFolder
@@ -48,19 +56,10 @@ def render_ensemble_card(
     builder = RunFolder(members[0]).prompt()
     base = base_model_name(recipes[0], base_model)
     repo_id = repo_id or f"your-org/{run_name(folder)}"
-    intervals = metrics.get("intervals") or {}
-
-    def cell(report: dict[str, Any], key: str, spread: dict[str, Any] | None = None) -> str:
-        value = report.get(key)
-        if value is None:
-            return "-"
-        interval = (spread or {}).get(key)
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
-
     per_member = record.get("per_member") or [{} for _ in members]
     columns = ("accuracy", "f1_macro", "nll", "ece")
     rows = [
-        {"name": name, "seed": recipe.seed, **{key: cell(scores, key) for key in columns}}
+        {"name": name, "seed": recipe.seed, **{key: metric_cell(scores, key) for key in columns}}
         for name, recipe, scores in zip(names, recipes, per_member)
     ]
     card_data = hub_card_data(
@@ -88,8 +87,8 @@ def render_ensemble_card(
         answers=builder.answers if builder else data["labels"],
         example_text=EXAMPLE_TEXT,
         example_messages=json.dumps(builder.messages(EXAMPLE_TEXT), ensure_ascii=False) if builder else None,
-        ensemble={key: cell(metrics, key, intervals) for _, _, key, _ in HEADLINE},
-        ensemble_row={key: cell(metrics, key) for key in columns},
+        ensemble={key: metric_cell(metrics, key) for _, _, key, _ in HEADLINE},
+        ensemble_row={key: metric_cell(metrics, key, intervals=False) for key in columns},
         n_eval=data.get("n_eval"),
         eval_split=data.get("eval_split"),
         data_source=data.get("source"),
@@ -101,7 +100,6 @@ def render_ensemble_card(
         recipe_file=RECIPE,
         metrics_file=METRICS,
         predictions_file=PREDICTIONS,
-        versions=versions
-        or [{"version": "unpublished", "date": "-", "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}],
+        versions=version_rows(versions, metrics),
     )
     return str(card)

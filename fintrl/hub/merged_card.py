@@ -65,7 +65,7 @@ def render_merged_card(
     """
     from huggingface_hub import ModelCard
 
-    from fintrl.hub.card import hub_card_data, template_path
+    from fintrl.hub.card import hub_card_data, metric_cell, template_path, version_rows
 
     folder = Path(folder)
     run = RunFolder(folder)
@@ -84,12 +84,6 @@ def render_merged_card(
         tags=["fintrl", "finance", "text-classification", "lora", "merge", "trl", "sft"]
         + (["qlora"] if quantization else []),
     )
-    intervals = metrics.get("intervals") or {}
-
-    def cell(key: str) -> str:
-        value = metrics[key]
-        interval = intervals.get(key)
-        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
     card = ModelCard.from_template(
         card_data,
@@ -112,9 +106,9 @@ def render_merged_card(
         example_messages=json.dumps(info["prompt"]["example_messages"], ensure_ascii=False),
         generation=info["generation"],
         agreement=info["agreement"],
-        accuracy=cell("accuracy"),
-        f1_macro=cell("f1_macro"),
-        f1_weighted=cell("f1_weighted"),
+        accuracy=metric_cell(metrics, "accuracy"),
+        f1_macro=metric_cell(metrics, "f1_macro"),
+        f1_weighted=metric_cell(metrics, "f1_weighted"),
         mcc=f"{metrics['mcc']:.3f}",
         n_eval=info["agreement"]["n"],
         eval_split=data.get("eval_split"),
@@ -125,7 +119,6 @@ def render_merged_card(
         recipe_file=RECIPE,
         metrics_file=METRICS,
         predictions_file=PREDICTIONS,
-        versions=versions
-        or [{"version": "unpublished", "date": "-", "accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"]}],
+        versions=version_rows(versions, metrics),
     )
     return str(card)
