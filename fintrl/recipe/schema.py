@@ -282,7 +282,8 @@ class Recipe(_Section):
         None,
         min_length=2,
         description="Train one run per seed (output_dir/seed<S>) and score their ensemble (output_dir/ensemble): "
-        "the adapters' calibrated probabilities averaged (docs/commands.md#fintrl-run).",
+        "the adapters' calibrated probabilities averaged; with publish.repo_id the ensemble is published as one repo "
+        "(docs/commands.md#fintrl-run).",
     )
 
     @model_validator(mode="before")
