@@ -196,6 +196,14 @@ def _tag(api: HfApi, repo_id: str, version: str, commit: str, summary: str) -> N
     with_retries(once, what=f"create_tag {version}")
 
 
+def card_renderer(folder: Path) -> Callable[..., str]:
+    """The card a folder gets, published or rendered by `fintrl card`: an ensemble's, a merged export's or a run's
+    (each renderer takes the same keywords)."""
+    if RunFolder(Path(folder)).is_ensemble:
+        return render_ensemble_card
+    return render_merged_card if is_export(folder) else render_card
+
+
 def publish(
     run_dir: Path, repo_id: str, *, version: str | None = None, private: bool = False, base_model: str | None = None
 ) -> Published:
@@ -256,8 +264,9 @@ def publish(
     older = versions[versions.index(current) + 1 :]  # the previous version: the highest below this one
     prior = read_file(repo_id, PREDICTIONS, revision=older[0]["commit"]) if older else None
     compared = with_previous(run_dir, older[0]["version"], prior) if older else None
-    render = render_ensemble_card if members else render_merged_card if merged else render_card
-    card = render(run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base, comparison=compared)
+    card = card_renderer(run_dir)(
+        run_dir, repo_id=repo_id, versions=versions, version=version, base_model=base, comparison=compared
+    )
     summary = f"{version}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}"
     tagged = {v["commit"] for v in history}
     delete: list[str] = []

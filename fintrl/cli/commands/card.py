@@ -1,4 +1,4 @@
-"""`fintrl card RUN`: (re)render a run folder's (or an ensemble folder's) model card."""
+"""`fintrl card RUN`: (re)render a run folder's (or an ensemble folder's, or a merged export's) model card."""
 
 from __future__ import annotations
 
@@ -13,14 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fintrl.hub.card import write_card
-    from fintrl.hub.ensemble_card import render_ensemble_card
+    from fintrl.hub.publish import card_renderer
     from fintrl.run_folder import CARD, RunFolder
 
     folder = RunFolder(Path(args.run_dir))
-    if folder.is_ensemble:
-        folder.file(CARD).write_text(render_ensemble_card(folder.path, repo_id=args.repo))
-        print(folder.file(CARD))
-    else:
-        print(write_card(folder.path, repo_id=args.repo))
+    folder.file(CARD).write_text(card_renderer(folder.path)(folder.path, repo_id=args.repo))
+    print(folder.file(CARD))
     return 0
