@@ -64,6 +64,13 @@ def test_merged_folder_loads_with_plain_pipeline(trained, merged):
         assert answer.strip() == row["prediction"]  # the adapter's label, and nothing after it: the stop token ended it
 
 
+def test_fintrl_card_renders_a_merged_exports_own_card(merged, capsys):
+    """`fintrl card` chooses the card publish would upload: a merged export's, not an adapter's."""
+    assert main(["card", str(merged["out"]), "--repo", "org/fin-merged"]) == 0
+    card = (merged["out"] / "README.md").read_text()
+    assert 'pipeline("text-generation", model="org/fin-merged")' in card and "base_model_relation: merge" in card
+
+
 def test_export_of_a_qlora_run_says_it_was_merged_unquantized(tiny_run, tmp_path, capsys):
     out = tmp_path / "merged"
     assert main(["export", str(tiny_run), "--merged", str(out), "--dtype", "bfloat16"]) == 0
