@@ -13,6 +13,7 @@ import yaml
 from fintrl.cli.main import main
 from fintrl.sweep import study as sweep_study
 from fintrl.sweep.settings import SweepSettings
+from fintrl.sweep.space import check_space, load_space
 from fintrl.sweep.study import sweep
 from tests.helpers import tiny_recipe_dict
 
@@ -56,6 +57,17 @@ def test_a_bad_space_is_one_line_before_anything_trains(
     err = capsys.readouterr().err.strip()
     assert err.startswith("fintrl: error: ") and "\n" not in err and message in err, err
     assert not out.exists()
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("path", sorted((SHIPPED / "spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_spaces_check_against_the_recipes_they_name(path: Path) -> None:
+    recipes = sorted(SHIPPED.glob(f"*_{path.stem.split('_')[0]}.yaml"))
+    assert recipes, f"{path.name}: no recipes/*_{path.stem.split('_')[0]}.yaml to sweep"
+    for recipe_path in recipes:
+        check_space(load_space(path), str(recipe_path), [])
 
 
 def test_a_recipe_with_seeds_is_refused(recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
