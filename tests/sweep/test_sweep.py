@@ -59,13 +59,14 @@ def test_a_bad_space_is_one_line_before_anything_trains(
     assert not out.exists()
 
 
-SHIPPED = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-@pytest.mark.parametrize("path", sorted((SHIPPED / "spaces").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((RECIPES / "spaces").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_spaces_check_against_the_recipes_they_name(path: Path) -> None:
-    recipes = sorted(SHIPPED.glob(f"*_{path.stem.split('_')[0]}.yaml"))
-    assert recipes, f"{path.name}: no recipes/*_{path.stem.split('_')[0]}.yaml to sweep"
+    model = path.stem.split("_")[0]  # spaces/<model>_<what>.yaml fits recipes/*_<model>.yaml
+    recipes = sorted(RECIPES.glob(f"*_{model}.yaml"))
+    assert recipes, f"{path.name}: no recipes/*_{model}.yaml to sweep"
     for recipe_path in recipes:
         check_space(load_space(path), str(recipe_path), [])
 
