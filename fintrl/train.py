@@ -18,6 +18,7 @@ from fintrl import distributed, tracking
 from fintrl.errors import RecipeError
 from fintrl.metrics.classification import classification_metrics
 from fintrl.metrics.plots import plot_training_curve
+from fintrl.metrics.stats import bootstrap_intervals
 from fintrl.model.label_tokens import LabelTokens, label_softmax_loss
 from fintrl.model.loading import has_cuda, trainable_4bit
 from fintrl.model.peft_methods import peft_config, virtual_cache
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CurveHook = Callable[[int, dict[str, Any]], None]  # (step, the point's metrics): what it raises stops training
+# (step, the point's metrics with their bootstrap `intervals`): what it raises stops training
+CurveHook = Callable[[int, dict[str, Any]], None]
 
 # fintrl's defaults under the recipe's `train:` values, each measured in benchmarks/README.md. Classification prompts
 # are short and answers a few tokens: length-grouped batches cut padding from 27 % to 3 %; no activation (gradient)
@@ -252,8 +254,9 @@ class LearningCurve(TrainerCallback):
             metrics["accuracy"],
             metrics["f1_macro"],
         )
-        if self.on_point is not None:
-            self.on_point(state.global_step, metrics)
+        if self.on_point is not None:  # a sweep's pruner weighs the point against its own noise
+            intervals = bootstrap_intervals(self.gold, result.predictions, len(self.builder.labels))
+            self.on_point(state.global_step, metrics | {"intervals": intervals})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ANN201
         points = self.section.curve_points

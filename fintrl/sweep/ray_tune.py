@@ -2,10 +2,11 @@
 
 The study stays the sweep's own: Ray's `OptunaSearch` drives the Optuna study in the sweep folder (the same seeded TPE
 sampler, the same SQLite storage), so a seeded sweep proposes the same values in the same order on either engine and
-a stopped sweep resumes from its study whichever engine ran it. Ray's `MedianStoppingRule` stops a trial whose
-learning-curve points fall below the median of the other trials' at the same point. Each trial is an ordinary run
-folder in the sweep folder, trained by a Ray worker with its share of the CPUs, or a GPU each where the cluster has
-them; on a cluster of several machines the sweep folder, the recipe and its data must be on storage every node reads.
+a stopped sweep resumes from its study whichever engine ran it. Ray's `MedianStoppingRule`, given the margin of
+`fintrl.sweep.pruning`, stops a trial whose best learning-curve point trails the median of the other trials' by more
+than the point's own noise. Each trial is an ordinary run folder in the sweep folder, trained by a Ray worker with its
+share of the CPUs, or a GPU each where the cluster has them; on a cluster of several machines the sweep folder, the
+recipe and its data must be on storage every node reads.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from ray import tune
+from ray.tune.schedulers import MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
+from fintrl.sweep.pruning import MARGIN, margin
 from fintrl.sweep.results import fmt_value, remove_run, trial_dir, write_results
 from fintrl.sweep.trial import CURVE, run_trial
 
@@ -36,6 +39,16 @@ class Search(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         super().on_trial_complete(trial_id, result if result and result.get(FINAL) else None, error)
+
+
+class MarginStoppingRule(MedianStoppingRule):
+    """Ray's median rule with fintrl's margin: a trial's best point is taken as better by its latest point's noise
+    (the `MARGIN` it reports), so it stops only when it trails the median by more than that."""
+
+    def _best_result(self, trial: Any) -> float:
+        best = super()._best_result(trial)
+        slack = next((r[MARGIN] for r in reversed(self._results[trial]) if MARGIN in r), 0.0)
+        return best + slack if self._mode == "max" else best - slack
 
 
 class Space:
@@ -67,7 +80,8 @@ class Progress(tune.Callback):
             print(f"fintrl: trial {number}: {metric} {last[metric]:.4f}", flush=True)
         else:
             remove_run(trial_dir(self.out, number))
-            print(f"fintrl: trial {number} pruned: {metric} {last.get(metric, float('nan')):.3f} by the median")
+            value, slack = last.get(metric, float("nan")), last.get(MARGIN, float("nan"))
+            print(f"fintrl: trial {number} pruned: {metric} {value:.3f} ± {slack:.3f}, below the median beyond noise")
         write_results(self.out, self.spec, self.study, self.dims)
 
 
@@ -83,7 +97,7 @@ def run_on_ray(
     spec: dict[str, Any],
 ) -> None:
     """Run `remaining` trials of `study` (stored at `storage`) on Ray Tune, `settings.workers` at a time."""
-    from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule
+    from ray.tune.schedulers import FIFOScheduler
 
     from fintrl.ray_cluster import start_ray, unwrap
 
@@ -111,7 +125,7 @@ def run_on_ray(
             "prune": settings.prune and metric in CURVE,
         }
         scheduler = (
-            MedianStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2)
+            MarginStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2)
             if settings.prune
             else FIFOScheduler()
         )
@@ -160,7 +174,7 @@ def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
 
     def report(step: int, metrics: dict[str, Any]) -> None:
         if step:  # before training every trial scores the same
-            tune.report({metric: float(metrics[metric]), "step": step})
+            tune.report({metric: float(metrics[metric]), "step": step, MARGIN: margin(metrics, metric)})
 
     values = {field: config[field] for field in job["fields"]}
     result = run_trial(

@@ -1,8 +1,9 @@
 """`fintrl sweep`: an Optuna study over a recipe's fields, each trial an ordinary run folder, the objective a metric
 of fintrl's exact scorer on the recipe's eval split (never the training loss).
 
-Optuna's TPE sampler picks each trial's values; its median pruner stops a trial whose learning-curve points (the
-scorer's accuracy or macro-F1 during training) fall below the median of earlier trials at the same step. The study
+Optuna's TPE sampler picks each trial's values; a median pruner stops a trial whose learning-curve point (the
+scorer's accuracy or macro-F1 during training) trails the median of finished trials at the same step by more than
+the point's own noise (`fintrl.sweep.pruning`). The study
 lives in SQLite inside the sweep folder, so a sweep stopped by Ctrl-C resumes where it was when the same command is
 run again (the trial it interrupted is discarded). `engine="ray"` runs the same study's trials on Ray Tune, several
 at a time across a cluster's CPUs and GPUs (`fintrl.sweep.ray_tune`). The recipe's own settings are trained once as
@@ -21,6 +22,7 @@ from typing import Any
 
 from fintrl.errors import RecipeError, RunFolderError
 from fintrl.run_folder import RunFolder, write_atomic
+from fintrl.sweep.pruning import MARGIN, MarginPruner, margin
 from fintrl.sweep.results import remove_run, trial_dir
 from fintrl.sweep.settings import ENGINES, METRICS, SweepSettings
 from fintrl.sweep.space import Dimension, check_space, load_space
@@ -79,7 +81,7 @@ def sweep(
         load_if_exists=True,
         direction=METRICS[settings.metric],
         sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2) if settings.prune else optuna.pruners.NopPruner(),
+        pruner=MarginPruner(startup_trials=2) if settings.prune else optuna.pruners.NopPruner(),
     )
     _discard_unfinished(study, out)
     baseline = _baseline(recipe_path, list(overrides), out, settings.baseline)
@@ -170,15 +172,20 @@ def _baseline(recipe_path: str, overrides: list[str], out: Path, given: str | No
 def _trial(
     trial: Any, dims: list[Dimension], recipe_path: str, overrides: list[str], out: Path, settings: SweepSettings
 ) -> float:
-    """One trial on Optuna's own loop, its curve points reported to the median pruner."""
+    """One trial on Optuna's own loop, its curve points and their noise reported to the pruner."""
     import optuna
 
     def prune(step: int, metrics: dict[str, Any]) -> None:
         if step == 0:  # before training: every trial scores the same there
             return
-        trial.report(float(metrics[settings.metric]), step)
+        value, slack = float(metrics[settings.metric]), margin(metrics, settings.metric)
+        trial.set_user_attr(MARGIN, slack)
+        trial.report(value, step)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"{settings.metric} {metrics[settings.metric]:.3f} at step {step}")
+            raise optuna.TrialPruned(
+                f"{settings.metric} {value:.3f} ± {slack:.3f} at step {step}, below the finished trials' median by "
+                "more than its noise"
+            )
 
     values = {dim.field: dim.suggest(trial) for dim in dims}
     hook = prune if settings.prune and settings.metric in CURVE else None

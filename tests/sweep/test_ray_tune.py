@@ -1,16 +1,19 @@
 """`fintrl sweep --engine ray`: the same study's trials on Ray Tune, equal to Optuna's own loop when seeded alike;
-a trial Ray's scheduler stops is pruned in the study."""
+a trial Ray's scheduler stops is pruned in the study, and it stops a trial only beyond its curve point's noise."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 
 from fintrl.cli.main import main
-from fintrl.sweep.ray_tune import FINAL, Search
+from fintrl.sweep.pruning import MARGIN
+from fintrl.sweep.ray_tune import FINAL, MarginStoppingRule, Search
 from fintrl.sweep.settings import SweepSettings
 from fintrl.sweep.study import sweep
 from tests.sweep.test_sweep import recipe, space  # noqa: F401 - the fixture
@@ -53,3 +56,23 @@ def test_a_trial_stopped_before_its_final_report_is_pruned_in_the_study() -> Non
     search.on_trial_complete("finished", {"f1_macro": 0.7, "training_iteration": 3, FINAL: True})
     trials = search._ot_study.trials
     assert [t.state.name for t in trials] == ["PRUNED", "COMPLETE"] and trials[1].value == 0.7
+
+
+def test_rays_stopping_rule_stops_only_beyond_a_points_noise() -> None:
+    """Two trials at 0.9 and 0.8 (median 0.85): 0.78 +- 0.1 is noise and trains on; 0.5 +- 0.1 is stopped."""
+    rule = MarginStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2)
+    rule.set_search_properties("f1_macro", "max")
+
+    controller = SimpleNamespace(get_live_trials=list)  # no trial waiting: too few samples means continue
+
+    @dataclass(frozen=True)
+    class Trial:  # what the rule reads of Tune's trials
+        trial_id: str
+
+    def point(trial_id: str, value: float) -> str:
+        result = {"training_iteration": 1, "f1_macro": value, MARGIN: 0.1}
+        return rule.on_trial_result(controller, Trial(trial_id), result)
+
+    point("a", 0.9), point("b", 0.8)
+    assert point("c", 0.78) == MarginStoppingRule.CONTINUE
+    assert point("d", 0.5) == MarginStoppingRule.STOP

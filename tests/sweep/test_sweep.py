@@ -1,17 +1,19 @@
 """`fintrl sweep`: the space is checked like a recipe before anything trains; trials are ordinary runs scored by the
-exact scorer; the best is compared with the recipe's own run; a stopped sweep resumes; median pruning stops trials
-whose learning curve falls behind."""
+exact scorer; the best is compared with the recipe's own run; a stopped sweep resumes; pruning stops trials
+whose learning curve falls behind by more than its noise."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
 from fintrl.cli.main import main
 from fintrl.sweep import study as sweep_study
+from fintrl.sweep.pruning import MARGIN
 from fintrl.sweep.settings import SweepSettings
 from fintrl.sweep.space import check_space, load_space
 from fintrl.sweep.study import sweep
@@ -93,6 +95,8 @@ def test_a_sweep_finds_its_best_trial_and_compares_it_with_the_recipes_own_run(
     result = json.loads((out / "sweep.json").read_text())
     assert [t["state"] for t in result["trials"]] == ["complete"] * 3
     assert {tuple(t["params"]) for t in result["trials"]} == {("train.learning_rate", "lora.r")}
+    study = optuna.load_study(study_name="fintrl", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert all(0 < t.user_attrs[MARGIN] < 1 for t in study.trials)  # each curve point's noise, for the pruner
     best = result["best"]
     assert best["value"] == max(t["value"] for t in result["trials"]) and len(best["interval"]) == 2
     report = json.loads((Path(best["run"]) / "metrics.json").read_text())
@@ -138,28 +142,47 @@ def test_a_stopped_sweep_resumes_without_its_interrupted_trial(
     assert not (out / "trials" / "trial-001").exists()
 
 
-def test_median_pruning_stops_a_trial_whose_curve_falls_behind(
-    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Trials scripted by their learning rate (no training): the third falls below the first two at step 1."""
+def scripted_sweep(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scores: dict[float, tuple[float, float]]
+) -> list[tuple[float, str]]:
+    """A sweep whose trials are scripted by their learning rate (no training): each scores `(value, half-width of
+    its interval)` at every curve point. Returns (learning rate, state) of the trials judged once two had finished."""
     import fintrl.runner
     from fintrl.sweep import results
 
     def scripted(recipe, *, on_curve_point=None, **_kwargs):
-        score = {1e-3: 0.9, 2e-3: 0.8, 3e-3: 0.1}[recipe.train["learning_rate"]]
+        score, half = scores[recipe.train["learning_rate"]]
+        point = {"f1_macro": score, "accuracy": score, "intervals": {"f1_macro": [score - half, score + half]}}
         for step in (0, 1, 2):
-            on_curve_point(step, {"f1_macro": score, "accuracy": score})
+            on_curve_point(step, point)
         return {"f1_macro": score, "intervals": {}}
 
     monkeypatch.setattr(fintrl.runner, "run", scripted)
     monkeypatch.setattr(sweep_study, "_baseline", lambda *args: tmp_path)
     monkeypatch.setattr(results, "finish", lambda out, spec, study, dims, baseline, keep: study)
-    path = space(tmp_path, "train.learning_rate: [1.0e-3, 2.0e-3, 3.0e-3]\n")
+    rates = ", ".join(f"{rate:.1e}" for rate in scores)
+    path = space(tmp_path, f"train.learning_rate: [{rates}]\n")
     study = sweep(recipe, path, tmp_path / "s", settings=SweepSettings(trials=8))
     done, judged = 0, []
-    for t in study.trials:  # the median pruner judges a trial once two have finished
-        if done >= 2 and t.params["train.learning_rate"] == 3e-3:
-            judged.append(t.state.name)
+    for t in study.trials:  # the pruner judges a trial once two have finished
+        if done >= 2:
+            judged.append((t.params["train.learning_rate"], t.state.name))
         done += t.state.name == "COMPLETE"
-    assert judged and set(judged) == {"PRUNED"}
-    assert all(t.state.name == "COMPLETE" for t in study.trials if t.params["train.learning_rate"] == 1e-3)
+    return judged
+
+
+def test_pruning_stops_a_trial_whose_curve_falls_behind_beyond_its_noise(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    judged = scripted_sweep(recipe, tmp_path, monkeypatch, {1e-3: (0.9, 0.05), 2e-3: (0.8, 0.05), 3e-3: (0.1, 0.05)})
+    assert {state for rate, state in judged if rate == 3e-3} == {"PRUNED"}
+    assert {state for rate, state in judged if rate != 3e-3} <= {"COMPLETE"}
+
+
+def test_a_trial_behind_the_median_by_less_than_its_noise_is_not_pruned(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0.85 against a median of 0.875 or 0.9, with a point's interval of +-0.06: noise, so it trains to the end."""
+    judged = scripted_sweep(recipe, tmp_path, monkeypatch, {1e-3: (0.9, 0.06), 2e-3: (0.9, 0.06), 3e-3: (0.85, 0.06)})
+    assert 3e-3 in {rate for rate, _state in judged}
+    assert judged and {state for _rate, state in judged} == {"COMPLETE"}
