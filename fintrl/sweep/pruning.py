@@ -3,10 +3,10 @@
 A curve point scores a small validation sample (`eval.curve_samples` rows, 256 by default), so two trials' points
 differ by several rows by chance alone. Optuna's `MedianPruner` and Ray's `MedianStoppingRule` stop a trial on any
 gap below the median, and in a real sweep (benchmarks/README.md, `fpb_50agree`) they stopped a trial with nearly the
-best one's settings 0.015 below it, a quarter of one point's interval. Here a trial is stopped only when it trails
-the median of the finished trials at the same step by more than the half-width of its own point's 95 % bootstrap
-interval; neither engine's median rule takes a margin, so the Optuna pruner is written here (the median and the
-comparison, a few lines) and Ray's rule is subclassed in `fintrl.sweep.ray_tune`.
+best one's settings 0.015 below it, a quarter of that point's half-interval. Here a trial is stopped only when it
+trails the median of the finished trials at the same step by more than the half-width of its own point's 95 %
+bootstrap interval; neither engine's median rule takes a margin, so the Optuna pruner is written here (the median and
+the comparison, a few lines) and Ray's rule is subclassed in `fintrl.sweep.ray_tune`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from typing import Any
 
 from fintrl.errors import RecipeError, RunFolderError
 from fintrl.run_folder import RunFolder, write_atomic
-from fintrl.sweep.pruning import MARGIN, MarginPruner, margin
 from fintrl.sweep.results import remove_run, trial_dir
 from fintrl.sweep.settings import ENGINES, METRICS, SweepSettings
 from fintrl.sweep.space import Dimension, check_space, load_space
@@ -56,6 +55,7 @@ def sweep(
     except ImportError:
         raise RecipeError("fintrl sweep needs Optuna, which is not installed: pip install 'fintrl[sweep]'") from None
 
+    from fintrl.sweep.pruning import MarginPruner
     from fintrl.sweep.results import finish, write_results
 
     if settings.metric not in METRICS:
@@ -174,6 +174,8 @@ def _trial(
 ) -> float:
     """One trial on Optuna's own loop, its curve points and their noise reported to the pruner."""
     import optuna
+
+    from fintrl.sweep.pruning import MARGIN, margin
 
     def prune(step: int, metrics: dict[str, Any]) -> None:
         if step == 0:  # before training: every trial scores the same there

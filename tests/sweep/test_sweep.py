@@ -5,6 +5,7 @@ whose learning curve falls behind by more than its noise."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import optuna
@@ -186,3 +187,19 @@ def test_a_trial_behind_the_median_by_less_than_its_noise_is_not_pruned(
     judged = scripted_sweep(recipe, tmp_path, monkeypatch, {1e-3: (0.9, 0.06), 2e-3: (0.9, 0.06), 3e-3: (0.85, 0.06)})
     assert 3e-3 in {rate for rate, _state in judged}
     assert judged and {state for _rate, state in judged} == {"COMPLETE"}
+
+
+def test_without_optuna_a_sweep_is_one_line_saying_what_to_install(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    import fintrl.sweep
+
+    for name in ("study", "pruning"):  # imported afresh, as a first `fintrl sweep` does; the originals put back after
+        monkeypatch.setattr(fintrl.sweep, name, getattr(fintrl.sweep, name))
+        monkeypatch.delitem(sys.modules, f"fintrl.sweep.{name}")
+    argv = ["sweep", recipe, "--space", space(tmp_path, "lora.r: [2, 4]\n"), "--output-dir", str(tmp_path / "s")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "fintrl: error: fintrl sweep needs Optuna, which is not installed: pip install 'fintrl[sweep]'"
+    )
