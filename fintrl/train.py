@@ -16,9 +16,7 @@ from trl import SFTConfig, SFTTrainer
 
 from fintrl import distributed, tracking
 from fintrl.errors import RecipeError
-from fintrl.metrics.classification import classification_metrics
 from fintrl.metrics.plots import plot_training_curve
-from fintrl.metrics.stats import bootstrap_intervals
 from fintrl.model.label_tokens import LabelTokens, label_softmax_loss
 from fintrl.model.loading import has_cuda, trainable_4bit
 from fintrl.model.peft_methods import peft_config, virtual_cache
@@ -231,12 +229,13 @@ class LearningCurve(TrainerCallback):
         self.seconds = 0.0
 
     def _score(self, state, model) -> None:  # noqa: ANN001
+        from fintrl.evaluation.report import curve_point
         from fintrl.scoring.scorer import LabelScorer
 
         start = time.perf_counter()
         scorer = LabelScorer.from_eval(model, self.tokenizer, self.builder, self.section)
         result = scorer.score_sharded(self.texts, progress=False)  # a shard per process, gathered
-        metrics = classification_metrics(self.gold, result.predictions, self.builder.labels)
+        metrics = curve_point(self.gold, result.predictions, self.builder.labels)
         model.train()
         state.log_history.append(
             {
@@ -255,8 +254,7 @@ class LearningCurve(TrainerCallback):
             metrics["f1_macro"],
         )
         if self.on_point is not None:  # a sweep's pruner weighs the point against its own noise
-            intervals = bootstrap_intervals(self.gold, result.predictions, len(self.builder.labels))
-            self.on_point(state.global_step, metrics | {"intervals": intervals})
+            self.on_point(state.global_step, metrics)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ANN201
         points = self.section.curve_points

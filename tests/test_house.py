@@ -110,7 +110,7 @@ ONE_OWNER = {
     "LabelScorer(": {"scoring.scorer"},
     "PromptBuilder(": {"model.prompts"},
     "ArgumentParser(": {"cli.main"},
-    "classification_metrics(": {"metrics.classification", "evaluation.report", "train"},  # + baselines, curve points
+    "classification_metrics(": {"metrics.classification", "evaluation.report"},  # + baselines and curve points
     "bootstrap_intervals(": {"evaluation.report"},
     "validate_repo_id(": {"hub.ids"},  # every Hub-id check
     "hf_hub_download(": {"hub.download"},  # every read from the Hub: retried, errors mapped

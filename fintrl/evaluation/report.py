@@ -77,6 +77,17 @@ def score_report(
     return report
 
 
+def curve_point(gold: list[int], predictions: list[int], labels: list[str]) -> dict:
+    """A learning-curve point's metrics with their bootstrap intervals, computed as a report's are, so that a sweep's
+    pruner weighs the point against its own noise."""
+    from fintrl.metrics.classification import classification_metrics
+    from fintrl.metrics.stats import bootstrap_intervals
+
+    point = classification_metrics(gold, predictions, labels)
+    point["intervals"] = bootstrap_intervals(gold, predictions, len(labels))
+    return point
+
+
 def headline(gold: list[int], result: ScoreResult, labels: list[str]) -> dict[str, float]:
     """Accuracy, macro-F1, NLL and ECE of scored rows: what a report lists of each part (an ensemble's members)."""
     from fintrl.metrics.classification import classification_metrics
