@@ -92,12 +92,15 @@ class RunFolder:
     """A finished (or being built) run folder: the one place that knows its file names.
 
     ```python
-    run = RunFolder(Path("runs/quickstart"))
+    run = RunFolder("runs/quickstart")
     run.metrics()["accuracy"]
     ```
     """
 
     path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # a str from a notebook or a script works too
 
     def file(self, name: str) -> Path:
         return self.path / name

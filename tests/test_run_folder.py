@@ -11,6 +11,7 @@ import pytest
 from fintrl.cli.main import main
 from fintrl.errors import RunFolderError
 from fintrl.recipe.schema import recipe_from_dict
+from fintrl.run_folder import METRICS, RunFolder
 from fintrl.runner import run
 from fintrl.transaction import last_checkpoint, recipe_differences, work_folder
 from tests.helpers import tiny_recipe_dict, tree_hash
@@ -92,3 +93,9 @@ def test_an_unfinished_first_run_is_reported_then_resumed(
     assert "unfinished run" in capsys.readouterr().err
     assert main(["run", str(recipe), "--resume"]) == 0
     assert (out / "metrics.json").is_file() and not work_folder(out).exists()
+
+
+def test_a_run_folder_named_by_a_string_reads_like_one_named_by_a_path(tmp_path: Path) -> None:
+    (tmp_path / METRICS).write_text(json.dumps({"accuracy": 0.5, "data": {"labels": ["a", "b"]}}))
+    assert RunFolder(str(tmp_path)).metrics()["accuracy"] == 0.5
+    assert RunFolder(str(tmp_path)) == RunFolder(tmp_path)
