@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fintrl import distributed
 from fintrl.data.loading import LabeledData
@@ -77,7 +77,7 @@ def score_report(
     return report
 
 
-def curve_point(gold: list[int], predictions: list[int], labels: list[str]) -> dict:
+def curve_point(gold: list[int], predictions: list[int], labels: list[str]) -> dict[str, Any]:
     """A learning-curve point's metrics with their bootstrap intervals, computed as a report's are, so that a sweep's
     pruner weighs the point against its own noise."""
     from fintrl.metrics.classification import classification_metrics
