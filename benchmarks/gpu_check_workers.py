@@ -343,7 +343,7 @@ def fsdp_train(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from fintrl.distributed import launch_from_env, launch_problems
+    from fintrl.checks.launch import launch_from_env, launch_problems
     from fintrl.model.loading import has_cuda
     from fintrl.run_folder import ADAPTER_CONFIG
     from fintrl.train import save_adapter

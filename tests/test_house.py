@@ -3,6 +3,8 @@ packages alike), short modules."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -81,6 +83,34 @@ def test_no_import_cycle_between_packages() -> None:
     for module, targets in GRAPH.items():
         rooms.setdefault(room(module), set()).update(room(t) for t in targets if room(t) != room(module))
     assert find_cycle(rooms) is None
+
+
+def stale_imports(paths: list[Path]) -> list[str]:
+    """`from fintrl.x import name` lines (top-level or inside a function) whose name module x no longer has."""
+    stale = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("fintrl")):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name) and f"{node.module}.{alias.name}" not in (
+                    "fintrl." + m for m in MODULES
+                ):
+                    stale.append(f"{path.name}:{node.lineno} from {node.module} import {alias.name}")
+    return stale
+
+
+def test_lazy_imports_name_what_exists() -> None:
+    """An import inside a function runs only on its path (a GPU part, an optional engine): a rename upstream must
+    fail here, not on a lent GPU."""
+    assert stale_imports(sorted(PACKAGE.rglob("*.py")) + sorted((PACKAGE.parent / "benchmarks").glob("*.py"))) == []
+
+
+def test_stale_import_finder_finds_one(tmp_path: Path) -> None:
+    old = tmp_path / "old.py"
+    old.write_text("def f():\n    from fintrl.distributed import launch_from_env\n")
+    assert stale_imports([old]) == ["old.py:2 from fintrl.distributed import launch_from_env"]
 
 
 def test_cycle_finder_finds_one() -> None:
