@@ -16,6 +16,12 @@ by k-fold cross-fitting, eval rows from the run's predictions) and prints:
     python -m benchmarks.bench_audit                        # ~13 min on 2 CPU cores: 900 train rows, 2 folds
     python -m benchmarks.bench_audit --quick                # smoke: tiny random model, 48 rows (its flags mean nothing)
     python -m benchmarks.bench_audit --report runs/bench/audit.json
+    python -m benchmarks.bench_audit --by-agreement RUN [RUN ...]   # no training: a run's accuracy per level
+
+`--by-agreement` reads finished `fpb_50agree` runs' predictions and prints their accuracy per agreement level beside
+what one annotator drawn at random would score against the majority label (a row's agreement level is exactly that
+chance; each level at its range's midpoint): where a run already matches that reference, the rows annotators split
+on, not the model, bound its accuracy.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ LEVELS = (("100", "fpb_allagree"), ("75-99", "fpb_75agree"), ("66-74", "fpb_66ag
 LOW = "50-65"
 ORDER = (LOW, "66-74", "75-99", "100")
 LIFT_TO_PASS = 2.0
+DEFAULT_OUT = "runs/bench/audit.json"
 QUICK = ["model.name_or_path=tiny-mistral", "data.max_eval_samples=48", "train.max_steps=2", "eval.batch_size=16"]
 
 
@@ -45,8 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     p.add_argument("--data-dir", default=str(SHARED_DATA), help="folder holding fpb_50agree, fpb_66agree, ...")
     p.add_argument("--runs-dir", default="runs/bench/audit", help="the run folder and the audit go here")
-    p.add_argument("--out", default="runs/bench/audit.json", help="results JSON")
+    p.add_argument("--out", default=DEFAULT_OUT, help="results JSON")
     p.add_argument("--report", metavar="RESULTS.json", help="run nothing: print an earlier results JSON")
+    p.add_argument(
+        "--by-agreement", nargs="+", metavar="RUN", help="train nothing: finished fpb_50agree runs' accuracy per level"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.quick:
@@ -94,6 +104,59 @@ def agreement_stats(rows: list[dict[str, Any]], levels: dict[str, str]) -> dict[
         "other_flag_rate": round((len(flagged) - low_flagged) / others, 4) if others else None,
         "by_level": by_level,
     }
+
+
+# the chance that one annotator drawn at random chose the majority label, at each level's midpoint
+ANNOTATOR = {LOW: 0.575, "66-74": 0.70, "75-99": 0.87, "100": 1.0}
+
+
+def accuracy_by_level(rows: list[dict[str, Any]], levels: dict[str, str]) -> dict[str, Any]:
+    """A run's prediction rows: accuracy over all and per agreement level, and a random annotator's on the same rows."""
+    known = [r for r in rows if r["text"] in levels]
+    by_level = {}
+    for level in ORDER:
+        at = [r for r in known if levels[r["text"]] == level]
+        right = sum(r["prediction"] == r["gold"] for r in at)
+        by_level[level] = {"n": len(at), "correct": right, "accuracy": round(right / len(at), 4) if at else None}
+    right = sum(r["prediction"] == r["gold"] for r in known)
+    annotator = sum(ANNOTATOR[levels[r["text"]]] for r in known) / len(known) if known else None
+    return {
+        "n": len(known),
+        "not_found": len(rows) - len(known),
+        "accuracy": round(right / len(known), 4) if known else None,
+        "annotator": round(annotator, 4) if annotator is not None else None,
+        "by_level": by_level,
+    }
+
+
+def print_by_agreement(results: dict[str, dict[str, Any]]) -> None:
+    """One line per run, then the random annotator's line: accuracy over all rows and per agreement level."""
+    print("| run | rows | accuracy | " + " | ".join(f"{lv} % agreement" for lv in ORDER) + " |")
+    print("|---|---:|---:|" + "---:|" * len(ORDER))
+    for name, r in results.items():
+        cells = [f"{v['accuracy']:.3f} ({v['correct']}/{v['n']})" if v["n"] else "-" for v in r["by_level"].values()]
+        print(f"| {name} | {r['n']} | {r['accuracy']:.3f} | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))
+    cells = [f"{ANNOTATOR[lv]:.3f}" for lv in ORDER]
+    print(
+        f"| one annotator at random (level midpoints) | {first['n']} | {first['annotator']:.3f} | {' | '.join(cells)} |"
+    )
+    missing = {name: r["not_found"] for name, r in results.items() if r["not_found"]}
+    if missing:
+        print(f"rows whose text is in no fpb_50agree file, left out: {missing}")
+
+
+def by_agreement(runs: list[str], data: Path) -> dict[str, dict[str, Any]]:
+    from fintrl.run_folder import PREDICTIONS, read_predictions
+
+    levels = agreement_levels(data)
+    results = {}
+    for run in runs:
+        rows = read_predictions(Path(run) / PREDICTIONS)
+        if not rows:
+            raise SystemExit(f"bench_audit: {run}: no {PREDICTIONS} (not a finished run folder)")
+        results[Path(run).name] = accuracy_by_level(rows, levels)
+    return results
 
 
 def verdict(stats: dict[str, Any]) -> str:
@@ -210,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for _, f in (*LEVELS, ("", "fpb_50agree")) if not (data / f / "train.csv").is_file()]
     if missing:
         print(f"bench_audit: skipped, no {', '.join(missing)} in {data} (the datasets live in ../shared/data)")
+        return 0
+    if args.by_agreement:
+        results = by_agreement(args.by_agreement, data)
+        print_by_agreement(results)
+        if args.out != DEFAULT_OUT:
+            print(f"results: {write_report(args.out, {'by_agreement': results})}")
         return 0
     import logging
 

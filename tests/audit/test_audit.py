@@ -210,6 +210,19 @@ def test_the_fpb_check_counts_low_agreement_rows_among_flagged_ones() -> None:
     assert verdict(agreement_stats(rows, levels)).startswith("FAIL: lift 1.33")
 
 
+def test_a_runs_accuracy_per_agreement_level_beside_a_random_annotators() -> None:
+    from benchmarks.bench_audit import accuracy_by_level
+
+    levels = {"a": "50-65", "b": "50-65", "c": "100", "d": "100", "e": "75-99", "f": "66-74"}
+    right = {"a", "c", "d", "e"}
+    rows = [{"text": t, "gold": "up", "prediction": "up" if t in right else "down"} for t in [*levels, "not fpb"]]
+    result = accuracy_by_level(rows, levels)
+    assert (result["n"], result["not_found"], result["accuracy"]) == (6, 1, round(4 / 6, 4))
+    assert result["by_level"]["50-65"] == {"n": 2, "correct": 1, "accuracy": 0.5}
+    assert result["by_level"]["66-74"] == {"n": 1, "correct": 0, "accuracy": 0.0}
+    assert result["annotator"] == round((2 * 0.575 + 2 * 1.0 + 0.87 + 0.70) / 6, 4)
+
+
 @pytest.mark.data
 def test_fpb_agreement_levels_from_the_shared_data() -> None:
     from benchmarks.bench_audit import agreement_levels
