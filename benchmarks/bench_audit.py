@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- agreement levels -------------------------------------------------------------------------------------------------
+def missing_levels(data_dir: Path) -> list[str]:
+    """The FPB folders the agreement levels need that `data_dir` lacks."""
+    return [f for _, f in (*LEVELS, ("", "fpb_50agree")) if not (data_dir / f / "train.csv").is_file()]
+
+
 def agreement_levels(data_dir: Path) -> dict[str, str]:
     """text -> the highest agreement level it reaches, for every fpb_50agree sentence (train + validation)."""
     import pandas as pd
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print_report(json.loads(Path(args.report).read_text()))
         return 0
     data = Path(args.data_dir)
-    missing = [f for _, f in (*LEVELS, ("", "fpb_50agree")) if not (data / f / "train.csv").is_file()]
+    missing = missing_levels(data)
     if missing:
         print(f"bench_audit: skipped, no {', '.join(missing)} in {data} (the datasets live in ../shared/data)")
         return 0

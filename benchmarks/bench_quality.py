@@ -219,29 +219,16 @@ def train_speed(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# Financial PhraseBank's agreement levels are nested subsets: a sentence's level is the strictest folder holding it.
-FPB_LEVELS = (("100%", "fpb_allagree"), ("75-99%", "fpb_75agree"), ("66-74%", "fpb_66agree"), ("50-65%", "fpb_50agree"))
-
-
-def fpb_agreement(run_dir: Path, data_dir: Path) -> dict[str, dict[str, float]] | None:
+def fpb_agreement(run_dir: Path, data_dir: Path) -> dict[str, dict[str, Any]] | None:
     """Accuracy of a run's FPB predictions by annotator agreement: how much of the error is label ambiguity."""
-    import pandas as pd
+    from benchmarks.bench_audit import accuracy_by_level, agreement_levels, missing_levels
+    from fintrl.run_folder import PREDICTIONS, read_predictions
 
-    predictions = run_dir / "predictions.jsonl"
-    if not predictions.is_file() or not all((data_dir / f / "train.csv").is_file() for _, f in FPB_LEVELS):
+    rows = read_predictions(run_dir / PREDICTIONS)
+    if not rows or missing_levels(data_dir):
         return None
-    members = {
-        level: set().union(*(pd.read_csv(p)["text"] for p in (data_dir / folder).glob("*.csv")))
-        for level, folder in FPB_LEVELS
-    }
-    counts: dict[str, list[int]] = {level: [0, 0] for level, _ in FPB_LEVELS}
-    for line in predictions.read_text().splitlines():
-        p = json.loads(line)
-        level = next((lv for lv, _ in FPB_LEVELS if p["text"] in members[lv]), None)  # None: not an FPB sentence
-        if level:
-            counts[level][0] += p["prediction"] == p["gold"]
-            counts[level][1] += 1
-    return {level: {"n": n, "accuracy": round(c / n, 4)} for level, (c, n) in counts.items() if n}
+    levels = accuracy_by_level(rows, agreement_levels(data_dir))["by_level"]
+    return {f"{level}%": v for level, v in levels.items() if v["n"]}
 
 
 # -- report -----------------------------------------------------------------------------------------------------

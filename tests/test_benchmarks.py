@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_quality import FPB_LEVELS, fpb_agreement, paired_flips, plot_results
+from benchmarks.bench_quality import fpb_agreement, paired_flips, plot_results
 from benchmarks.harness import run_worker
 from tests.helpers import ROOT as REPO
 from tests.helpers import shared_data
@@ -40,21 +40,25 @@ def test_run_worker_runs_a_function_in_a_fresh_process_and_stops_it_at_the_timeo
 
 def test_fpb_agreement_buckets_by_the_strictest_level(tmp_path: Path) -> None:
     # nested like Financial PhraseBank: every all-agree sentence is also in the 75 %, 66 % and 50 % folders
+    levels = (("100%", "fpb_allagree"), ("75-99%", "fpb_75agree"), ("66-74%", "fpb_66agree"), ("50-65%", "fpb_50agree"))
     sentences = {"100%": ["a", "b"], "75-99%": ["c"], "66-74%": ["d"], "50-65%": ["e", "f"]}
-    for i, (_, folder) in enumerate(FPB_LEVELS):
-        rows = [s for level, _ in FPB_LEVELS[: i + 1] for s in sentences[level]]
+    for i, (_, folder) in enumerate(levels):
+        rows = [s for level, _ in levels[: i + 1] for s in sentences[level]]
         (tmp_path / "data" / folder).mkdir(parents=True)
         (tmp_path / "data" / folder / "train.csv").write_text("text,label\n" + "".join(f"{s},neutral\n" for s in rows))
     wrong = {"b", "e", "f"}
     run = tmp_path / "run"
     run.mkdir()
     lines = [{"text": t, "gold": "neutral", "prediction": "positive" if t in wrong else "neutral"} for t in "abcdefz"]
+    for line in lines:  # a predictions row as fintrl writes it: every label's probability, in one order
+        line["probabilities"] = {"neutral": 0.1 if line["text"] in wrong else 0.9}
+        line["probabilities"]["positive"] = 0.9 if line["text"] in wrong else 0.1
     (run / "predictions.jsonl").write_text("\n".join(json.dumps(p) for p in lines))
     assert fpb_agreement(run, tmp_path / "data") == {  # "z" is no FPB sentence (a mixture's other source): left out
-        "100%": {"n": 2, "accuracy": 0.5},
-        "75-99%": {"n": 1, "accuracy": 1.0},
-        "66-74%": {"n": 1, "accuracy": 1.0},
-        "50-65%": {"n": 2, "accuracy": 0.0},
+        "100%": {"n": 2, "correct": 1, "accuracy": 0.5},
+        "75-99%": {"n": 1, "correct": 1, "accuracy": 1.0},
+        "66-74%": {"n": 1, "correct": 1, "accuracy": 1.0},
+        "50-65%": {"n": 2, "correct": 0, "accuracy": 0.0},
     }
     assert fpb_agreement(run, tmp_path / "nowhere") is None
 
