@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     p.add_argument("--data-dir", default=str(SHARED_DATA), help="folder holding fpb_50agree, fpb_66agree, ...")
     p.add_argument("--runs-dir", default="runs/bench/audit", help="the run folder and the audit go here")
-    p.add_argument("--out", default=DEFAULT_OUT, help="results JSON")
+    p.add_argument("--out", default=None, help=f"results JSON (default {DEFAULT_OUT}; --by-agreement: none)")
     p.add_argument("--report", metavar="RESULTS.json", help="run nothing: print an earlier results JSON")
     p.add_argument(
         "--by-agreement", nargs="+", metavar="RUN", help="train nothing: finished fpb_50agree runs' accuracy per level"
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.by_agreement:
         results = by_agreement(args.by_agreement, data)
         print_by_agreement(results)
-        if args.out != DEFAULT_OUT:
+        if args.out:
             print(f"results: {write_report(args.out, {'by_agreement': results})}")
         return 0
     import logging
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "result": result,
         "verdict": verdict(result["agreement"]),
     }
-    out = write_report(args.out, report)
+    out = write_report(args.out or DEFAULT_OUT, report)
     print_report(report)
     print(f"results: {out}")
     return 0

@@ -85,6 +85,9 @@ def test_no_import_cycle_between_packages() -> None:
     assert find_cycle(rooms) is None
 
 
+SUBMODULES = {f"fintrl.{name}" for name in MODULES}
+
+
 def stale_imports(paths: list[Path]) -> list[str]:
     """`from fintrl.x import name` lines (top-level or inside a function) whose name module x no longer has."""
     stale = []
@@ -94,9 +97,7 @@ def stale_imports(paths: list[Path]) -> list[str]:
                 continue
             module = importlib.import_module(node.module)
             for alias in node.names:
-                if not hasattr(module, alias.name) and f"{node.module}.{alias.name}" not in (
-                    "fintrl." + m for m in MODULES
-                ):
+                if not hasattr(module, alias.name) and f"{node.module}.{alias.name}" not in SUBMODULES:
                     stale.append(f"{path.name}:{node.lineno} from {node.module} import {alias.name}")
     return stale
 
