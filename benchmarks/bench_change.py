@@ -9,6 +9,11 @@ bootstrap interval of the accuracy difference and McNemar's test) and the traini
     python -m benchmarks.bench_change --datasets fpb_50agree --seeds 42 7 --ensemble   # the seeds' runs averaged
     python -m benchmarks.bench_change --quick --datasets fpb_50agree --change train.objective=label_softmax  # smoke
     python -m benchmarks.bench_change --report runs/bench/change.json
+    python -m benchmarks.bench_change --report runs/bench/change_s42.json runs/bench/change_s7.json  # pooled too
+
+With two seeds or more of one dataset and change (in one call, or in the `--report` files together), a pooled row
+follows: the seeds' pairs pooled by `fintrl compare A B A2 B2` (mean difference, its interval, McNemar's test on all
+pairs' discordant rows).
 
 The recipe's own runs are trained into RUNS/<dataset>-seed<seed>-recipe, unless `--recipe-runs PATTERN` names
 finished ones (`{dataset}` and `{seed}` filled in, e.g. bench_calibration's `runs/bench/calibration/{dataset}-seed
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -41,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny random model, 64 rows, 2 steps (numbers mean nothing)")
     p.add_argument("--runs-dir", default="runs/bench/change")
     p.add_argument("--out", default="runs/bench/change.json")
-    p.add_argument("--report", metavar="RESULTS.json", help="run nothing: print an earlier results JSON")
+    p.add_argument(
+        "--report", nargs="+", metavar="RESULTS.json", help="run nothing: print earlier results JSONs, seeds pooled"
+    )
     args = p.parse_args(argv)
     if not args.report and not args.change and not args.ensemble:
         p.error("give --change KEY=VALUE (repeatable) or --ensemble")
@@ -160,7 +168,7 @@ def render(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         a, b, c = r["recipe"], r["changed"], r["compare"]
-        seconds = " / ".join("-" if s is None else f"{s:.0f}" for s in (a["train_seconds"], b["train_seconds"]))
+        seconds = " / ".join("-" if s is None else f"{s:.0f}" for s in (a.get("train_seconds"), b.get("train_seconds")))
         lines.append(
             f"| {r['dataset']} | {r['seed']} | {', '.join(r['change'])} | {a['accuracy']:.3f} -> {b['accuracy']:.3f} "
             f"| {a['f1_macro']:.3f} -> {b['f1_macro']:.3f} | {c['difference']:+.3f} [{c['interval'][0]:+.3f}, "
@@ -169,11 +177,51 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pooled_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per dataset and change measured on two seeds or more: their pairs pooled (`fintrl compare A B A2 B2`)."""
+    from fintrl.evaluation.compare import compare_pairs
+
+    groups: dict[tuple[str, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for row in rows:
+        if isinstance(row["seed"], int):
+            groups.setdefault((row["dataset"], tuple(row["change"])), []).append(row)
+    pooled = []
+    for (dataset, change), group in groups.items():
+        if len({r["seed"] for r in group}) < 2:
+            continue
+        report = compare_pairs([(r["recipe"]["run"], r["changed"]["run"]) for r in group])["pooled"]
+        metrics = report["metrics"]
+        pooled.append(
+            {
+                "dataset": dataset,
+                "seed": "+".join(str(r["seed"]) for r in group) + " pooled",
+                "change": list(change),
+                "recipe": {"accuracy": metrics["accuracy"]["a"], "f1_macro": metrics["f1_macro"]["a"]},
+                "changed": {"accuracy": metrics["accuracy"]["b"], "f1_macro": metrics["f1_macro"]["b"]},
+                "compare": {
+                    "difference": metrics["accuracy"]["difference"],
+                    "interval": metrics["accuracy"]["interval"],
+                    "mcnemar_p": report["mcnemar"]["p_value"],
+                    "verdict": report["verdict"],
+                },
+            }
+        )
+    return pooled
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = ensemble_rows(args) if args.ensemble else change_rows(args)
+    return rows + pooled_rows(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return dataset_bench(
-        "bench_change", args, lambda: ensemble_rows(args) if args.ensemble else change_rows(args), render
-    )
+    if args.report:
+        rows = [r for path in args.report for r in json.loads(Path(path).read_text())["rows"]]
+        rows = [r for r in rows if isinstance(r["seed"], int)]
+        print(render({"rows": rows + pooled_rows(rows)}))
+        return 0
+    return dataset_bench("bench_change", args, lambda: measure(args), render)
 
 
 if __name__ == "__main__":

@@ -192,8 +192,9 @@ def test_bench_inference_quick_compares_the_forms(tiny_run: Path, tmp_path: Path
 
 
 @pytest.mark.data
-def test_bench_change_quick_compares_a_change_and_an_ensemble(tmp_path: Path) -> None:
-    """Smoke: the recipe and the changed recipe (tiny model, 2 steps) trained, compared; then both seeds averaged."""
+def test_bench_change_quick_compares_a_change_and_an_ensemble(tmp_path: Path, capsys) -> None:
+    """Smoke: the recipe and the changed recipe (tiny model, 2 steps) trained, compared; two calls' seeds pooled;
+    then both seeds averaged."""
     from benchmarks import bench_change
     from tests.helpers import shared_data
 
@@ -205,9 +206,18 @@ def test_bench_change_quick_compares_a_change_and_an_ensemble(tmp_path: Path) ->
     [row] = json.loads(out.read_text())["rows"]
     assert row["change"] == ["train.objective=label_softmax"] and row["compare"]["verdict"]
     assert (tmp_path / "runs" / "fpb_50agree-seed42-train.objective=label_softmax" / "metrics.json").is_file()
-    assert bench_change.main([*common, "--seeds", "42", "7", "--ensemble", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["seed"] for r in rows] == [42, 7] and rows[0]["changed"] == rows[1]["changed"]
+    seven = tmp_path / "change7.json"
+    argv = [*common, "--seeds", "7", "--change", "train.objective=label_softmax", "--out", str(seven)]
+    assert bench_change.main(argv) == 0
+    capsys.readouterr()
+    assert bench_change.main(["--report", str(out), str(seven)]) == 0  # two calls' seeds, pooled
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("| fpb_50agree | 42+7 pooled | train.objective=label_softmax |")
+    ensemble = tmp_path / "ensemble.json"
+    assert bench_change.main([*common, "--seeds", "42", "7", "--ensemble", "--out", str(ensemble)]) == 0
+    rows = json.loads(ensemble.read_text())["rows"]
+    assert [r["seed"] for r in rows] == [42, 7, "42+7 pooled"] and rows[0]["changed"] == rows[1]["changed"]
+    assert rows[2]["compare"]["verdict"]
 
 
 def test_bench_scaling_refits_both_maps_on_a_finished_run(trained, tmp_path: Path, capsys) -> None:

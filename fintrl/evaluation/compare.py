@@ -1,4 +1,5 @@
-"""`fintrl compare A B` (and `fintrl versions org/name --compare OLD NEW`): two models on the same eval rows.
+"""`fintrl compare A B` (and `fintrl versions org/name --compare OLD NEW`): two models on the same eval rows;
+`fintrl compare A B A2 B2 ...`: pairs of runs (one per seed) on the same rows, each compared and all pooled.
 
 A side is a run folder, an eval output folder (`fintrl eval --output-dir`), an adapter folder, an ensemble folder or a
 Hub repo at a version (`org/name@v1.0.0`; an ensemble's too). Saved predictions are reused when both sides'
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from fintrl.errors import DataError, RecipeError, RunFolderError
 from fintrl.hub.download import read_file
 from fintrl.hub.ids import is_hub_id
-from fintrl.metrics.paired import Rows, compare_rows, same_rows
+from fintrl.metrics.paired import Rows, compare_pooled, compare_rows, same_rows
 from fintrl.run_folder import METRICS, PREDICTIONS, RunFolder, parse_predictions, read_predictions
 
 if TYPE_CHECKING:
@@ -125,9 +126,9 @@ def score(side: Side, rows: Rows | None, labels: list[str] | None, trust_remote_
     return scored
 
 
-def compare(a_spec: str, b_spec: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
-    """The comparison report of B against A (`fintrl.metrics.paired.compare_rows`), with how each side's rows were
-    had."""
+def _paired(a_spec: str, b_spec: str, trust_remote_code: bool) -> tuple[Side, Side, str, dict[str, Any]]:
+    """Both sides with predictions on the same rows (saved, or scored now), which rows those are, and whether their
+    own reports fingerprint the same evaluation data."""
     a, b = load_side(a_spec), load_side(b_spec)
     if a.labels and b.labels and a.labels != b.labels:
         raise DataError(f"label sets differ: A has {a.labels}, B has {b.labels}; only the same labels compare")
@@ -149,7 +150,6 @@ def compare(a_spec: str, b_spec: str, *, trust_remote_code: bool = False) -> dic
         b.rows, b.how, rows = score(b, a.rows, a.labels, trust_remote_code), "scored now on A's rows", "A's eval split"
     if not same_rows(a.rows, b.rows):  # scored rows drop nothing; a mismatch here is a bug, not a user's error
         raise RecipeError(f"{a_spec} and {b_spec} could not be scored on the same rows")
-    report = compare_rows(a.rows, b.rows, a.labels or b.labels)
     data = {
         "a_eval_sha256": a.eval_sha256,
         "b_eval_sha256": b.eval_sha256,
@@ -162,4 +162,32 @@ def compare(a_spec: str, b_spec: str, *, trust_remote_code: bool = False) -> dic
             b.eval_sha256[:12],
             rows,
         )
-    return {"a": a_spec, "b": b_spec, "a_rows": a.how, "b_rows": b.how, "rows": rows, "evaluation_data": data, **report}
+    return a, b, rows, data
+
+
+def _report(a: Side, b: Side, rows: str, data: dict[str, Any]) -> dict[str, Any]:
+    report = compare_rows(a.rows, b.rows, a.labels or b.labels)
+    return {"a": a.spec, "b": b.spec, "a_rows": a.how, "b_rows": b.how, "rows": rows, "evaluation_data": data, **report}
+
+
+def compare(a_spec: str, b_spec: str, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """The comparison report of B against A (`fintrl.metrics.paired.compare_rows`), with how each side's rows were
+    had."""
+    return _report(*_paired(a_spec, b_spec, trust_remote_code))
+
+
+def compare_pairs(pairs: list[tuple[str, str]], *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """`{pairs: [each pair's comparison report], pooled: the pairs pooled}` (`fintrl.metrics.paired.compare_pooled`):
+    A and B trained once per seed, all scored on the same rows.
+
+    Example: `compare_pairs([("runs/a-seed42", "runs/b-seed42"), ("runs/a-seed7", "runs/b-seed7")])`."""
+    sides = [_paired(a, b, trust_remote_code) for a, b in pairs]
+    first, labels = sides[0][0], sides[0][0].labels or sides[0][1].labels
+    for a, b, _, _ in sides[1:]:
+        if not same_rows(first.rows, a.rows) or (a.labels or b.labels) != labels:
+            raise DataError(
+                f"{a.spec} and {b.spec} were scored on other rows or labels than {first.spec}; the pairs pooled must "
+                "all be evaluated on the same rows"
+            )
+    pooled = compare_pooled([(a.rows, b.rows) for a, b, _, _ in sides], labels, names=list(pairs))
+    return {"pairs": [_report(*side) for side in sides], "pooled": pooled}

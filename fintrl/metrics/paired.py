@@ -5,6 +5,12 @@ answers on them (`stats.paired_differences`), and McNemar's exact test looks onl
 is right. The verdict rule: B (or A) is better only when the 95 % interval of the accuracy difference B - A excludes
 0 AND McNemar's p < 0.05; otherwise there is no detectable difference.
 
+Several pairs on the same rows (A and B trained once per seed) pool into one verdict by the same rule
+(`compare_pooled`): the mean difference over the pairs, its interval from row resamples applied to every pair alike
+(`stats.pooled_differences`), and McNemar's exact test on the discordant rows of all pairs together. Under "no
+effect", each pair's runs are exchangeable on every row, so each discordant (pair, row) falls either way with
+probability 1/2: the rows are the sample, and the seeds' spread enters through the mean.
+
 Rows are `predictions.jsonl` rows: `text`, `gold`, `prediction` (label names; None for an invalid answer).
 """
 
@@ -15,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from fintrl.errors import RunFolderError
-from fintrl.metrics.stats import HEADLINE, RESAMPLES, SEED, class_f1, format_interval, mcnemar, paired_differences
+from fintrl.metrics.stats import (
+    HEADLINE,
+    RESAMPLES,
+    SEED,
+    class_f1,
+    format_interval,
+    mcnemar,
+    paired_differences,
+    pooled_differences,
+)
 from fintrl.run_folder import PREDICTIONS, RunFolder, parse_predictions, read_predictions
 
 logger = logging.getLogger(__name__)
@@ -113,6 +128,75 @@ def compare_rows(
     }
 
 
+def compare_pooled(
+    pairs: list[tuple[Rows, Rows]],
+    labels: list[str] | None = None,
+    *,
+    names: list[tuple[str, str]] | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> dict[str, Any]:
+    """B against A over several pairs of predictions on the same rows (one pair per seed), pooled by RULE: the mean
+    metric differences with paired-bootstrap 95 % intervals, McNemar's exact test on all pairs' discordant rows, each
+    pair's accuracies and flips (`names`: each pair's sides, A1 and B1 ... unless given), and the verdict."""
+    if not pairs:
+        raise ValueError("no pairs to pool")
+    first = pairs[0][0]
+    if not all(same_rows(first, a) and same_rows(first, b) for a, b in pairs):
+        raise ValueError("the pairs' predictions are not all on the same rows")
+    labels = labels or sorted(
+        {r["gold"] for r in first} | {r["prediction"] for a, b in pairs for r in a + b if r["prediction"] is not None}
+    )
+    index = {name: i for i, name in enumerate(labels)}
+    gold = [index[r["gold"]] for r in first]
+    coded = [tuple([index.get(r["prediction"], -1) for r in side] for side in pair) for pair in pairs]
+    metrics = pooled_differences(gold, coded, len(labels), resamples=resamples, seed=seed)
+    bootstrap = metrics.pop("bootstrap")
+    names = names or [(f"A{i}", f"B{i}") for i in range(1, len(pairs) + 1)]
+    each = [
+        {"a": x, "b": y, "accuracy": {"a": _accuracy(a), "b": _accuracy(b)}, **flips(a, b)}
+        for (x, y), (a, b) in zip(names, pairs, strict=True)
+    ]
+    gained, lost = sum(p["gained"] for p in each), sum(p["lost"] for p in each)
+    p_value = mcnemar(gained, lost)
+    accuracy = metrics["accuracy"]
+    return {
+        "n": len(first),
+        "labels": labels,
+        "pairs": each,
+        "metrics": metrics,
+        "bootstrap": bootstrap | {"pooled": f"the mean over {len(pairs)} pairs, each resample applied to all alike"},
+        "mcnemar": {
+            "b_right_a_wrong": gained,
+            "a_right_b_wrong": lost,
+            "p_value": p_value,
+            "test": "exact two-sided binomial test of every pair's discordant rows together, p = 1/2",
+        },
+        "verdict": verdict(accuracy["difference"], accuracy["interval"], p_value),
+        "rule": RULE,
+    }
+
+
+def _accuracy(rows: Rows) -> float:
+    return sum(r["prediction"] == r["gold"] for r in rows) / len(rows)
+
+
+def _metric_table(metrics: dict[str, Any], a: str, b: str) -> list[str]:
+    rows = [f"{'metric':<12} {a:>7} {b:>7}  B - A, 95 % CI"]
+    for key in HEADLINE:
+        m = metrics[key]
+        diff = format_interval(m["difference"], m["interval"], signed=True)
+        rows.append(f"{NAMES[key]:<12} {m['a']:>7.3f} {m['b']:>7.3f}  {diff}")
+    return rows
+
+
+def _mcnemar_line(test: dict[str, Any], title: str, unit: str) -> str:
+    return (
+        f"{title}: B right where A is wrong on {test['b_right_a_wrong']} {unit}, A right where B is wrong on "
+        f"{test['a_right_b_wrong']}: p = {test['p_value']:.4g}"
+    )
+
+
 def render(report: dict[str, Any]) -> str:
     """The comparison as `fintrl compare` prints it; the verdict is the last line."""
     a, b = report.get("a", "A"), report.get("b", "B")
@@ -123,17 +207,11 @@ def render(report: dict[str, Any]) -> str:
             f"their own evaluation data differ (eval rows sha256 {data['a_eval_sha256'][:12]} vs "
             f"{data['b_eval_sha256'][:12]}): both are compared on the rows above"
         )
-    lines.append("")
-    lines.append(f"{'metric':<12} {'A':>7} {'B':>7}  B - A, 95 % CI")
-    for key in HEADLINE:
-        m = report["metrics"][key]
-        diff = format_interval(m["difference"], m["interval"], signed=True)
-        lines.append(f"{NAMES[key]:<12} {m['a']:>7.3f} {m['b']:>7.3f}  {diff}")
+    lines += ["", *_metric_table(report["metrics"], "A", "B")]
     test = report["mcnemar"]
     lines += [
         "",
-        f"McNemar's exact test: B right where A is wrong on {test['b_right_a_wrong']} rows, A right where B is "
-        f"wrong on {test['a_right_b_wrong']}: p = {test['p_value']:.4g}",
+        _mcnemar_line(test, "McNemar's exact test", "rows"),
         "per-class F1 (A -> B): "
         + ", ".join(
             f"{n} {f['a']:.3f} -> {f['b']:.3f} ({f['difference']:+.3f})" for n, f in report["per_class_f1"].items()
@@ -148,6 +226,21 @@ def render(report: dict[str, Any]) -> str:
             text = row["text"] if len(row["text"]) <= 100 else row["text"][:97] + "..."
             lines.append(f"  gold {row['gold']}, A {row['a']}, B {row['b']}: {text}")
     return "\n".join([*lines, "", report["verdict"]])
+
+
+def render_pooled(report: dict[str, Any]) -> str:
+    """Several pairs pooled, as `fintrl compare A B A2 B2 ...` prints it after each pair's report; the pooled
+    verdict is the last line."""
+    lines = [f"pooled over {len(report['pairs'])} pairs (A, B), {report['n']} rows each:"]
+    for pair in report["pairs"]:
+        accuracy = pair["accuracy"]
+        lines.append(
+            f"  {pair['a']} -> {pair['b']}: accuracy {accuracy['a']:.3f} -> {accuracy['b']:.3f}, "
+            f"{pair['gained']} rows gained, {pair['lost']} lost, McNemar p = {pair['p_value']:.4g}"
+        )
+    lines += ["", *_metric_table(report["metrics"], "mean A", "mean B")]
+    mcnemar_line = _mcnemar_line(report["mcnemar"], "McNemar's exact test, all pairs", "(pair, row)s")
+    return "\n".join([*lines, "", mcnemar_line, "", report["verdict"]])
 
 
 def with_previous(run_dir: Path, previous: str, previous_text: str | None) -> dict[str, Any]:

@@ -113,22 +113,37 @@ def paired_differences(
 ) -> dict[str, Any]:
     """Per headline metric: A, B, the difference B - A and its interval, from resamples applied to both sides alike
     (the rows are paired: both sides scored the same rows). Plus `bootstrap`: how the intervals were made."""
-    codes_a, codes_b = _codes(gold, pred_a, k), _codes(gold, pred_b, k)
+    return pooled_differences(gold, [(pred_a, pred_b)], k, resamples=resamples, seed=seed, level=level)
+
+
+def pooled_differences(
+    gold: Any,
+    pairs: list[tuple[Any, Any]],
+    k: int,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> dict[str, Any]:
+    """`paired_differences` averaged over pairs of predictions on the same rows (one pair per training seed): A and B
+    are the pairs' mean metrics, and each resample of the rows is applied to every pair alike, so the interval of
+    the mean difference carries the rows' sampling noise while the seeds' spread is in the mean. One pair: exactly
+    `paired_differences`."""
+    codes = [(_codes(gold, a, k), _codes(gold, b, k)) for a, b in pairs]
     draws: dict[str, list[np.ndarray]] = {name: [] for name in HEADLINE}
-    for idx in _resamples(len(codes_a), resamples, seed):
-        a, b = scores(confusions(codes_a, k, idx), k), scores(confusions(codes_b, k, idx), k)
+    for idx in _resamples(len(codes[0][0]), resamples, seed):
+        sums = {name: np.zeros(len(idx)) for name in HEADLINE}
+        for codes_a, codes_b in codes:
+            a, b = scores(confusions(codes_a, k, idx), k), scores(confusions(codes_b, k, idx), k)
+            for name in HEADLINE:
+                sums[name] += b[name] - a[name]
         for name in HEADLINE:
-            draws[name].append(b[name] - a[name])
-    point_a, point_b = point_scores(gold, pred_a, k), point_scores(gold, pred_b, k)
-    out: dict[str, Any] = {
-        name: {
-            "a": point_a[name],
-            "b": point_b[name],
-            "difference": point_b[name] - point_a[name],
-            "interval": _interval(np.concatenate(draws[name]), level),
-        }
-        for name in HEADLINE
-    }
+            draws[name].append(sums[name] / len(codes))
+    points = [(point_scores(gold, a, k), point_scores(gold, b, k)) for a, b in pairs]
+    out: dict[str, Any] = {}
+    for name in HEADLINE:
+        a, b = (float(np.mean([p[side][name] for p in points])) for side in (0, 1))
+        out[name] = {"a": a, "b": b, "difference": b - a, "interval": _interval(np.concatenate(draws[name]), level)}
     return out | {"bootstrap": _method(level, resamples, seed, paired=True)}
 
 

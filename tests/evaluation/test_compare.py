@@ -72,6 +72,29 @@ def test_two_runs_through_the_cli(trained, other, tmp_path: Path, capsys: pytest
     assert report["bootstrap"]["resamples"] == 1000 and "rule" in report
 
 
+def test_pairs_pooled_through_the_cli(trained, other, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b, out = str(trained["dir"]), str(other), tmp_path / "pooled.json"
+    assert main(["compare", a, b, b, a, "--output", str(out)]) == 0  # the second pair mirrors the first
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    first, mirrored = report["pairs"]
+    assert (first["a"], first["b"], mirrored["a"], mirrored["b"]) == (a, b, b, a)
+    pooled = report["pooled"]
+    both = first["mcnemar"]["b_right_a_wrong"] + first["mcnemar"]["a_right_b_wrong"]
+    assert pooled["mcnemar"]["b_right_a_wrong"] == pooled["mcnemar"]["a_right_b_wrong"] == both
+    assert pooled["metrics"]["accuracy"]["difference"] == pytest.approx(0) and pooled["mcnemar"]["p_value"] == 1.0
+    assert "== pair 2 of 2 ==" in printed and last_line(printed) == pooled["verdict"]
+    assert pooled["verdict"].startswith("no detectable difference: +0.000 accuracy")
+    assert main(["compare", a, b, a]) == 2
+    assert "fintrl compare takes pairs A B [A2 B2 ...]; got 3 side(s)" in capsys.readouterr().err
+    fewer = [copy_run(Path(side), tmp_path / name) for side, name in ((a, "a6"), (b, "b6"))]
+    for folder in fewer:  # a pair evaluated on 6 of the rows: comparable with itself, not poolable with the rest
+        lines = (folder / "predictions.jsonl").read_text().splitlines(keepends=True)
+        (folder / "predictions.jsonl").write_text("".join(lines[:6]))
+    assert main(["compare", a, b, *map(str, fewer)]) == 3
+    assert "the pairs pooled must all be evaluated on the same rows" in capsys.readouterr().err
+
+
 def test_a_side_without_predictions_is_scored_on_the_other_sides_rows(trained, other, tmp_path: Path) -> None:
     saved = compare(str(trained["dir"]), str(other))
     bare = copy_run(other, tmp_path / "adapter")

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from fintrl.metrics import stats
-from fintrl.metrics.paired import compare_rows, flips, render, same_rows, verdict
+from fintrl.metrics.paired import compare_pooled, compare_rows, flips, render, render_pooled, same_rows, verdict
 
 
 def test_vectorised_scores_match_scikit_learn_on_every_resample() -> None:
@@ -176,3 +176,39 @@ def test_a_clear_improvement_is_detected() -> None:
     assert report["mcnemar"]["p_value"] < 1e-20 and report["metrics"]["accuracy"]["interval"][0] > 0
     reverse = compare_rows(b, a, ["negative", "positive"])
     assert reverse["verdict"].startswith("A is better: -0.248 accuracy")
+
+
+def flipped(gold: str, wrong: set[int]) -> str:
+    return "".join(("p" if g == "n" else "n") if i in wrong else g for i, g in enumerate(gold))
+
+
+def test_pooled_seeds_detect_what_no_single_pair_can() -> None:
+    gold = "np" * 20
+    pairs = [  # per seed, B fixes 7 of A's errors and breaks 1 row: p = 0.07 alone
+        (rows(flipped(gold, set(range(0, 8))), gold), rows(flipped(gold, {7, 20}), gold)),
+        (rows(flipped(gold, set(range(10, 18))), gold), rows(flipped(gold, {17, 30}), gold)),
+    ]
+    alone = [compare_rows(a, b, ["negative", "positive"]) for a, b in pairs]
+    assert all(r["verdict"].startswith("no detectable difference") for r in alone)
+    assert [r["mcnemar"]["p_value"] for r in alone] == [pytest.approx(stats.mcnemar(7, 1))] * 2
+    pooled = compare_pooled(pairs, ["negative", "positive"], names=[("a42", "b42"), ("a7", "b7")])
+    assert (pooled["mcnemar"]["b_right_a_wrong"], pooled["mcnemar"]["a_right_b_wrong"]) == (14, 2)
+    assert pooled["mcnemar"]["p_value"] == pytest.approx(stats.mcnemar(14, 2)) and stats.mcnemar(14, 2) < 0.05
+    accuracy = pooled["metrics"]["accuracy"]
+    assert (accuracy["a"], accuracy["b"], accuracy["difference"]) == (0.8, pytest.approx(0.95), pytest.approx(0.15))
+    assert accuracy["interval"][0] > 0 and pooled["verdict"].startswith("B is better: +0.150 accuracy")
+    assert [(p["a"], p["b"], p["gained"], p["lost"]) for p in pooled["pairs"]] == [
+        ("a42", "b42", 7, 1),
+        ("a7", "b7", 7, 1),
+    ]
+    text = render_pooled(pooled)
+    assert text.splitlines()[-1] == pooled["verdict"] and "a42 -> b42: accuracy 0.800 -> 0.950" in text
+
+
+def test_one_pair_pooled_is_the_plain_comparison() -> None:
+    a, b = rows("nnnnnnnn"), rows("nnnpppppp"[:8])
+    plain, pooled = compare_rows(a, b, ["negative", "positive"]), compare_pooled([(a, b)], ["negative", "positive"])
+    assert pooled["metrics"] == plain["metrics"] and pooled["verdict"] == plain["verdict"]
+    assert pooled["mcnemar"]["p_value"] == plain["mcnemar"]["p_value"]
+    with pytest.raises(ValueError, match="not all on the same rows"):
+        compare_pooled([(a, b), (a[:-1], b[:-1])])
