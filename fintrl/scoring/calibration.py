@@ -258,14 +258,21 @@ def calibration_size(n_train: int, n_labels: int, wanted: int) -> int:
 
 
 def hold_out(data: LabeledData, section: EvalSection, seed: int) -> tuple[LabeledData, Dataset | None]:
-    """Carve the calibration rows out of the train split before training: a seeded sample stratified by label
-    (largest remainders; every label keeps a training row); rows whose text is held out leave training too."""
-    size = calibration_size(len(data.train), len(data.labels), section.calibration_samples)
+    """Carve the calibration rows out of the train split before training: a seeded sample of distinct texts,
+    stratified by label (largest remainders; every label keeps a training row); every row with a held-out text leaves
+    training. Drawn over distinct texts, so the copies `data.balance` makes of a rare class's rows neither inflate its
+    share of the hold-out nor take most of its texts out of training."""
+    texts = data.train["text"]
+    first: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        first.setdefault(text, i)
+    unique = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+    size = calibration_size(len(unique), len(data.labels), section.calibration_samples)
     if not size or section.mode == "generate":
         if section.calibration_samples:
             logger.info("no calibration: %s", "generate mode has no probabilities" if size else "too few train rows")
         return data, None
-    labels = np.asarray(data.train["label"])
+    labels = np.asarray(data.train["label"])[unique]
     counts = np.bincount(labels, minlength=len(data.labels))
     share = size * counts / counts.sum()
     quota = np.floor(share).astype(int)
@@ -274,15 +281,12 @@ def hold_out(data: LabeledData, section: EvalSection, seed: int) -> tuple[Labele
     quota = np.minimum(quota, np.maximum(counts - 1, 0))
     rng = np.random.default_rng(seed)
     picked = sorted(
-        int(i) for c in range(len(counts)) for i in rng.permutation(np.flatnonzero(labels == c))[: quota[c]]
+        int(unique[i]) for c in range(len(counts)) for i in rng.permutation(np.flatnonzero(labels == c))[: quota[c]]
     )
-    texts = data.train["text"]
-    held: dict[str, int] = {}
-    for i in picked:
-        held.setdefault(texts[i], i)
+    held = {texts[i] for i in picked}
     train = data.train.select([i for i, text in enumerate(texts) if text not in held])
     logger.info("calibration: %d train rows held out of training (seed %d)", len(held), seed)
-    return dataclasses.replace(data, train=train), data.train.select(sorted(held.values()))
+    return dataclasses.replace(data, train=train), data.train.select(picked)
 
 
 def fit_on_rows(

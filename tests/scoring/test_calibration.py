@@ -236,6 +236,21 @@ def test_hold_out_is_stratified_seeded_and_leaves_training() -> None:
     assert cal.calibration_size(24, 3, 256) == 3 and cal.calibration_size(8, 3, 256) == 0  # a small train split
 
 
+def test_hold_out_draws_distinct_texts_so_balancing_copies_stay_in_training() -> None:
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from fintrl.data.loading import LabeledData
+    from fintrl.recipe.schema import EvalSection
+
+    texts = [f"common {i}" for i in range(90)] + [f"rare {i % 10}" for i in range(90)]  # 10 rare texts, 9 copies each
+    features = Features({"text": Value("string"), "label": ClassLabel(names=LABELS)})
+    train = Dataset.from_dict({"text": texts, "label": [0] * 90 + [1] * 90}, features=features)
+    data = LabeledData(train, train.select(range(3)), LABELS, "x", "sentiment", None, "validation")
+    kept, held = cal.hold_out(data, EvalSection(), seed=3)
+    assert len(held) == 10 and np.bincount(held["label"]).tolist() == [9, 1]  # 10 % of 100 texts, by their shares
+    assert len(set(held["text"])) == 10 and kept.train["label"].count(1) == 81  # 9 rare texts keep all their copies
+
+
 def test_prediction_rows_abstain_below_the_threshold() -> None:
     probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.0, 0.0, 1.0]])
     plain = cal.predict_rows(["a", "b", "c"], LABELS, [0, 0, -1], probs)
