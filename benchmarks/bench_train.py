@@ -28,15 +28,14 @@ from typing import Any
 
 from benchmarks.harness import (
     REPO,
-    build_bench_trainer,
     environment,
     loadavg,
-    measure_training,
     run_worker,
     stopwatch,
     warn_if_loaded,
     write_report,
 )
+from benchmarks.training import build_bench_trainer, measure_training
 
 SECTIONS = ("model", "quantization", "lora", "data", "prompt", "train", "eval", "seed")
 ALIASES = {  # shorthand -> recipe override (values parsed as YAML, as `fintrl run --set`)

@@ -15,14 +15,13 @@ from typing import Any
 
 from benchmarks.bench_scoring import forward_only  # the same plain-forward reference as bench_scoring
 from benchmarks.harness import (
-    build_bench_trainer,
-    measure_training,
     peak_memory,
     reset_peak_memory,
     round_robin,
     stopwatch,
     sync,
 )
+from benchmarks.training import build_bench_trainer, measure_training
 
 
 def load_setup(spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_quality import fpb_agreement, paired_flips, plot_results
+from benchmarks.bench_quality import fpb_agreement
 from benchmarks.harness import run_worker
+from benchmarks.quality_report import paired_flips, plot_results
 from tests.helpers import ROOT as REPO
 from tests.helpers import shared_data
 
