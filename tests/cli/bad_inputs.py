@@ -146,3 +146,8 @@ BILLION_LAUGHS = (
 
 def ray_input(ctx: Ctx) -> str:
     return ctx.file("in/texts.csv", "text\nProfit rose.\nSales fell.\n")
+
+
+def ray_predict(ctx: Ctx, input_path: str, output: str, *options: str) -> list[str]:
+    """`fintrl predict RUN --engine ray --input INPUT --output OUTPUT [options]` on the finished run."""
+    return ["predict", str(ctx.run), "--engine", "ray", "--input", input_path, "--output", output, *options]

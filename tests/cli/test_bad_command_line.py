@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.cli.bad_inputs import Probe, probe_test, ray_input
+from tests.cli.bad_inputs import Probe, probe_test, ray_input, ray_predict
 
 P = Probe
 PROBES: list[Probe] = [
@@ -29,35 +29,13 @@ PROBES: list[Probe] = [
     # -- Ray's cluster address -------------------------------------------------------------------------------------
     P(
         "ray address nothing answers",
-        lambda c: [
-            "predict",
-            str(c.run),
-            "--engine",
-            "ray",
-            "--input",
-            ray_input(c),
-            "--output",
-            str(c.tmp / "o"),
-            "--address",
-            "127.0.0.1:1",
-        ],
+        lambda c: ray_predict(c, ray_input(c), str(c.tmp / "o"), "--address", "127.0.0.1:1"),
         2,
         "no Ray cluster answers",
     ),
     P(
         "ray address not host:port",
-        lambda c: [
-            "predict",
-            str(c.run),
-            "--engine",
-            "ray",
-            "--input",
-            ray_input(c),
-            "--output",
-            str(c.tmp / "o"),
-            "--address",
-            "headnode",
-        ],
+        lambda c: ray_predict(c, ray_input(c), str(c.tmp / "o"), "--address", "headnode"),
         2,
         "host:port",
     ),

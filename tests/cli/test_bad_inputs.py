@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.cli.bad_inputs import GOOD_ROWS, Probe, csv, probe_test
+from tests.cli.bad_inputs import GOOD_ROWS, Probe, csv, probe_test, ray_predict
 
 P = Probe
 PROBES: list[Probe] = [
@@ -84,33 +84,13 @@ PROBES: list[Probe] = [
     ),
     P(
         "ray txt with a column",
-        lambda c: [
-            "predict",
-            str(c.run),
-            "--engine",
-            "ray",
-            "--input",
-            c.file("t.txt", "x\n"),
-            "--output",
-            str(c.tmp / "o"),
-            "--text-column",
-            "body",
-        ],
+        lambda c: ray_predict(c, c.file("t.txt", "x\n"), str(c.tmp / "o"), "--text-column", "body"),
         3,
         "no columns",
     ),
     P(
         "ray input of another kind",
-        lambda c: [
-            "predict",
-            str(c.run),
-            "--engine",
-            "ray",
-            "--input",
-            c.file("t.md", "x\n"),
-            "--output",
-            str(c.tmp / "o"),
-        ],
+        lambda c: ray_predict(c, c.file("t.md", "x\n"), str(c.tmp / "o")),
         3,
         "give a .txt",
     ),

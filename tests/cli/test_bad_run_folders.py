@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fintrl.cli.main import main
-from tests.cli.bad_inputs import GOOD_ROWS, Ctx, Probe, csv, probe_test, ray_input, tampered
+from tests.cli.bad_inputs import GOOD_ROWS, Ctx, Probe, csv, probe_test, ray_input, ray_predict, tampered
 from tests.helpers import tree_hash
 
 
@@ -224,46 +224,19 @@ PROBES: list[Probe] = [
     ),
     P(
         "ray output inside a run",
-        lambda c: [
-            "predict",
-            str(c.run),
-            "--engine",
-            "ray",
-            "--input",
-            ray_input(c),
-            "--output",
-            str(c.run / "shards"),
-        ],
+        lambda c: ray_predict(c, ray_input(c), str(c.run / "shards")),
         5,
         "inside the run folder",
     ),
     P(
         "ray output is the input folder",
-        lambda c: [
-            "predict",
-            str(c.run),
-            "--engine",
-            "ray",
-            "--input",
-            str(Path(ray_input(c)).parent),
-            "--output",
-            str(c.tmp / "in"),
-        ],
+        lambda c: ray_predict(c, str(Path(ray_input(c)).parent), str(c.tmp / "in")),
         5,
         "overlaps",
     ),
     P(
         "ray output inside the input folder",
-        lambda c: [
-            "predict",
-            str(c.run),
-            "--engine",
-            "ray",
-            "--input",
-            str(Path(ray_input(c)).parent),
-            "--output",
-            str(c.tmp / "in" / "out"),
-        ],
+        lambda c: ray_predict(c, str(Path(ray_input(c)).parent), str(c.tmp / "in" / "out")),
         5,
         "overlaps",
     ),
