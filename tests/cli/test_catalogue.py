@@ -5,7 +5,6 @@ documented.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from tests.cli import (
     test_bad_command_line,
@@ -15,8 +14,7 @@ from tests.cli import (
     test_bad_run_folders,
     test_bad_stored_runs,
 )
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
 
 
 def test_the_catalogue_is_large_and_distinct() -> None:
@@ -38,6 +36,6 @@ def test_the_catalogue_is_large_and_distinct() -> None:
 def test_exit_codes_are_documented() -> None:
     from fintrl.errors import EXIT_CODES
 
-    manual = (REPO / "docs" / "errors.md").read_text()
+    manual = (ROOT / "docs" / "errors.md").read_text()
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", manual, flags=re.M)}
     assert documented == set(EXIT_CODES), "docs/errors.md's exit-code table and fintrl.errors.EXIT_CODES differ"
