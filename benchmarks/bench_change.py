@@ -17,7 +17,8 @@ pairs' discordant rows).
 
 The recipe's own runs are trained into RUNS/<dataset>-seed<seed>-recipe, unless `--recipe-runs PATTERN` names
 finished ones (`{dataset}` and `{seed}` filled in, e.g. bench_calibration's `runs/bench/calibration/{dataset}-seed
-{seed}-cal256`: the same overrides, so the same runs).
+{seed}-cal256`: the same overrides, so the same runs). Finished runs are reused; an interrupted one continues from its
+last checkpoint when the same command runs again.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.bench_calibration import QUICK
 from benchmarks.harness import REPO, SHARED_DATA, dataset_bench
+
+if TYPE_CHECKING:
+    from fintrl.recipe.schema import Recipe
 
 RECIPES = {name: f"{name}_smollm2" for name in ("fpb_50agree", "tfns", "fiqa", "tfn_topic")}  # issue 26's four
 
@@ -60,24 +64,38 @@ def slug(changes: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", "+".join(changes))[:80]
 
 
-def train(dataset: str, seed: int, changes: list[str], out: Path, quick: bool) -> None:
-    """Train the recipe (with `changes`) into `out` unless it holds a finished run."""
+def recipe_for(dataset: str, seed: int, changes: list[str], out: Path, quick: bool) -> Recipe:
+    """The dataset's committed recipe on the shared data, seeded, with `changes`, trained into `out`."""
     from fintrl.recipe.schema import load_recipe
+
+    overrides = [
+        f"data.path={SHARED_DATA / dataset}",
+        f"seed={seed}",
+        f"data.seed={seed}",
+        "eval.baselines=false",
+        *(QUICK if quick else []),
+        *changes,
+    ]
+    return load_recipe(REPO / "recipes" / f"{RECIPES[dataset]}.yaml", overrides=overrides, output_dir=str(out))
+
+
+def train(dataset: str, seed: int, changes: list[str], out: Path, quick: bool) -> None:
+    """Train the recipe (with `changes`) into `out` unless it holds a finished run; an interrupted one (a long run
+    stopped by Ctrl-C or the end of a session) continues from its last checkpoint instead of starting again."""
     from fintrl.run_folder import RunFolder
     from fintrl.runner import run
+    from fintrl.transaction import work_folder
 
     if not RunFolder(out).is_finished:
-        overrides = [
-            f"data.path={SHARED_DATA / dataset}",
-            f"seed={seed}",
-            f"data.seed={seed}",
-            "eval.baselines=false",
-            *(QUICK if quick else []),
-            *changes,
-        ]
-        recipe = load_recipe(REPO / "recipes" / f"{RECIPES[dataset]}.yaml", overrides=overrides, output_dir=str(out))
+        interrupted = work_folder(out).is_dir()
+        if interrupted:
+            print(f"bench_change: continuing the interrupted run in {work_folder(out)}", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):
-            run(recipe, overwrite=out.exists())
+            run(
+                recipe_for(dataset, seed, changes, out, quick),
+                resume=interrupted,
+                overwrite=out.exists() and not interrupted,
+            )
 
 
 def recipe_run(dataset: str, seed: int, args: argparse.Namespace) -> Path:

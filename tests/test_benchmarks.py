@@ -238,3 +238,21 @@ def test_bench_scaling_refits_both_maps_on_a_finished_run(trained, tmp_path: Pat
         k: row[k] for k in ("raw", "temperature", "vector")
     }
     assert bench_scaling.main([]) == 2
+
+
+@pytest.mark.data
+def test_bench_change_continues_an_interrupted_run(tmp_path: Path) -> None:
+    """A run stopped mid-training (its work folder left, as Ctrl-C or the end of a session leaves it) is resumed by
+    the same command, not refused as unfinished."""
+    from benchmarks import bench_change
+    from fintrl.run_folder import RunFolder
+    from fintrl.transaction import work_folder
+    from tests.helpers import shared_data
+
+    shared_data("fpb_50agree")
+    out = tmp_path / "fpb_50agree-seed42-recipe"
+    work = work_folder(out)
+    work.mkdir(parents=True)
+    RunFolder(work).write_recipe(bench_change.recipe_for("fpb_50agree", 42, [], out, quick=True))
+    bench_change.train("fpb_50agree", 42, [], out, quick=True)
+    assert RunFolder(out).is_finished and not work.exists()
