@@ -76,7 +76,12 @@ class LabeledData:
 
 
 def resolve_data(section: DataSection) -> tuple[DataSection, Preset | None]:
-    """Fill a data section from its preset: explicit recipe values win, and a local `path` reads `text,label`."""
+    """Fill a data section from its preset: values the recipe gives win, and a local `path` reads `text,label`.
+
+    A field left at its default takes the preset's value, whether or not the YAML names it: a run folder's recipe.yaml
+    writes every field, defaults included, and must resolve to the same labels (in the same order) as the recipe the
+    run was made from.
+    """
     if section.preset is None:
         return section, None
     if section.preset not in PRESETS:
@@ -88,17 +93,14 @@ def resolve_data(section: DataSection) -> tuple[DataSection, Preset | None]:
             + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {sorted(PRESETS)}")
         )
     preset = PRESETS[section.preset]
+    fields = ["labels"] + (["config_name", "text_column", "label_column"] if section.path is None else [])
     updates: dict[str, Any] = {}
-    explicit = section.model_fields_set
-    if "labels" not in explicit:
-        updates["labels"] = list(preset.labels)
+    for key in fields:
+        if getattr(section, key) == DataSection.model_fields[key].default:
+            value = getattr(preset, key)
+            updates[key] = list(value) if isinstance(value, tuple) else value
     if section.path is None:  # Hub layout of the preset
-        updates.setdefault("source", section.source or preset.source)
-        if "config_name" not in explicit:
-            updates["config_name"] = preset.config_name
-        for key in ("text_column", "label_column"):
-            if key not in explicit:
-                updates[key] = getattr(preset, key)
+        updates["source"] = section.source or preset.source
     return section.model_copy(update=updates), preset
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from fintrl.data.loading import load_labeled_data
+from fintrl.data.loading import load_labeled_data, resolve_data
 from fintrl.data.presets import PRESETS, TFN_TOPICS
 from fintrl.errors import DataError
 from fintrl.model.prompts import PromptBuilder
@@ -35,6 +35,26 @@ def test_quickstart_preset_loads() -> None:
     assert data.labels == ["negative", "neutral", "positive"]
     assert (len(data.train), len(data.eval)) == (240, 60)
     assert data.describe()["label_counts"]["eval"] == {"negative": 18, "neutral": 24, "positive": 18}
+
+
+@pytest.mark.parametrize("path", [None, "a/local/folder"])
+@pytest.mark.parametrize("preset", ["tfn_topic", "fpb_50agree"])
+def test_a_written_out_recipe_resolves_as_the_recipe_did(preset: str, path: str | None) -> None:
+    """A run folder's recipe.yaml names every field, defaults included; read back (audit, compare, reproduce), it must
+    give the preset's labels in the preset's order (the prompt lists them) and, from the Hub, its config and columns."""
+    section = DataSection(preset=preset, path=path)
+    written = DataSection.model_validate(section.model_dump(mode="json"))
+    assert written.model_fields_set >= {"labels", "config_name", "text_column"}
+    assert resolve_data(written)[0] == resolve_data(section)[0]
+    assert resolve_data(written)[0].labels == list(PRESETS[preset].labels)
+
+
+def test_a_written_out_preset_run_loads_its_topics_in_the_preset_order(tmp_path: Path) -> None:
+    rows = [(f"text {i}", name) for i in range(3) for name in TFN_TOPICS]
+    _csv(tmp_path / "d" / "train.csv", rows)
+    section = DataSection(preset="tfn_topic", path=str(tmp_path / "d"), validation_fraction=0.34)
+    written = DataSection.model_validate(section.model_dump(mode="json"))
+    assert load_labeled_data(written).labels == list(TFN_TOPICS) != sorted(TFN_TOPICS)
 
 
 def _csv(path: Path, rows: list[tuple[str, object]]) -> Path:
