@@ -60,14 +60,22 @@ def test_a_qlora_run_runs_dense_and_answers_as_its_4bit_adapter(
     assert exact_form.form == QUANTIZED and "--exact-4bit" in exact_form.reason
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32-only device", "fast-bf16 device"])
 def test_a_form_that_disagrees_is_not_used_and_the_reason_is_said(
-    tiny_run: Path, fintrl_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_run: Path,
+    fintrl_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    bf16: bool,
 ) -> None:
     monkeypatch.setattr(inference, "MAX_ABS_DPROB", -1.0)  # no form can meet it
     monkeypatch.setattr(inference, "CHECK_VERSION", 99)  # a verdict of its own (the key holds the version)
+    monkeypatch.setattr(inference, "fast_bf16", lambda: bf16)  # the dtypes tried depend on the CPU; test both
     loaded = load_inference(resolve_target(str(tiny_run)))
     assert loaded.form.form == QUANTIZED
-    assert loaded.form.reason.startswith("the dense merged form did not agree with the 4-bit adapter: float32 ")
+    reason = loaded.form.reason
+    assert reason.startswith("the dense merged form did not agree with the 4-bit adapter: ")
+    assert ("bfloat16 " in reason) == bf16 and "float32 " in reason  # every dtype tried, with its disagreement
     assert any("Linear4bit" in type(m).__name__ for m in loaded.model.modules())
     assert "inference: 4bit-adapter" in capsys.readouterr().err
     assert load_inference(resolve_target(str(tiny_run))).form.form == QUANTIZED  # the cached "no" is kept too
