@@ -67,8 +67,10 @@ class Space:
 class Progress(tune.Callback):
     """One line per trial started and ended; sweep.json and its plot rewritten after each."""
 
-    def __init__(self, study: optuna.Study, dims: list[Dimension], out: Path, spec: dict[str, Any]) -> None:
-        self.study, self.dims, self.out, self.spec = study, dims, out, spec
+    def __init__(
+        self, study: optuna.Study, dims: list[Dimension], out: Path, spec: dict[str, Any], baseline: Path
+    ) -> None:
+        self.study, self.dims, self.out, self.spec, self.baseline = study, dims, out, spec, baseline
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         values = ", ".join(f"{d.field}={fmt_value(trial.config[d.field])}" for d in self.dims)
@@ -82,7 +84,7 @@ class Progress(tune.Callback):
             remove_run(trial_dir(self.out, number))
             value, slack = last.get(metric, float("nan")), last.get(MARGIN, float("nan"))
             print(f"fintrl: trial {number} pruned: {metric} {value:.3f} ± {slack:.3f}, below the median beyond noise")
-        write_results(self.out, self.spec, self.study, self.dims)
+        write_results(self.out, self.spec, self.study, self.dims, baseline=self.baseline)
 
 
 def run_on_ray(
@@ -95,6 +97,7 @@ def run_on_ray(
     settings: SweepSettings,
     remaining: int,
     spec: dict[str, Any],
+    baseline: Path,
 ) -> None:
     """Run `remaining` trials of `study` (stored at `storage`) on Ray Tune, `settings.workers` at a time."""
     from ray.tune.schedulers import FIFOScheduler
@@ -150,7 +153,7 @@ def run_on_ray(
                 name="tune",
                 storage_path=str(out.resolve() / "ray"),
                 verbose=0,
-                callbacks=[Progress(study, dims, out, spec)],
+                callbacks=[Progress(study, dims, out, spec, baseline)],
                 failure_config=tune.FailureConfig(fail_fast=True),
             ),
         )

@@ -1,5 +1,6 @@
-"""What a sweep leaves: `sweep.json` (every trial, its values, score, interval, state and run folder; the best; the
-verdict of the best against the baseline), `sweep.png` (score by trial and by each field) and a printed table.
+"""What a sweep leaves: `sweep.json` (the baseline and every trial: values, score, interval, state and run folder;
+the best; the verdict of the best against the baseline), `sweep.png` (score by trial and by each field, the baseline's
+score across each) and a printed table.
 Rewritten after every trial, so a stopped sweep still shows what it found."""
 
 from __future__ import annotations
@@ -65,11 +66,37 @@ def best_row(study: optuna.Study, rows: list[dict[str, Any]]) -> dict[str, Any] 
     return next(r for r in done if r["number"] == study.best_trial.number)
 
 
-def write_results(out: Path, spec: dict[str, Any], study: optuna.Study, dims: list[Dimension]) -> dict[str, Any]:
+def baseline_row(baseline: Path, dims: list[Dimension], metric: str) -> dict[str, Any]:
+    """The recipe's own run as a row like a trial's (its values of the swept fields, read from its resolved recipe;
+    its score and interval), so the table and the plot show what every trial is measured against."""
+    folder = RunFolder(baseline)
+    report = folder.metrics()
+    recipe = folder.recipe().model_dump()
+    params = {}
+    for dim in dims:
+        node: Any = recipe
+        for key in dim.field.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        params[dim.field] = node
+    return {
+        "number": "baseline",
+        "state": "complete",
+        "params": params,
+        "value": report.get(metric),
+        "interval": report.get("intervals", {}).get(metric),
+        "run": str(folder.path),
+        "seconds": round(sum(report.get("timings", {}).values()), 1) or None,
+    }
+
+
+def write_results(
+    out: Path, spec: dict[str, Any], study: optuna.Study, dims: list[Dimension], *, baseline: Path
+) -> dict[str, Any]:
     rows = trial_rows(study, out, spec["metric"])
-    result = {**spec, "trials": rows, "best": best_row(study, rows)}
+    base = baseline_row(baseline, dims, spec["metric"])
+    result = {**spec, "baseline": base, "trials": rows, "best": best_row(study, rows)}
     write_atomic(out / RESULTS, json.dumps(result, indent=2, default=str))
-    plot(out / PLOT, rows, dims, spec["metric"])
+    plot(out / PLOT, rows, dims, spec["metric"], baseline=base)
     return result
 
 
@@ -82,12 +109,11 @@ def finish(
     from fintrl.evaluation.compare import compare
     from fintrl.metrics.paired import render
 
-    result = write_results(out, spec, study, dims)
+    result = write_results(out, spec, study, dims, baseline=baseline)
     best = result["best"]
     if best is None:
         raise RunFolderError(f"{out}: no trial finished (all pruned or failed); see {out / RESULTS}")
     comparison = compare(str(baseline), best["run"])
-    result["baseline"] = str(baseline)
     result["comparison"] = comparison
     if keep == "best":
         for row in result["trials"]:
@@ -95,7 +121,7 @@ def finish(
                 remove_run(trial_dir(out, row["number"]))
                 row["run"] = None
     write_atomic(out / RESULTS, json.dumps(result, indent=2, default=str))
-    print(table(result["trials"], dims, spec["metric"]))
+    print(table([result["baseline"], *result["trials"]], dims, spec["metric"]))
     print(f"\nbest: trial {best['number']} ({best['run']}), {spec['metric']} {best['value']:.4f}")
     print(f"against the recipe's own settings ({baseline}):")
     print(render(comparison))
@@ -104,7 +130,8 @@ def finish(
 
 
 def table(rows: list[dict[str, Any]], dims: list[Dimension], metric: str) -> str:
-    """The trials as a Markdown table: one column per field, the score with its interval, the state."""
+    """The rows (the baseline's, then each trial's) as a Markdown table: one column per field, the score with its
+    interval, the state."""
     fields = [d.field for d in dims]
     lines = ["| trial | " + " | ".join(fields) + f" | {metric} | 95 % interval | state |"]
     lines.append("|---:|" + "---|" * len(fields) + "---:|---|---|")
@@ -117,20 +144,39 @@ def table(rows: list[dict[str, Any]], dims: list[Dimension], metric: str) -> str
 
 
 def fmt_value(value: Any) -> str:
+    """A field's value in a table or a line; None is a field the recipe leaves to the library's default."""
+    if value is None:
+        return "default"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def plot(path: Path, rows: list[dict[str, Any]], dims: list[Dimension], metric: str) -> None:
-    """Score by trial (best so far as a line) and score against each field's value, side by side."""
+def plot(
+    path: Path, rows: list[dict[str, Any]], dims: list[Dimension], metric: str, *, baseline: dict[str, Any]
+) -> None:
+    """Score by trial (each with its 95 % interval, the best so far as a line) and score against each field's value,
+    side by side, the recipe's own score dashed across each: a glance shows which trials stand clear of it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     done = [r for r in rows if r["value"] is not None]
     fig, axes = plt.subplots(1, 1 + len(dims), figsize=(4 * (1 + len(dims)), 3.2), squeeze=False)
     ax = axes[0][0]
-    ax.scatter([r["number"] for r in done], [r["value"] for r in done], color="tab:blue")
+    ax.errorbar(
+        [r["number"] for r in done],
+        [r["value"] for r in done],
+        yerr=[
+            [r["value"] - r["interval"][0] if r["interval"] else 0 for r in done],
+            [r["interval"][1] - r["value"] if r["interval"] else 0 for r in done],
+        ],
+        fmt="o",
+        color="tab:blue",
+        ecolor="lightsteelblue",
+        capsize=3,
+        label="trial (95 % interval)",
+    )
     if done:
         maximize = metric not in ("nll", "ece", "brier")
         best, running = [], None
@@ -138,8 +184,12 @@ def plot(path: Path, rows: list[dict[str, Any]], dims: list[Dimension], metric: 
             running = r["value"] if running is None else (max if maximize else min)(running, r["value"])
             best.append(running)
         ax.step([r["number"] for r in done], best, where="post", color="tab:orange", label="best so far")
-        ax.legend(loc="lower right")
+    for each in axes[0]:
+        if baseline["value"] is not None:
+            each.axhline(baseline["value"], color="gray", linestyle="--", label="the recipe's own settings")
+    ax.legend(loc="best", fontsize="small")
     ax.set(xlabel="trial", ylabel=metric, title="score by trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax, dim in zip(axes[0][1:], dims):
         xs = [r["params"].get(dim.field) for r in done]
         if dim.kind == "choice":

@@ -93,14 +93,14 @@ def sweep(
     if settings.engine == "ray":
         from fintrl.sweep.ray_tune import run_on_ray
 
-        run_on_ray(study, storage, dims, recipe_path, list(overrides), out, settings, remaining, spec)
+        run_on_ray(study, storage, dims, recipe_path, list(overrides), out, settings, remaining, spec, baseline)
     else:
 
         def objective(trial: optuna.Trial) -> float:
             return _trial(trial, dims, recipe_path, list(overrides), out, settings)
 
         def record(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
-            write_results(out, spec, study, dims)
+            write_results(out, spec, study, dims, baseline=baseline)
 
         study.optimize(objective, n_trials=remaining, callbacks=[record])
     return finish(out, spec, study, dims, baseline, keep=settings.keep)

@@ -5,6 +5,7 @@ whose learning curve falls behind by more than its noise."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -108,8 +109,14 @@ def test_a_sweep_finds_its_best_trial_and_compares_it_with_the_recipes_own_run(
     assert kept == [f".{Path(best['run']).name}.lock", Path(best["run"]).name]  # --keep best
     assert (out / "baseline" / "metrics.json").is_file() and (out / "sweep.png").is_file()
     assert result["comparison"]["verdict"] and result["comparison"]["a"] == str(out / "baseline")
+    base = result["baseline"]  # the recipe's own run, a row like a trial's: its values, score and interval
+    baseline_report = json.loads((out / "baseline" / "metrics.json").read_text())
+    assert base["run"] == str(out / "baseline") and base["value"] == baseline_report["f1_macro"]
+    assert base["interval"] == baseline_report["intervals"]["f1_macro"]
+    assert base["params"] == {"train.learning_rate": None, "lora.r": 4}  # the recipe leaves the rate to TRL
     shown = capsys.readouterr().out
     assert "| trial | train.learning_rate | lora.r | f1_macro |" in shown and "against the recipe's own" in shown
+    assert f"| baseline | default | 4 | {base['value']:.4f} |" in shown
 
     assert main(argv) == 0  # all trials done: a rerun trains nothing more
     assert len(json.loads((out / "sweep.json").read_text())["trials"]) == 3
@@ -159,7 +166,12 @@ def scripted_sweep(
         return {"f1_macro": score, "intervals": {}}
 
     monkeypatch.setattr(fintrl.runner, "run", scripted)
-    monkeypatch.setattr(sweep_study, "_baseline", lambda *args: tmp_path)
+    baseline = tmp_path / "baseline"  # the recipe's own run, as far as sweep.json and its plot read it
+    baseline.mkdir()
+    report = {"f1_macro": 0.5, "intervals": {"f1_macro": [0.4, 0.6]}, "data": {"labels": ["down", "up"]}}
+    (baseline / "metrics.json").write_text(json.dumps(report))
+    shutil.copy(recipe, baseline / "recipe.yaml")
+    monkeypatch.setattr(sweep_study, "_baseline", lambda *args: baseline)
     monkeypatch.setattr(results, "finish", lambda out, spec, study, dims, baseline, keep: study)
     rates = ", ".join(f"{rate:.1e}" for rate in scores)
     path = space(tmp_path, f"train.learning_rate: [{rates}]\n")
