@@ -208,21 +208,17 @@ def _prepare_resume(run: RunFolder, work: Path, recipe: Recipe) -> None:
 
 def recipe_differences(old: Recipe, new: Recipe) -> list[str]:
     """`lora.r: 16 -> 32`-style lines for every value of RESUME_FIXED that changed."""
+    from fintrl.recipe.yaml_io import read_field
 
     def flat(node: Any, prefix: str) -> dict[str, Any]:
         if isinstance(node, dict) and node:
             return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}.{key}").items()}
         return {prefix: node}
 
-    def at(raw: dict[str, Any], dotted: str) -> Any:
-        for key in dotted.split("."):
-            raw = raw.get(key) if isinstance(raw, dict) else None
-        return raw
-
     before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
     out = []
     for section in RESUME_FIXED:
-        a, b = flat(at(before, section), section), flat(at(after, section), section)
+        a, b = flat(read_field(before, section), section), flat(read_field(after, section), section)
         out += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
     return out
 

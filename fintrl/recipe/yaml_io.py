@@ -26,6 +26,14 @@ def looks_numeric(s: str) -> bool:
     return True
 
 
+def read_field(raw: dict[str, Any], dotted: str) -> Any:
+    """The value at a key path (`lora.r`) of a dumped recipe, None where a part is absent: `--set`'s reading side."""
+    node: Any = raw
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def apply_override(raw: dict[str, Any], keys: list[str], value: Any) -> None:
     """Set a nested value; integer parts index lists (`data.mixture.0.path`); the index just past the end appends."""
     node: Any = raw

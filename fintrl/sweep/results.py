@@ -69,19 +69,15 @@ def best_row(study: optuna.Study, rows: list[dict[str, Any]]) -> dict[str, Any] 
 def baseline_row(baseline: Path, dims: list[Dimension], metric: str) -> dict[str, Any]:
     """The recipe's own run as a row like a trial's (its values of the swept fields, read from its resolved recipe;
     its score and interval), so the table and the plot show what every trial is measured against."""
+    from fintrl.recipe.yaml_io import read_field
+
     folder = RunFolder(baseline)
     report = folder.metrics()
     recipe = folder.recipe().model_dump()
-    params = {}
-    for dim in dims:
-        node: Any = recipe
-        for key in dim.field.split("."):
-            node = node.get(key) if isinstance(node, dict) else None
-        params[dim.field] = node
     return {
         "number": "baseline",
         "state": "complete",
-        "params": params,
+        "params": {dim.field: read_field(recipe, dim.field) for dim in dims},
         "value": report.get(metric),
         "interval": report.get("intervals", {}).get(metric),
         "run": str(folder.path),
