@@ -220,7 +220,8 @@ def load_tokenizer(
     return tokenizer
 
 
-TEMPLATE_SECONDS = 20.0  # a chat template renders a short conversation in milliseconds (the check's Python: ~1 s)
+TEMPLATE_SECONDS = 20  # CPU seconds: a template renders a short conversation in milliseconds (the check's Python: ~1 s)
+TEMPLATE_WAIT = 10  # the wall-clock backstop, in TEMPLATE_SECONDS: reached only where the machine is too busy to check
 TEMPLATE_MEMORY = 2 << 30  # bytes the check's process may take
 _RENDER = """
 import sys
@@ -232,12 +233,13 @@ _CHECKED: set[str] = set()
 
 
 def check_template_time(tokenizer: PreTrainedTokenizerBase) -> None:
-    """The chat template renders a short conversation within TEMPLATE_SECONDS and TEMPLATE_MEMORY, or the tokenizer is
-    refused. Jinja's sandbox limits what a template may touch, not how long it loops or how much it writes (nested
-    loops run for hours and fill memory), so each template is rendered once in a child process that can be stopped,
-    and remembered (FINTRL_HOME/checked-templates) once it passed."""
+    """The chat template renders a short conversation within TEMPLATE_SECONDS of CPU time and TEMPLATE_MEMORY, or the
+    tokenizer is refused. Jinja's sandbox limits what a template may touch, not how long it loops or how much it writes
+    (nested loops run for hours and fill memory), so each template is rendered once in a child process that can be
+    stopped, and remembered (FINTRL_HOME/checked-templates) once it passed."""
     import hashlib
     import resource
+    import signal
     import subprocess
     import sys
 
@@ -253,6 +255,9 @@ def check_template_time(tokenizer: PreTrainedTokenizerBase) -> None:
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (TEMPLATE_MEMORY, TEMPLATE_MEMORY))
+        # CPU time, not wall time: a loop is stopped after TEMPLATE_SECONDS of work, and a check that only waits its
+        # turn on a loaded machine (a training beside it) is not taken for one
+        resource.setrlimit(resource.RLIMIT_CPU, (TEMPLATE_SECONDS, TEMPLATE_SECONDS + 1))
 
     try:
         done = subprocess.run(
@@ -260,14 +265,19 @@ def check_template_time(tokenizer: PreTrainedTokenizerBase) -> None:
             input=template,
             capture_output=True,
             text=True,
-            timeout=TEMPLATE_SECONDS,
+            timeout=TEMPLATE_SECONDS * TEMPLATE_WAIT,
             preexec_fn=limit,  # noqa: PLW1509 - a fresh interpreter, no threads to deadlock
         )
     except subprocess.TimeoutExpired:
         raise ModelError(
-            f"the chat template did not render a two-message conversation within {TEMPLATE_SECONDS:g} s: it loops "
-            "without end; set model.chat_template to a template you trust"
+            f"the chat template check got too little CPU to finish within {TEMPLATE_SECONDS * TEMPLATE_WAIT} s: the "
+            "machine is too busy; run again when it is less loaded"
         ) from None
+    if done.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise ModelError(
+            f"the chat template did not render a two-message conversation within {TEMPLATE_SECONDS} s of CPU time: "
+            "it loops without end; set model.chat_template to a template you trust"
+        )
     if done.returncode != 0 and "MemoryError" in done.stderr:
         raise ModelError(
             f"the chat template took more than {TEMPLATE_MEMORY >> 30} GiB to render a two-message conversation; set "

@@ -130,7 +130,7 @@ PROBES: list[Probe] = [
         ],
         4,
         "loops without end",
-        patch=lambda mp: mp.setattr("fintrl.model.loading.TEMPLATE_SECONDS", 3.0),
+        patch=lambda mp: mp.setattr("fintrl.model.loading.TEMPLATE_SECONDS", 3),
     ),
     P(
         "chat template reaching out of the sandbox",

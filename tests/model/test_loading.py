@@ -95,3 +95,19 @@ def test_trainable_4bit_keeps_gradients_after_an_eval_forward(tiny_model_dir: st
     assert after is not None
     torch.testing.assert_close(after, before, rtol=0.05, atol=1e-4)  # absmax round-trips through bf16
     assert all(m.support_avx512bf16_for_cpu for m in layers)  # inference gets the packed kernel back
+
+
+def test_template_check_limits_cpu_time_not_waiting(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The check's limit is CPU time: a child that only waits (its turn on a busy machine) passes, a loop is stopped."""
+    from types import SimpleNamespace
+
+    from fintrl.errors import ModelError
+    from fintrl.model import loading
+
+    monkeypatch.setenv("FINTRL_HOME", str(tmp_path))
+    monkeypatch.setattr(loading, "TEMPLATE_SECONDS", 1)
+    monkeypatch.setattr(loading, "_RENDER", "import time; time.sleep(2)")
+    loading.check_template_time(SimpleNamespace(chat_template="{{ 'waits' }}"))
+    monkeypatch.setattr(loading, "_RENDER", "while True: pass")
+    with pytest.raises(ModelError, match="1 s of CPU time: it loops without end"):
+        loading.check_template_time(SimpleNamespace(chat_template="{{ 'loops' }}"))
