@@ -232,10 +232,20 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows + pooled_rows(rows)
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of an earlier results JSON (`--out`), or one line saying why it cannot be read."""
+    try:
+        return json.loads(path.read_text())["rows"]
+    except OSError as err:
+        raise SystemExit(f"bench_change: --report {path} cannot be read ({err.strerror})") from None
+    except (ValueError, KeyError, TypeError):
+        raise SystemExit(f"bench_change: --report {path} is not a bench_change results JSON (no rows)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
-        rows = [r for path in args.report for r in json.loads(Path(path).read_text())["rows"]]
+        rows = [r for path in args.report for r in read_rows(Path(path))]
         rows = [r for r in rows if isinstance(r["seed"], int)]
         print(render({"rows": rows + pooled_rows(rows)}))
         return 0

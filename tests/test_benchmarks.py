@@ -221,6 +221,18 @@ def test_bench_change_quick_compares_a_change_and_an_ensemble(tmp_path: Path, ca
     assert rows[2]["compare"]["verdict"]
 
 
+def test_bench_change_report_refuses_a_missing_or_foreign_file(tmp_path: Path) -> None:
+    """`--report` of a file that is absent or not bench_change's results: one line, no traceback."""
+    from benchmarks import bench_change
+
+    with pytest.raises(SystemExit, match="missing.json cannot be read"):
+        bench_change.main(["--report", str(tmp_path / "missing.json")])
+    foreign = tmp_path / "metrics.json"
+    foreign.write_text('{"accuracy": 0.9}')
+    with pytest.raises(SystemExit, match="is not a bench_change results JSON"):
+        bench_change.main(["--report", str(foreign)])
+
+
 def test_bench_scaling_refits_both_maps_on_a_finished_run(trained, tmp_path: Path, capsys) -> None:
     """Smoke: the tiny run's calibration rows rebuilt and scored, both maps fitted and checked, validation compared."""
     from benchmarks import bench_scaling
