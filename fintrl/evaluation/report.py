@@ -78,13 +78,17 @@ def score_report(
 
 
 def curve_point(gold: list[int], predictions: list[int], labels: list[str]) -> dict[str, Any]:
-    """A learning-curve point's metrics with their bootstrap intervals, computed as a report's are, so that a sweep's
-    pruner weighs the point against its own noise."""
+    """A learning-curve point's metrics with their bootstrap intervals, computed as a report's are, and the same
+    metrics of answering the sample's most common label for every row (`majority`), so that a sweep's pruner weighs
+    the point against its own noise and knows when the model has not yet left the majority plateau."""
     from fintrl.metrics.classification import classification_metrics
     from fintrl.metrics.stats import bootstrap_intervals
 
     point = classification_metrics(gold, predictions, labels)
     point["intervals"] = bootstrap_intervals(gold, predictions, len(labels))
+    most_common = max(set(gold), key=gold.count)
+    majority = classification_metrics(gold, [most_common] * len(gold), labels)
+    point["majority"] = {key: majority[key] for key in ("accuracy", "f1_macro")}
     return point
 
 

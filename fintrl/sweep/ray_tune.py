@@ -12,6 +12,7 @@ recipe and its data must be on storage every node reads.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from ray import tune
 from ray.tune.schedulers import MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
-from fintrl.sweep.pruning import MARGIN, margin
+from fintrl.sweep.pruning import FLOOR, MARGIN, floor, margin, shares_plateau
 from fintrl.sweep.results import fmt_value, remove_run, trial_dir, write_results
 from fintrl.sweep.trial import CURVE, run_trial
 
@@ -43,12 +44,24 @@ class Search(OptunaSearch):
 
 class MarginStoppingRule(MedianStoppingRule):
     """Ray's median rule with fintrl's margin: a trial's best point is taken as better by its latest point's noise
-    (the `MARGIN` it reports), so it stops only when it trails the median by more than that."""
+    (the `MARGIN` it reports), so it stops only when it trails the median by more than that, and never on the
+    majority plateau (`FLOOR`) where another trial's point at the same time sat too."""
 
     def _best_result(self, trial: Any) -> float:
         best = super()._best_result(trial)
+        latest = self._results[trial][-1]
         slack = next((r[MARGIN] for r in reversed(self._results[trial]) if MARGIN in r), 0.0)
-        return best + slack if self._mode == "max" else best - slack
+        if self._mode != "max":
+            return best - slack
+        time = latest[self._time_attr]
+        others = [
+            r[self._metric]
+            for other in self._trials_beyond_time(time)
+            if other is not trial
+            for r in self._results[other]
+            if r[self._time_attr] == time
+        ]
+        return math.inf if shares_plateau(latest[self._metric], latest.get(FLOOR), slack, others) else best + slack
 
 
 class Space:
@@ -177,7 +190,8 @@ def _trainable(config: dict[str, Any], job: dict[str, Any]) -> None:
 
     def report(step: int, metrics: dict[str, Any]) -> None:
         if step:  # before training every trial scores the same
-            tune.report({metric: float(metrics[metric]), "step": step, MARGIN: margin(metrics, metric)})
+            slack, level = margin(metrics, metric), floor(metrics, metric)
+            tune.report({metric: float(metrics[metric]), "step": step, MARGIN: slack, FLOOR: level})
 
     values = {field: config[field] for field in job["fields"]}
     result = run_trial(

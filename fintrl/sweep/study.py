@@ -175,13 +175,14 @@ def _trial(
     """One trial on Optuna's own loop, its curve points and their noise reported to the pruner."""
     import optuna
 
-    from fintrl.sweep.pruning import MARGIN, margin
+    from fintrl.sweep.pruning import FLOOR, MARGIN, floor, margin
 
     def prune(step: int, metrics: dict[str, Any]) -> None:
         if step == 0:  # before training: every trial scores the same there
             return
         value, slack = float(metrics[settings.metric]), margin(metrics, settings.metric)
         trial.set_user_attr(MARGIN, slack)
+        trial.set_user_attr(FLOOR, floor(metrics, settings.metric))
         trial.report(value, step)
         if trial.should_prune():
             raise optuna.TrialPruned(

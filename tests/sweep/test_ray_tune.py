@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from fintrl.cli.main import main
-from fintrl.sweep.pruning import MARGIN
+from fintrl.sweep.pruning import FLOOR, MARGIN
 from fintrl.sweep.ray_tune import FINAL, MarginStoppingRule, Search
 from fintrl.sweep.settings import SweepSettings
 from fintrl.sweep.study import sweep
@@ -76,3 +76,25 @@ def test_rays_stopping_rule_stops_only_beyond_a_points_noise() -> None:
     point("a", 0.9), point("b", 0.8)
     assert point("c", 0.78) == MarginStoppingRule.CONTINUE
     assert point("d", 0.5) == MarginStoppingRule.STOP
+
+
+@pytest.mark.parametrize(("level", "action"), [(0.27, MarginStoppingRule.CONTINUE), (0.1, MarginStoppingRule.STOP)])
+def test_rays_stopping_rule_spares_a_point_on_the_majority_plateau_another_trial_shared(
+    level: float, action: str
+) -> None:
+    """Against 0.9, 0.27 and 0.5 (median 0.5), 0.27 +- 0.013 trains on only where 0.27 is what answering the most
+    common label scores: the other trial at 0.27 sat on the same plateau."""
+    rule = MarginStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2)
+    rule.set_search_properties("f1_macro", "max")
+    controller = SimpleNamespace(get_live_trials=list)
+
+    @dataclass(frozen=True)
+    class Trial:
+        trial_id: str
+
+    def point(trial_id: str, value: float) -> str:
+        result = {"training_iteration": 1, "f1_macro": value, MARGIN: 0.013, FLOOR: level}
+        return rule.on_trial_result(controller, Trial(trial_id), result)
+
+    point("a", 0.9), point("b", 0.27), point("c", 0.5)
+    assert point("d", 0.27) == action

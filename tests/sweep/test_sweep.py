@@ -15,7 +15,7 @@ import yaml
 
 from fintrl.cli.main import main
 from fintrl.sweep import study as sweep_study
-from fintrl.sweep.pruning import MARGIN
+from fintrl.sweep.pruning import FLOOR, MARGIN
 from fintrl.sweep.settings import SweepSettings
 from fintrl.sweep.space import check_space, load_space
 from fintrl.sweep.study import sweep
@@ -99,6 +99,7 @@ def test_a_sweep_finds_its_best_trial_and_compares_it_with_the_recipes_own_run(
     assert {tuple(t["params"]) for t in result["trials"]} == {("train.learning_rate", "lora.r")}
     study = optuna.load_study(study_name="fintrl", storage=f"sqlite:///{out / 'optuna.db'}")
     assert all(0 < t.user_attrs[MARGIN] < 1 for t in study.trials)  # each curve point's noise, for the pruner
+    assert all(0 < t.user_attrs[FLOOR] < 1 for t in study.trials)  # and the majority answer's score
     best = result["best"]
     assert best["value"] == max(t["value"] for t in result["trials"]) and len(best["interval"]) == 2
     report = json.loads((Path(best["run"]) / "metrics.json").read_text())
@@ -151,16 +152,23 @@ def test_a_stopped_sweep_resumes_without_its_interrupted_trial(
 
 
 def scripted_sweep(
-    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scores: dict[float, tuple[float, float]]
+    recipe: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scores: dict[float, tuple[float, float]],
+    majority: float | None = None,
 ) -> list[tuple[float, str]]:
     """A sweep whose trials are scripted by their learning rate (no training): each scores `(value, half-width of
-    its interval)` at every curve point. Returns (learning rate, state) of the trials judged once two had finished."""
+    its interval)` at every curve point, where answering the most common label scores `majority`. Returns (learning
+    rate, state) of the trials judged once two had finished."""
     import fintrl.runner
     from fintrl.sweep import results
 
     def scripted(recipe, *, on_curve_point=None, **_kwargs):
         score, half = scores[recipe.train["learning_rate"]]
         point = {"f1_macro": score, "accuracy": score, "intervals": {"f1_macro": [score - half, score + half]}}
+        if majority is not None:
+            point["majority"] = {"f1_macro": majority, "accuracy": majority}
         for step in (0, 1, 2):
             on_curve_point(step, point)
         return {"f1_macro": score, "intervals": {}}
@@ -199,6 +207,27 @@ def test_a_trial_behind_the_median_by_less_than_its_noise_is_not_pruned(
     judged = scripted_sweep(recipe, tmp_path, monkeypatch, {1e-3: (0.9, 0.06), 2e-3: (0.9, 0.06), 3e-3: (0.85, 0.06)})
     assert 3e-3 in {rate for rate, _state in judged}
     assert judged and {state for _rate, state in judged} == {"COMPLETE"}
+
+
+@pytest.mark.parametrize(("majority", "state"), [(0.27, "COMPLETE"), (0.1, "PRUNED")])
+def test_a_trial_is_not_pruned_on_the_majority_plateau_a_finished_trial_shared(
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, majority: float, state: str
+) -> None:
+    """0.27 +- 0.013 against a median of 0.585 or more is far behind, unless 0.27 is what answering the most common
+    label scores and a finished trial sat there too (as all-`neutral` TFNS trials did): that point says nothing of
+    the end. (The seeded sampler's first two trials are 2e-3 and 3e-3: one finished trial on each side.)"""
+    scores = {1e-3: (0.9, 0.05), 2e-3: (0.9, 0.05), 3e-3: (0.27, 0.013)}
+    judged = scripted_sweep(recipe, tmp_path, monkeypatch, scores, majority=majority)
+    assert {s for rate, s in judged if rate == 3e-3} == {state}
+
+
+def test_a_curve_point_carries_the_majority_answers_score() -> None:
+    from fintrl.evaluation.report import curve_point
+
+    point = curve_point([0, 0, 0, 1], [1, 1, 0, 1], ["down", "up"])
+    assert point["accuracy"] == 0.5
+    assert point["majority"]["accuracy"] == 0.75  # every row answered `down`
+    assert point["majority"]["f1_macro"] == pytest.approx((6 / 7) / 2)
 
 
 def test_without_optuna_a_sweep_is_one_line_saying_what_to_install(
