@@ -49,10 +49,10 @@ class MarginStoppingRule(MedianStoppingRule):
 
     def _best_result(self, trial: Any) -> float:
         best = super()._best_result(trial)
-        latest = self._results[trial][-1]
         slack = next((r[MARGIN] for r in reversed(self._results[trial]) if MARGIN in r), 0.0)
         if self._mode != "max":
             return best - slack
+        latest = self._results[trial][-1]
         time = latest[self._time_attr]
         others = [
             r[self._metric]

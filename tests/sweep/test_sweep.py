@@ -221,15 +221,6 @@ def test_a_trial_is_not_pruned_on_the_majority_plateau_a_finished_trial_shared(
     assert {s for rate, s in judged if rate == 3e-3} == {state}
 
 
-def test_a_curve_point_carries_the_majority_answers_score() -> None:
-    from fintrl.evaluation.report import curve_point
-
-    point = curve_point([0, 0, 0, 1], [1, 1, 0, 1], ["down", "up"])
-    assert point["accuracy"] == 0.5
-    assert point["majority"]["accuracy"] == 0.75  # every row answered `down`
-    assert point["majority"]["f1_macro"] == pytest.approx((6 / 7) / 2)
-
-
 def test_without_optuna_a_sweep_is_one_line_saying_what_to_install(
     recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
