@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -181,6 +182,18 @@ def split_and_gather(items: list[T], fn: Callable[[list[T]], R]) -> list[R]:
     with state().split_between_processes(list(items)) as shard:
         mine = fn(list(shard))
     return gather_object([mine])
+
+
+def shutdown() -> None:
+    """Tear the process group down before the interpreter exits. Left to the interpreter's exit, gloo's threads can
+    abort the process ("terminate called without an active exception"), so a launcher sees SIGABRT, not the exit code.
+    Local, not a collective: each process calls it once, after its last collective."""
+    if not is_distributed() or "torch.distributed" not in sys.modules:  # nothing was started: no torch import here
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager

@@ -129,6 +129,21 @@ def test_eval_refuses_to_run_under_a_launcher(monkeypatch, tmp_path, capsys):
     assert "fintrl eval runs as one process" in capsys.readouterr().err
 
 
+def test_every_exit_tears_the_process_group_down(monkeypatch, tmp_path, capsys):
+    """Left to the interpreter's exit, gloo's threads can abort the process (SIGABRT) and hide the exit code."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert main(["eval", str(tmp_path)]) == 2  # a refusal, as any other exit
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    capsys.readouterr()
+
+
 def launch(recipe: Path, *extra: str) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file recipes/accelerate/multi_gpu.yaml --num_processes 2 -m fintrl run RECIPE`,
     as the README says, on CPU (accelerate's process group falls back to gloo), one thread per process."""

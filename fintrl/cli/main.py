@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(exc, "shared", False):  # raised on every process by `distributed.on_main`: all exit once the main
             distributed.wait_for_everyone()  # process has printed why (a launcher stops the rest when one exits)
         return code
+    finally:
+        distributed.shutdown()  # the exit code, not gloo's abort at exit, is what a launcher reports
 
 
 def _report(exc: Exception, *, verbose: bool) -> int:
