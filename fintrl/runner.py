@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fintrl import distributed, provenance, tracking, transaction
 from fintrl.checks.recipe import check_recipe
@@ -76,10 +76,10 @@ def run(
 
         work = distributed.on_main(begin)
         try:
-            metrics = _run_in(work, recipe, resume, on_curve_point)
-        except BaseException:
+            metrics = _run_in(work, recipe, resume, _marked(on_curve_point))
+        except BaseException as err:
             if distributed.is_main():
-                transaction.keep_if_resumable(work, final)
+                transaction.keep_if_resumable(work, final, stopped=getattr(err, STOPPED_BY_CALLER, False))
             raise
 
         def finish() -> Report:
@@ -162,6 +162,24 @@ def run_seeds(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) 
         section = recipe.publish
         publish(ensemble_dir(recipe), section.repo_id, version=section.version, private=section.private)
     return metrics
+
+
+STOPPED_BY_CALLER = "fintrl_stopped_by_caller"
+
+
+def _marked(hook: CurveHook | None) -> CurveHook | None:
+    """`hook`, its exceptions marked as the caller's decision (a pruned sweep trial), which leaves nothing to resume."""
+    if hook is None:
+        return None
+
+    def marked(step: int, metrics: dict[str, Any]) -> None:
+        try:
+            hook(step, metrics)
+        except Exception as err:
+            setattr(err, STOPPED_BY_CALLER, True)
+            raise
+
+    return marked
 
 
 def _run_in(run_dir: Path, recipe: Recipe, resume: bool, on_curve_point: CurveHook | None = None) -> Report:

@@ -234,9 +234,10 @@ def commit(work: Path, final: Path) -> None:
         work.rename(final)
 
 
-def keep_if_resumable(work: Path, final: Path) -> None:
-    """After a failure: keep the work folder when a checkpoint makes it resumable (and say so); else remove it."""
-    if last_checkpoint(work) is None:
+def keep_if_resumable(work: Path, final: Path, *, stopped: bool = False) -> None:
+    """After a failure: keep the work folder when a checkpoint makes it resumable (and say so); else remove it.
+    `stopped`: the caller stopped the run on purpose (a sweep pruned it), so it is removed without a word."""
+    if stopped or last_checkpoint(work) is None:
         shutil.rmtree(work, ignore_errors=True)
     else:
         logger.error(

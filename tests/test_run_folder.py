@@ -99,3 +99,22 @@ def test_a_run_folder_named_by_a_string_reads_like_one_named_by_a_path(tmp_path:
     (tmp_path / METRICS).write_text(json.dumps({"accuracy": 0.5, "data": {"labels": ["a", "b"]}}))
     assert RunFolder(str(tmp_path)).metrics()["accuracy"] == 0.5
     assert RunFolder(str(tmp_path)) == RunFolder(tmp_path)
+
+
+def test_a_run_its_caller_stops_leaves_nothing_to_resume(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A sweep prunes a trial by raising from `on_curve_point`: no `--resume` advice for a run it then deletes."""
+
+    class Pruned(Exception):
+        pass
+
+    def prune(step: int, metrics: dict) -> None:
+        if step >= 4:  # after the checkpoint at step 3, which would make the run resumable
+            raise Pruned
+
+    out = tmp_path / "trial"
+    raw = tiny_recipe_dict(out)
+    raw["eval"] |= {"baselines": False, "curve_points": 3, "curve_samples": 4}
+    with pytest.raises(Pruned):
+        run(recipe_from_dict(raw), on_curve_point=prune)
+    assert not out.exists() and not work_folder(out).exists()
+    assert "unfinished run is kept" not in caplog.text
