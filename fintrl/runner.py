@@ -79,7 +79,7 @@ def run(
             metrics = _run_in(work, recipe, resume, _marked(on_curve_point))
         except BaseException as err:
             if distributed.is_main():
-                transaction.keep_if_resumable(work, final, stopped=getattr(err, STOPPED_BY_CALLER, False))
+                transaction.keep_if_resumable(work, final, stopped=getattr(err, _STOPPED_BY_CALLER, False))
             raise
 
         def finish() -> Report:
@@ -164,7 +164,7 @@ def run_seeds(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) 
     return metrics
 
 
-STOPPED_BY_CALLER = "fintrl_stopped_by_caller"
+_STOPPED_BY_CALLER = "fintrl_stopped_by_caller"
 
 
 def _marked(hook: CurveHook | None) -> CurveHook | None:
@@ -176,7 +176,7 @@ def _marked(hook: CurveHook | None) -> CurveHook | None:
         try:
             hook(step, metrics)
         except Exception as err:
-            setattr(err, STOPPED_BY_CALLER, True)
+            setattr(err, _STOPPED_BY_CALLER, True)
             raise
 
     return marked
