@@ -53,6 +53,13 @@ def trails(value: float, median: float, slack: float, *, maximize: bool) -> bool
     return value < median - slack if maximize else value > median + slack
 
 
+def median_at(study: optuna.Study, step: int) -> float | None:
+    """The median of the completed trials' learning-curve points at `step`; None before any reached it."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    points = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
+    return float(np.median(points)) if points else None
+
+
 class MarginPruner(optuna.pruners.BasePruner):
     """The median rule with a margin: prune when the trial's latest point trails the median of the completed trials'
     points at the same step by more than the point's noise (`MARGIN`, set by the trial before it reports), once
@@ -68,10 +75,11 @@ class MarginPruner(optuna.pruners.BasePruner):
             return False
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         others = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
-        if len(completed) < self.startup_trials or not others:
+        median = median_at(study, step)
+        if len(completed) < self.startup_trials or median is None:
             return False
         value, slack = trial.intermediate_values[step], float(trial.user_attrs.get(MARGIN, 0.0))
         maximize = study.direction == StudyDirection.MAXIMIZE
         if maximize and shares_plateau(value, trial.user_attrs.get(FLOOR), slack, others):
             return False
-        return trails(value, float(np.median(others)), slack, maximize=maximize)
+        return trails(value, median, slack, maximize=maximize)

@@ -175,7 +175,7 @@ def _trial(
     """One trial on Optuna's own loop, its curve points and their noise reported to the pruner."""
     import optuna
 
-    from fintrl.sweep.pruning import FLOOR, MARGIN, floor, margin
+    from fintrl.sweep.pruning import FLOOR, MARGIN, floor, margin, median_at
 
     def prune(step: int, metrics: dict[str, Any]) -> None:
         if step == 0:  # before training: every trial scores the same there
@@ -185,9 +185,10 @@ def _trial(
         trial.set_user_attr(FLOOR, floor(metrics, settings.metric))
         trial.report(value, step)
         if trial.should_prune():
+            median = median_at(trial.study, step)
             raise optuna.TrialPruned(
-                f"{settings.metric} {value:.3f} ± {slack:.3f} at step {step}, below the finished trials' median by "
-                "more than its noise"
+                f"{settings.metric} {value:.3f} ± {slack:.3f} at step {step}, below the finished trials' median "
+                f"{median:.3f} by more than its noise"
             )
 
     values = {dim.field: dim.suggest(trial) for dim in dims}

@@ -5,6 +5,7 @@ whose learning curve falls behind by more than its noise."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -193,11 +194,16 @@ def scripted_sweep(
 
 
 def test_pruning_stops_a_trial_whose_curve_falls_behind_beyond_its_noise(
-    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     judged = scripted_sweep(recipe, tmp_path, monkeypatch, {1e-3: (0.9, 0.05), 2e-3: (0.8, 0.05), 3e-3: (0.1, 0.05)})
     assert {state for rate, state in judged if rate == 3e-3} == {"PRUNED"}
     assert {state for rate, state in judged if rate != 3e-3} <= {"COMPLETE"}
+    said = re.findall(
+        r"pruned: f1_macro 0\.100 ± 0\.050 at step 1, below the finished trials' median (\S+) by",
+        capsys.readouterr().out,
+    )
+    assert said and all(float(median) > 0.1 + 0.05 for median in said)  # the median it trailed beyond its noise
 
 
 def test_a_trial_behind_the_median_by_less_than_its_noise_is_not_pruned(
