@@ -1,6 +1,6 @@
 """gpu_check's workers, each run in its own process by `benchmarks.gpu_check` (through `harness.run_worker`).
 
-`train(spec)` measures one training part (`trl_default`, `fintrl`, `fintrl_nogc`), `score(spec)` the `scoring` part
+`train(spec)` measures one training part (`trl_default`, `fintrl` and its variants), `score(spec)` the `scoring` part
 and `score_forms(spec)` the `dense_scoring` part, all on a Mistral-7B-shaped model (or, with `spec["tiny"]`, a 4-layer
 one) with random weights, quantized to 4-bit NF4 while it loads, exactly as `fintrl.model.loading.load_model`
 quantizes a real checkpoint. See gpu_check.py.
@@ -110,7 +110,7 @@ def build_model(recipe: Any, tiny: bool) -> tuple[Any, dict[str, Any]]:
 
 
 def train(spec: dict[str, Any]) -> dict[str, Any]:
-    """One training part (`trl_default`, `fintrl`, `fintrl_nogc`): build the model and trainer, measure training."""
+    """One training part (`trl_default`, `fintrl` and its variants): build the model and trainer, measure training."""
     import torch
 
     torch.manual_seed(0)
